@@ -1,0 +1,283 @@
+"""Measuring tools shared by the probes, the preparation and the training: process-tree RSS,
+a background RSS sampler, a progress watchdog, and the one definition of an OOM.
+
+Why a process tree: `datasets.map(num_proc=N)` and DataLoader workers run in child processes;
+the parent's RSS alone misses most of the memory that gets a run OOM-killed. Forked children
+share pages with the parent, so the sum over-states the true footprint a little; that errs on
+the safe side for a budget.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+# Messages that mean "an allocation failed", not "the program is wrong". The list mirrors what
+# torch raises on CUDA (caching allocator, cuBLAS handles) and on CPU (DefaultCPUAllocator).
+_OOM_MESSAGES = (
+    "out of memory",                       # "CUDA out of memory", "CUDA error: out of memory"
+    "can't allocate memory",               # DefaultCPUAllocator: can't allocate memory: ...
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "failed to allocate memory",
+)
+
+
+def tree_rss_bytes(pid: int | None = None) -> int:
+    """RSS of a process (default: this one) plus all its descendants, in bytes.
+
+    Children that exit while the tree is being walked are skipped. A process that does not
+    exist (any more) counts 0 rather than raising, so a sampler never dies mid-run.
+    """
+    try:
+        proc = psutil.Process(os.getpid() if pid is None else pid)
+        total = proc.memory_info().rss
+        children = proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return int(total)
+
+
+class RssSampler:
+    """Sample the process tree's RSS every `interval_ms` on a background thread.
+
+    Use as a context manager around the work to measure::
+
+        with RssSampler(interval_ms=50) as s:
+            dataset.map(...)
+        s.peak_rss_bytes, s.base_rss_bytes, s.samples
+
+    Sampling the tree costs about a millisecond (a /proc walk), so 50 ms is ~2% of one core;
+    a shorter interval catches shorter spikes at a higher cost. Spikes shorter than the
+    interval can be missed: peak figures are lower bounds, which is why decisions keep a margin.
+
+    `limit_bytes` with `on_limit(rss_bytes)`: the callback runs once, on the sampler thread,
+    the first time the tree's RSS reaches the limit (used to stop a preparation before the
+    OOM killer does).
+    """
+
+    def __init__(self, interval_ms: float = 50.0, pid: int | None = None,
+                 limit_bytes: int | None = None,
+                 on_limit: Callable[[int], None] | None = None,
+                 keep_samples: bool = True) -> None:
+        if interval_ms <= 0:
+            raise ValueError(f"interval_ms must be positive, got {interval_ms!r}")
+        self.interval_s = interval_ms / 1000.0
+        self.pid = pid
+        self.limit_bytes = limit_bytes
+        self.on_limit = on_limit
+        self.keep_samples = keep_samples
+        self.samples: list[tuple[float, int]] = []     # (seconds since start, tree RSS bytes)
+        self.base_rss_bytes: int | None = None
+        self.peak_rss_bytes: int | None = None
+        self.limit_hit = False
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "RssSampler":
+        if self._thread is not None:
+            raise RuntimeError("RssSampler already started")
+        self._t0 = time.perf_counter()
+        self._stop.clear()
+        first = tree_rss_bytes(self.pid)
+        self.base_rss_bytes = first
+        self._record(first)
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._record(tree_rss_bytes(self.pid))      # the state at the end counts too
+
+    def __enter__(self) -> "RssSampler":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- figures ----------------------------------------------------------------------------
+    @property
+    def growth_bytes(self) -> int | None:
+        """Peak minus base: what the measured work added to the tree."""
+        if self.peak_rss_bytes is None or self.base_rss_bytes is None:
+            return None
+        return max(0, self.peak_rss_bytes - self.base_rss_bytes)
+
+    @property
+    def current_rss_bytes(self) -> int | None:
+        with self._lock:
+            return self.samples[-1][1] if self.samples else None
+
+    def _record(self, rss: int) -> None:
+        fire = False
+        with self._lock:
+            if self.keep_samples or not self.samples:
+                self.samples.append((round(time.perf_counter() - self._t0, 4), rss))
+            else:
+                self.samples[-1] = (round(time.perf_counter() - self._t0, 4), rss)
+            if self.peak_rss_bytes is None or rss > self.peak_rss_bytes:
+                self.peak_rss_bytes = rss
+            if self.limit_bytes is not None and rss >= self.limit_bytes and not self.limit_hit:
+                self.limit_hit = True
+                fire = True
+        if fire and self.on_limit is not None:
+            self.on_limit(rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._record(tree_rss_bytes(self.pid))
+
+
+class ProgressWatchdog:
+    """Notice when work stops making progress.
+
+    The work calls `.beat()` whenever it advances (a row mapped, a batch loaded). A thread
+    checks every `poll_s`; once no beat came for `timeout_s`, `.stalled` becomes True and
+    `on_stall(seconds_since_last_beat)` runs once, on the watchdog thread. The callback should
+    only signal (set a flag, terminate a child process): it cannot interrupt Python code
+    running in another thread.
+
+    A stall is detected between `timeout_s` and `timeout_s + poll_s` after the last beat; the
+    default poll (a tenth of the timeout, at most one second) keeps that bound tight for cheap.
+    """
+
+    def __init__(self, timeout_s: float, on_stall: Callable[[float], None] | None = None,
+                 poll_s: float | None = None) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
+        self.poll_s = float(poll_s) if poll_s else min(1.0, self.timeout_s / 10.0)
+        self.on_stall = on_stall
+        self.beats = 0
+        self.stalled = False
+        self.stalled_after_s: float | None = None   # seconds since the last beat when detected
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, n: int = 1) -> None:
+        self.beats += n
+        self._last = time.monotonic()
+
+    @property
+    def seconds_since_beat(self) -> float:
+        return time.monotonic() - self._last
+
+    def start(self) -> "ProgressWatchdog":
+        if self._thread is not None:
+            raise RuntimeError("ProgressWatchdog already started")
+        self._last = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="progress-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> "ProgressWatchdog":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            idle = self.seconds_since_beat
+            if idle >= self.timeout_s:
+                self.stalled = True
+                self.stalled_after_s = round(idle, 3)
+                if self.on_stall is not None:
+                    self.on_stall(idle)
+                return
+
+
+def is_oom_error(exc: BaseException | None) -> bool:
+    """True when `exc` (or an exception it was raised from) means an allocation failed.
+
+    Covers `torch.cuda.OutOfMemoryError`, `MemoryError`, and RuntimeErrors whose message says
+    out of memory (CUDA, cuBLAS/cuDNN allocation, CPU DefaultCPUAllocator). Other errors,
+    including other CUDA errors, are bugs to surface, not reasons to shrink a batch.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError):
+            return True
+        oom_type = _torch_oom_type()
+        if oom_type is not None and isinstance(exc, oom_type):
+            return True
+        if isinstance(exc, RuntimeError):
+            text = str(exc).lower()
+            if any(m in text for m in _OOM_MESSAGES):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _torch_oom_type() -> type[BaseException] | None:
+    torch = _torch_if_loaded()
+    if torch is None:
+        return None
+    return getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+
+
+def _torch_if_loaded() -> Any:
+    """torch if some caller imported it already; importing it here would cost seconds for
+    callers (the map, the CLI) that never touch it."""
+    import sys
+    return sys.modules.get("torch")
+
+
+def free_memory() -> None:
+    """Release what a failed or finished trial held: Python garbage, then the CUDA cache.
+
+    Call after dropping references to the trial's model, batch and optimizer; the cache
+    release matters because the caching allocator keeps freed blocks reserved, and the next
+    trial's peak would otherwise count against memory nobody uses.
+    """
+    gc.collect()
+    torch = _torch_if_loaded()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def cuda_peak_reset(device: Any = None) -> None:
+    """Start a fresh CUDA allocator peak for `device` (no-op without CUDA)."""
+    torch = _torch_if_loaded()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_bytes(device: Any = None) -> int | None:
+    """Peak bytes the CUDA allocator handed out on `device` since the last reset; None
+    without CUDA."""
+    torch = _torch_if_loaded()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated(device))
