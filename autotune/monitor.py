@@ -34,6 +34,7 @@ import psutil
 from lightning.pytorch.callbacks import Callback
 
 from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autotune.measure import tree_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +97,6 @@ class Hint:
 
 # ---------------------------------------------------------------------------------------------
 # Probes used by the sampling thread
-
-
-def _tree_rss_bytes() -> int | None:
-    """RSS of this process plus all descendants (workers, DDP ranks).
-
-    Shared pages of forked workers count once per process, so this over-states the true
-    footprint a little; it is the figure the OOM killer's cgroup accounting is closest to.
-    """
-    try:
-        from autotune.measure import tree_rss_bytes  # the probe's own definition, when present
-    except ImportError:
-        pass
-    else:
-        return int(tree_rss_bytes())
-    try:
-        proc = psutil.Process()
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue  # a worker that exited between listing and reading
-        return int(total)
-    except psutil.Error:
-        return None
 
 
 def shm_usage(path: str = SHM_PATH) -> tuple[int, int] | None:
@@ -213,7 +189,7 @@ def sample_resources(t_s: float, step: int, gpus: GpuReader | None) -> ResourceS
         cpu = None
     shm = shm_usage()
     return ResourceSample(
-        t_s=round(t_s, 3), step=step, rss_bytes=_tree_rss_bytes(), ram_available_bytes=avail,
+        t_s=round(t_s, 3), step=step, rss_bytes=tree_rss_bytes() or None, ram_available_bytes=avail,
         ram_total_bytes=total, cpu_pct=cpu, shm_used_bytes=None if shm is None else shm[1],
         gpus=gpus.read() if gpus is not None and gpus.available else [])
 
