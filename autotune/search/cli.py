@@ -1,0 +1,282 @@
+"""`python -m autotune search`: parse flags, build the search, run it, report and save."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autotune.errors import UserError
+from autotune.search import results
+from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
+                                    fits_from_profile, parse_size, workload_predictor)
+from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
+from autotune.search.runner import DEFAULT_TRAINER
+from autotune.search.space import space_for
+from autotune.search.storage import GRACE_S, HEARTBEAT_S, mask_url
+from autotune.search.study import SearchConfig, run_study
+
+# Fractions of a device kept free: the probe's default margins (RAM 85% of available, VRAM 10%).
+RAM_BUDGET_FRACTION = 0.85
+VRAM_BUDGET_FRACTION = 0.90
+
+DESCRIPTION = """\
+Search training settings with Optuna. Each trial is a short real training run in a child
+process; settings the memory model predicts over budget are rejected before they run.
+Several processes or machines can join one study through a shared --storage URL
+(e.g. postgresql://user:pass@host/db); an interrupted search resumes to --trials finished
+trials in the same storage and study."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="SRC", help="dataset source as for smt.train "
+                   "(hub id, save_to_disk folder, image folder; default: the embedded dataset)")
+    p.add_argument("--preset", metavar="P", help="model preset (paper, small, debug; default: "
+                   "the trainer's)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="throughput",
+                   help="throughput: samples/s; quality: validation metric after a fixed "
+                   "sample budget, with pruning; both: Pareto front of the two (default: "
+                   "throughput)")
+    p.add_argument("--metric", choices=METRICS, default="val_loss",
+                   help="validation metric for quality/both (default val_loss: a short trial's "
+                   "SER is saturated; use val_ser for long trials)")
+    p.add_argument("--trials", type=int, default=20, metavar="N",
+                   help="finished trials the study should end with (default 20)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds")
+    p.add_argument("--trial-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="kill a trial (its whole process tree) after this long and mark it "
+                   "failed (default 900)")
+    p.add_argument("--steps-per-trial", type=int, default=50, metavar="K",
+                   help="optimizer steps per trial at the base effective batch; quality trials "
+                   "keep the sample count K x base effective batch fixed (default 50)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: "
+                   "sqlite:///RUN_DIR/search.db)")
+    p.add_argument("--study", metavar="NAME", help="study name (default smt-OBJECTIVE-PRESET)")
+    p.add_argument("--run-dir", metavar="DIR", help="trial folders and logs (default "
+                   "runs/search/STUDY)")
+    p.add_argument("--from", dest="from_profile", metavar="PROFILE",
+                   help="probe profile (name or path): its settings are the centre of the "
+                   "space and its measurements the memory model")
+    p.add_argument("--memory-budget", metavar="SIZE", help="reject points predicted above this "
+                   "(e.g. 14GiB; default 90%% of GPU memory, else 85%% of RAM)")
+    p.add_argument("--save-profile", metavar="NAME", help="write the best trial (or --pick) as "
+                   "profiles/NAME.json for smt.train --profile NAME")
+    p.add_argument("--pick", type=int, metavar="TRIAL", help="trial number to save (default: "
+                   "the best; for --objective both the Pareto knee)")
+    p.add_argument("--plot", metavar="DIR", help="write optimization history (and the Pareto "
+                   "front) as PNG into DIR")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--trainer", metavar="CMD", help="training command a trial runs (default: "
+                   f"'{' '.join(DEFAULT_TRAINER[1:])}' with this Python)")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
+                   help=f"trial heartbeat; a trial silent for 4x this is failed (default "
+                   f"{HEARTBEAT_S})")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("search", help="search training settings with Optuna",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run_search)
+
+
+def load_profile_arg(name: str) -> dict[str, Any]:
+    """A profile by path or by name in profiles/; one-line error naming it otherwise."""
+    try:
+        from autotune import profile as prof
+        loader = getattr(prof, "load_profile", None)
+    except ImportError:
+        loader = None
+    if loader is not None:
+        try:
+            data = loader(name)
+            return data.to_dict() if hasattr(data, "to_dict") else dict(data)
+        except (FileNotFoundError, KeyError) as exc:
+            raise UserError(f"--from {name}: profile not found ({exc})") from exc
+    path = Path(name)
+    if not path.exists():
+        path = results.profile_path(name)
+    if not path.exists():
+        raise UserError(f"--from {name}: no such profile (looked at {name} and {path})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--from {path}: not a readable JSON profile ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != 1:
+        raise UserError(f"--from {path}: not a schema-1 profile")
+    return data
+
+
+def _local_budget() -> tuple[int, str]:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            n = pynvml.nvmlDeviceGetCount()
+            mems = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
+                    for i in range(n)]
+        finally:
+            pynvml.nvmlShutdown()
+        if mems:
+            return int(min(mems) * VRAM_BUDGET_FRACTION), "90% of the smallest GPU's memory"
+    except Exception:  # no NVML, no GPU: the budget is RAM
+        pass
+    import psutil
+    return (int(psutil.virtual_memory().available * RAM_BUDGET_FRACTION),
+            "85% of available RAM")
+
+
+def memory_budget(args: argparse.Namespace, profile: dict[str, Any] | None) -> tuple[int, str]:
+    if args.memory_budget:
+        try:
+            return parse_size(args.memory_budget), "--memory-budget"
+        except ValueError as exc:
+            raise UserError(f"--memory-budget: {exc}") from exc
+    hw = (profile or {}).get("hardware") or {}
+    gpus = [g.get("memory_bytes") for g in hw.get("gpus") or [] if g.get("memory_bytes")]
+    if gpus:
+        return int(min(gpus) * VRAM_BUDGET_FRACTION), "90% of the profile's GPU memory"
+    if hw.get("ram_bytes") and profile is not None:
+        return int(hw["ram_bytes"] * RAM_BUDGET_FRACTION), "85% of the profile's RAM"
+    return _local_budget()
+
+
+def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
+                     data: str | None) -> MemoryPredictor:
+    if profile is not None:
+        fits = fits_from_profile(profile)
+        if fits:
+            return FitPredictor(fits, source=f"probe fits in profile {profile.get('name', '?')}")
+    predictor = workload_predictor(preset, data)
+    return predictor if predictor is not None else NullPredictor()
+
+
+def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any] | None, str]:
+    for flag, value, minimum in (("--trials", args.trials, 1),
+                                 ("--steps-per-trial", args.steps_per_trial, 1),
+                                 ("--heartbeat", args.heartbeat, 1)):
+        if value < minimum:
+            raise UserError(f"{flag} must be >= {minimum}, got {value}")
+    if args.trial_timeout <= 0 or (args.timeout is not None and args.timeout <= 0):
+        raise UserError("--timeout and --trial-timeout must be positive")
+    profile = load_profile_arg(args.from_profile) if args.from_profile else None
+    try:
+        space = space_for(args.objective, profile)
+    except ValueError as exc:
+        raise UserError(f"--from {args.from_profile}: bad settings ({exc})") from exc
+    objective = make_objective(args.objective, args.metric)
+    budget, budget_why = memory_budget(args, profile)
+    predictor = choose_predictor(profile, args.preset, args.data)
+    trainer = tuple(shlex.split(args.trainer)) if args.trainer else DEFAULT_TRAINER
+    if not trainer:
+        raise UserError("--trainer: empty command")
+    name = args.study or f"smt-{objective.name}-{args.preset or 'default'}"
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "search" / name
+    config = SearchConfig(
+        objective=objective, space=space, run_dir=run_dir, trials=args.trials,
+        steps_per_trial=args.steps_per_trial, timeout_s=args.timeout,
+        trial_timeout_s=args.trial_timeout, storage=args.storage, study_name=name,
+        preset=args.preset, data=args.data, seed=args.seed, memory_budget_bytes=budget,
+        predictor=predictor, trainer=trainer, heartbeat_s=args.heartbeat,
+        grace_s=4 * args.heartbeat)
+    return config, profile, budget_why
+
+
+def _intro(console: Console, config: SearchConfig, budget_why: str, args: argparse.Namespace) -> None:
+    t = Table(title=f"search {config.name}: {config.objective.name} "
+              f"({', '.join(config.objective.names)}), bounds from {config.space.source}",
+              title_justify="left")
+    t.add_column("knob")
+    t.add_column("range")
+    for knob, text in config.space.describe():
+        t.add_row(knob, text)
+    console.print(t)
+    budget = config.memory_budget_bytes or 0
+    console.print(f"memory model: {config.predictor.source}; budget {budget / 2**30:.2f} GiB "
+                  f"({budget_why})")
+    console.print(f"storage: {mask_url(config.storage_url)}  run folder: {config.run_dir}")
+    console.print(f"trainer: {' '.join(config.trainer)}  steps per trial: "
+                  f"{config.steps_per_trial}  trial time limit: {config.trial_timeout_s:g} s")
+    join = ["python -m autotune search", f"--storage '{mask_url(config.storage_url)}'",
+            f"--study {config.name}", f"--objective {config.objective.name}",
+            f"--trials {config.trials}"]
+    if args.objective != "throughput":
+        join.append(f"--metric {config.objective.metric}")
+    for flag, value in (("--preset", config.preset), ("--data", config.data),
+                        ("--from", args.from_profile)):
+        if value:
+            join.append(f"{flag} {value}")
+    console.print(f"another worker joins with: {' '.join(join)}")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    console = Console()
+    config, profile, budget_why = build_config(args)
+    _intro(console, config, budget_why, args)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler, `kill`) must end the running trial's process tree too: turned
+        # into KeyboardInterrupt, Optuna marks the trial failed and the runner kills the child.
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        outcome = run_study(config, console=console)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    study = outcome.study
+    console.print(f"stopped: {outcome.stop_reason} after {outcome.elapsed_s:.1f} s "
+                  f"({outcome.attempts} attempts here)")
+    if not results.best_trials(study):
+        if outcome.counts.rejected and not outcome.counts.complete:
+            raise UserError(f"nothing fits: every point was predicted over the "
+                            f"{(config.memory_budget_bytes or 0) / 2**30:.2f} GiB budget "
+                            "(lower --from's batch, raise --memory-budget or reduce the image)")
+        console.print(f"[red]no trial completed[/]; trial logs are under {config.run_dir / 'trials'}")
+        return 1
+    chosen = None
+    if args.save_profile:
+        trial = results.pick_trial(study, args.pick)
+        chosen = trial.number
+    results.print_results(console, study, config.objective, chosen=chosen)
+    if args.save_profile:
+        workload = {k: v for k, v in (("dataset", config.data), ("model", config.preset)) if v}
+        prof = results.build_profile(args.save_profile, trial, study, config.objective,
+                                     profile, config.storage_url, workload)
+        path = results.save_profile(prof, args.save_profile)
+        console.print(f"saved trial {trial.number} as {path}: train with "
+                      f"python -m smt.train --profile {args.save_profile}")
+    if args.plot:
+        for path in results.write_plots(study, config.objective, Path(args.plot)):
+            console.print(f"plot: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autotune search", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_search(args)
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    from autotune.errors import run_cli
+    return run_cli(main, argv, prog="autotune search")
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

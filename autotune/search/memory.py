@@ -1,0 +1,151 @@
+"""Reject points the memory model says will not fit, before a trial is launched.
+
+Prediction = fixed + per_sample x batch, with per_sample scaled by the image area
+(reduce_ratio squared) from the ratio it was measured at. The fits come from the probe's
+measurements in a profile (`--from`), else from the model's own `estimate_memory` through the
+workload interface. The constraint handed to Optuna is (predicted - budget) / budget: positive
+means infeasible, and its size tells the sampler how far outside the region a point was.
+"""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.records import MemoryFit
+from autotune.settings import Settings
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "t": 1e12, "tb": 1e12, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'12GiB', '16GB', '800M', '1e9' -> bytes. ValueError naming the text otherwise."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 12GiB, 16GB, 800MiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class MemoryPredictor(ABC):
+    """One method: predicted peak bytes for a trial's settings, or None when unknowable."""
+    source: str = ""
+
+    @abstractmethod
+    def predict_bytes(self, settings: Settings) -> float | None: ...
+
+
+@dataclass
+class FitPredictor(MemoryPredictor):
+    """Linear fits per measured reduce ratio; the nearest ratio's fit is rescaled by area."""
+    fits: list[MemoryFit]
+    source: str = "probe measurements"
+
+    def predict_bytes(self, settings: Settings) -> float | None:
+        if not self.fits:
+            return None
+        fit = min(self.fits, key=lambda f: abs(f.reduce_ratio - settings.reduce_ratio))
+        area = (settings.reduce_ratio / fit.reduce_ratio) ** 2
+        # Per-device batch is what lands in one device's memory; DDP replicates the fixed part.
+        return fit.fixed_bytes + fit.per_sample_bytes * area * settings.batch_size
+
+
+@dataclass
+class NullPredictor(MemoryPredictor):
+    source: str = "none (no profile measurements, no workload estimate)"
+
+    def predict_bytes(self, settings: Settings) -> float | None:
+        return None
+
+
+def fits_from_profile(profile: dict[str, Any]) -> list[MemoryFit]:
+    """MemoryFit records from a profile: stored fits, else fitted from its model trials."""
+    meas = profile.get("measurements") or {}
+    for key in ("memory_fits", "memory_fit", "fits"):
+        rows = meas.get(key)
+        if isinstance(rows, dict):
+            rows = [rows]
+        if isinstance(rows, list) and rows:
+            fits = []
+            for r in rows:
+                try:
+                    fits.append(MemoryFit(reduce_ratio=float(r["reduce_ratio"]),
+                                          fixed_bytes=float(r["fixed_bytes"]),
+                                          per_sample_bytes=float(r["per_sample_bytes"]),
+                                          points=int(r.get("points", 0)),
+                                          source=str(r.get("source", "measured"))))
+                except (KeyError, TypeError, ValueError):
+                    continue
+            if fits:
+                return fits
+    from autotune.search.space import _model_trials
+    by_ratio: dict[float, list[tuple[int, int]]] = {}
+    for t in _model_trials(profile):
+        if t.get("oom") or t.get("error") or not t.get("peak_memory_bytes"):
+            continue
+        by_ratio.setdefault(float(t["reduce_ratio"]), []).append(
+            (int(t["batch_size"]), int(t["peak_memory_bytes"])))
+    return [f for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
+
+
+def fit_line(ratio: float, points: list[tuple[int, int]]) -> MemoryFit | None:
+    """Least squares memory = a + b x batch; one point gives a line through the origin."""
+    if not points:
+        return None
+    if len({b for b, _ in points}) == 1:
+        b, m = max(points, key=lambda p: p[1])
+        return MemoryFit(ratio, 0.0, m / b, len(points))
+    n = len(points)
+    mx = sum(b for b, _ in points) / n
+    my = sum(m for _, m in points) / n
+    sxx = sum((b - mx) ** 2 for b, _ in points)
+    slope = max(0.0, sum((b - mx) * (m - my) for b, m in points) / sxx)
+    return MemoryFit(ratio, max(0.0, my - slope * mx), slope, n)
+
+
+class WorkloadPredictor(MemoryPredictor):
+    """The model's own estimate through the workload interface, at the data's largest shape."""
+
+    def __init__(self, workload: Any) -> None:
+        self.workload = workload
+        self.source = "model estimate"
+        self._shapes: dict[float, Any] = {}
+
+    def predict_bytes(self, settings: Settings) -> float | None:
+        ratio = round(settings.reduce_ratio, 6)
+        if ratio not in self._shapes:
+            self._shapes[ratio] = self.workload.largest_shape(ratio)
+        est = self.workload.estimate_memory(settings.batch_size, self._shapes[ratio],
+                                            settings.precision)
+        if est is None:
+            return None
+        return float(getattr(est, "total_bytes", est))
+
+
+def workload_predictor(preset: str | None, data: str | None) -> MemoryPredictor:
+    """A WorkloadPredictor for the SMT workload, or a NullPredictor saying why there is none."""
+    kwargs = {k: v for k, v in (("preset", preset), ("data", data)) if v is not None}
+    try:
+        from autotune.workload import load_workload
+        return WorkloadPredictor(load_workload("smt", **kwargs))
+    except Exception as exc:  # no estimate means no rejection, and the table says so
+        return NullPredictor(source=f"none (workload estimate unavailable: {exc})")
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    predicted_bytes: float | None
+    budget_bytes: int | None
+
+    @property
+    def violation(self) -> float | None:
+        """(predicted - budget) / budget: > 0 means over budget; None when unknown."""
+        if self.predicted_bytes is None or not self.budget_bytes:
+            return None
+        return (self.predicted_bytes - self.budget_bytes) / self.budget_bytes
+
+    @property
+    def feasible(self) -> bool:
+        v = self.violation
+        return v is None or v <= 0

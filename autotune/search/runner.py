@@ -1,0 +1,236 @@
+"""Run one trial as a child process, watch it, and always clean up after it.
+
+A trial is a short real training run (`python -m smt.train ... --max-steps K --out DIR`) in
+its own process, so an OOM, a hang or a leak dies with it and cannot poison the next trial.
+The runner samples the child's process tree (RSS, for the record), reads its progress files
+for the pruner, and kills the whole tree (DataLoader workers included) when the trial passes
+its time limit, when the pruner says stop, or when the search itself is interrupted.
+The trainer command is injectable: tests run fake trainers that write summary.json.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+DEFAULT_TRAINER = (sys.executable, "-m", "smt.train")
+LOG_NAME = "trainer.log"
+# The child's own progress records (one JSON object per line), if the trainer writes them.
+PROGRESS_JSONL = "progress.jsonl"
+
+_OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
+                       r"Cannot allocate memory|\bMemoryError\b|std::bad_alloc", re.I)
+
+
+@dataclass
+class TrialResult:
+    status: str                            # "complete", "failed", "timeout", "oom", "stopped"
+    returncode: int | None
+    elapsed_s: float
+    log_path: Path
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    peak_rss_bytes: int | None = None      # whole child tree, sampled every poll
+    progress: list[dict[str, Any]] = field(default_factory=list)
+
+
+def kill_tree(pid: int, grace_s: float = 5.0) -> list[int]:
+    """Terminate a process and all its descendants; SIGKILL what survives the grace time."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [p.pid for p in procs]
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    try:
+        root = psutil.Process(pid)
+        total = root.memory_info().rss
+        for c in root.children(recursive=True):
+            try:
+                total += c.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return None
+
+
+def looks_like_oom(log_tail: str, returncode: int | None) -> bool:
+    if _OOM_TEXT.search(log_tail):
+        return True
+    # SIGKILL that we did not send: on Linux almost always the kernel's OOM killer.
+    return returncode == -signal.SIGKILL
+
+
+class ProgressReader:
+    """Reads the validation records a running trainer leaves in its output folder.
+
+    Two channels, whichever exists: `progress.jsonl` (one JSON object per line with `step`,
+    optional `samples`, and metric keys) and Lightning's CSV logger `metrics.csv` (anywhere
+    under the folder). Both are re-read whole each poll; they stay small for short trials.
+    """
+
+    def __init__(self, out_dir: Path, metric: str) -> None:
+        self.out_dir = out_dir
+        self.metric = metric
+        self.seen: set[tuple[int, float]] = set()
+
+    def _records(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        jl = self.out_dir / PROGRESS_JSONL
+        if jl.exists():
+            try:
+                text = jl.read_text(encoding="utf-8")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written
+                if isinstance(rec, dict):
+                    rows.append(rec)
+        for path in sorted(self.out_dir.rglob("metrics.csv")):
+            try:
+                rows.extend(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+            except (OSError, csv.Error):
+                continue
+        return rows
+
+    def poll(self) -> list[dict[str, Any]]:
+        """New records carrying the metric: dicts with `step`, `samples` (or None), `value`."""
+        new = []
+        for rec in self._records():
+            raw = rec.get(self.metric)
+            try:
+                value = float(raw) if raw not in (None, "") else None
+                step = int(float(rec.get("step") or 0))
+                samples = rec.get("samples")
+                samples = int(float(samples)) if samples not in (None, "") else None
+            except (TypeError, ValueError):
+                continue
+            if value is None or (step, value) in self.seen:
+                continue
+            self.seen.add((step, value))
+            new.append({"step": step, "samples": samples, "value": value})
+        return new
+
+
+class TrialRunner:
+    """Launches `trainer + args`, enforces the time limit, returns a TrialResult."""
+
+    def __init__(self, trainer: Sequence[str] = DEFAULT_TRAINER, poll_s: float = 0.5,
+                 env: dict[str, str] | None = None) -> None:
+        self.trainer = list(trainer)
+        self.poll_s = poll_s
+        self.env = env
+
+    def run(self, args: Sequence[str], out_dir: Path, time_limit_s: float,
+            metric: str | None = None,
+            on_progress: Callable[[dict[str, Any]], bool] | None = None) -> TrialResult:
+        """Run to the end, the time limit, or until `on_progress` returns False."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = out_dir / LOG_NAME
+        cmd = self.trainer + list(args)
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        reader = ProgressReader(out_dir, metric) if metric and on_progress else None
+        start = time.monotonic()
+        peak: int | None = None
+        status, error = "complete", None
+        progress: list[dict[str, Any]] = []
+        polls = 0
+        with open(log_path, "ab") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                return TrialResult("failed", None, 0.0, log_path,
+                                   error=f"cannot start trainer {cmd[0]!r}: {exc}")
+            try:
+                while proc.poll() is None:
+                    rss = tree_rss_bytes(proc.pid)
+                    if rss is not None:
+                        peak = max(peak or 0, rss)
+                    if reader is not None and on_progress is not None:
+                        for rec in reader.poll():
+                            progress.append(rec)
+                            if not on_progress(rec):
+                                status, error = "stopped", "stopped by the pruner"
+                                break
+                        if status == "stopped":
+                            break
+                    if time.monotonic() - start > time_limit_s:
+                        status = "timeout"
+                        error = f"killed after {time_limit_s:.0f} s: past the trial time limit"
+                        break
+                    # Short polls first (quick trials end quickly), then every poll_s.
+                    time.sleep(min(self.poll_s, 0.02 * 2 ** min(polls, 10)))
+                    polls += 1
+            finally:
+                # Also reached on KeyboardInterrupt: no trainer outlives the search.
+                if proc.poll() is None:
+                    kill_tree(proc.pid)
+                proc.wait()
+        elapsed = time.monotonic() - start
+        rc = proc.returncode
+        summary = _read_summary(out_dir)
+        if status == "complete":
+            if rc != 0:
+                tail = _tail(log_path)
+                status = "oom" if looks_like_oom(tail, rc) else "failed"
+                last = tail.strip().splitlines()[-1] if tail.strip() else ""
+                error = (f"{'out of memory' if status == 'oom' else 'trainer failed'} "
+                         f"(exit {rc}): {last[:200]}")
+            elif summary is None:
+                status, error = "failed", "trainer exited 0 but wrote no summary.json"
+        return TrialResult(status, rc, elapsed, log_path, summary=summary, error=error,
+                           peak_rss_bytes=peak, progress=progress)
+
+
+def _read_summary(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "summary.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _tail(path: Path, nbytes: int = 8192) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - nbytes))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
