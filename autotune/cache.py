@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.filesize import decimal
 from rich.table import Table
 
 from autotune.errors import UserError
+from autotune.units import format_bytes
 from smt.paths import cache_root, prepared_root
 
 CREATOR = "smt-autotune"
@@ -209,12 +209,12 @@ def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     table.add_column("source", overflow="fold")
     table.add_column("settings", overflow="fold")
     for e in entries:
-        table.add_row(e.path.name, e.kind, decimal(e.size_bytes), format_age(e.age_s),
+        table.add_row(e.path.name, e.kind, format_bytes(e.size_bytes), format_age(e.age_s),
                       e.source, e.settings)
     console.print(table)
     total = sum(e.size_bytes for e in entries)
     if not args.clear:
-        console.print(f"{len(entries)} cache(s), {decimal(total)} under {roots}; "
+        console.print(f"{len(entries)} cache(s), {format_bytes(total)} under {roots}; "
                       "add --clear to remove them")
         _mention_foreign(console, foreign)
         return 0
@@ -222,7 +222,7 @@ def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     freed = 0
     for e in entries:
         freed += remove_cache(e)
-    console.print(f"removed {len(entries)} cache(s), freed {decimal(freed)}")
+    console.print(f"removed {len(entries)} cache(s), freed {format_bytes(freed)}")
     _mention_foreign(console, foreign)
     return 0
 

@@ -34,6 +34,7 @@ import psutil
 from lightning.pytorch.callbacks import Callback
 
 from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autotune.hardware import cgroup_memory
 from autotune.measure import tree_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,12 @@ def sample_resources(t_s: float, step: int, gpus: GpuReader | None) -> ResourceS
         avail, total = int(vm.available), int(vm.total)
     except (psutil.Error, OSError):
         avail = total = None
+    # In a container (Kaggle, Docker) the cgroup limit, not the host's RAM, is what OOM-kills.
+    limit, usage = cgroup_memory()
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+        if usage is not None:
+            avail = limit - usage if avail is None else min(avail, max(0, limit - usage))
     try:
         cpu = float(psutil.cpu_percent(interval=None))
     except (psutil.Error, OSError):
