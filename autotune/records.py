@@ -113,3 +113,110 @@ class MemoryFit:
 
     def predict(self, batch_size: int) -> float:
         return self.fixed_bytes + self.per_sample_bytes * batch_size
+
+
+@dataclass
+class MemoryEstimate:
+    """The workload's own prediction of a training step's peak memory at one point.
+
+    A profile carries a small table of these (a few batch sizes per reduce ratio and
+    precision) so that `autotune plan` can size batches for a GPU it has never seen without
+    importing the workload.
+    """
+    reduce_ratio: float
+    batch_size: int
+    height: int
+    width: int
+    seq_len: int
+    precision: str
+    estimated_memory_bytes: int | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MemoryEstimate":
+        return _from_dict(cls, data)
+
+
+def _section(data: Any) -> dict[str, Any]:
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class Measurements:
+    """Everything the decision rules read, in one record: the profile's `measurements`.
+
+    On disk it is nested by probe: {"map": {"trials": [...], <fit figures>}, "model": {...},
+    "loader": {...}, "estimates": [...], ...}. The probes' result records (`to_dict()`) drop
+    straight into those sections; keys this record does not know are kept in `extra` and
+    written back unchanged, so a profile survives a round trip through an older reader.
+    """
+    map_trials: list[MapTrial] = field(default_factory=list)
+    model_trials: list[ModelTrial] = field(default_factory=list)
+    loader_trials: list[LoaderTrial] = field(default_factory=list)
+    estimates: list[MemoryEstimate] = field(default_factory=list)
+    dataset_rows: int | None = None          # rows the full preparation maps
+    num_params: int | None = None
+    map_reduce_ratio: float | None = None    # ratio the map trials ran at
+    map_base_rss_bytes: float | None = None  # fitted: parent process before the map
+    map_worker_rss_bytes: float | None = None  # fitted: one map worker's own RSS
+    map_bytes_per_buffered_row: float | None = None  # fitted: RSS per row in a writer batch
+    cache_bytes_per_row: float | None = None  # prepared dataset on disk, per row
+    loader_batch_size: int | None = None
+    loader_reduce_ratio: float | None = None
+    model_base_rss_bytes: int | None = None  # training process RSS before the first step
+    probe_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _MAP_KEYS = {"base_rss_bytes": "map_base_rss_bytes", "worker_rss_bytes": "map_worker_rss_bytes",
+                 "bytes_per_buffered_row": "map_bytes_per_buffered_row",
+                 "cache_bytes_per_row": "cache_bytes_per_row", "full_rows": "dataset_rows",
+                 "reduce_ratio": "map_reduce_ratio"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Measurements":
+        data = dict(data or {})
+        m = cls()
+        map_s = _section(data.pop("map", None))
+        model_s = _section(data.pop("model", None))
+        loader_s = _section(data.pop("loader", None))
+        m.map_trials = [MapTrial.from_dict(t) for t in map_s.get("trials", [])]
+        m.model_trials = [ModelTrial.from_dict(t) for t in model_s.get("trials", [])]
+        m.loader_trials = [LoaderTrial.from_dict(t) for t in loader_s.get("trials", [])]
+        m.estimates = [MemoryEstimate.from_dict(e) for e in data.pop("estimates", []) or []]
+        for key, attr in cls._MAP_KEYS.items():
+            if map_s.get(key) is not None:
+                setattr(m, attr, map_s[key])
+        m.num_params = model_s.get("num_params")
+        m.model_base_rss_bytes = model_s.get("base_rss_bytes")
+        m.loader_batch_size = loader_s.get("batch_size")
+        m.loader_reduce_ratio = loader_s.get("reduce_ratio")
+        for key in ("dataset_rows", "num_params", "probe_seconds"):
+            if data.get(key) is not None:
+                setattr(m, key, data.pop(key))
+            else:
+                data.pop(key, None)
+        m.extra = {"map": {k: v for k, v in map_s.items()
+                           if k not in cls._MAP_KEYS and k != "trials"},
+                   "model": {k: v for k, v in model_s.items()
+                             if k not in ("trials", "num_params", "base_rss_bytes")},
+                   "loader": {k: v for k, v in loader_s.items()
+                              if k not in ("trials", "batch_size", "reduce_ratio")},
+                   **data}
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        extra = dict(self.extra)
+        map_s = {**_section(extra.pop("map", None)),
+                 "trials": [asdict(t) for t in self.map_trials]}
+        for key, attr in self._MAP_KEYS.items():
+            if key != "full_rows":
+                map_s[key] = getattr(self, attr)
+        model_s = {**_section(extra.pop("model", None)),
+                   "trials": [asdict(t) for t in self.model_trials],
+                   "num_params": self.num_params, "base_rss_bytes": self.model_base_rss_bytes}
+        loader_s = {**_section(extra.pop("loader", None)),
+                    "trials": [asdict(t) for t in self.loader_trials],
+                    "batch_size": self.loader_batch_size,
+                    "reduce_ratio": self.loader_reduce_ratio}
+        return {**extra, "dataset_rows": self.dataset_rows, "num_params": self.num_params,
+                "probe_seconds": self.probe_seconds, "map": map_s, "model": model_s,
+                "loader": loader_s, "estimates": [asdict(e) for e in self.estimates]}
