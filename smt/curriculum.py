@@ -1,0 +1,148 @@
+"""SMT++ curriculum for full pages: systems first, then pages that grow, real pages mixed in.
+
+Stage 0 (`pretrain_steps`) trains on single systems, which teaches the notation cheaply. Then
+each page stage lasts `stage_steps` optimizer steps: synthetic pages hold 2, 3, ... up to
+`max_systems` systems, and the share of synthetic pages falls linearly from
+`synthetic_share_start` to `synthetic_share_end` across those stages, the rest being real pages.
+After the last stage the mix stays where it ended. Without real pages every sample is
+synthetic whatever the share says: the schedule never asks for data that does not exist.
+
+The sampler reads the optimizer step from a shared integer that a callback updates, so
+DataLoader workers (separate processes) follow the schedule without rebuilding the loader.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int                 # 0 = systems pre-training, 1.. = page stages
+    kind: str                  # "systems" or "pages"
+    systems: int               # systems per synthetic page (1 in pre-training)
+    synthetic_share: float     # probability that a page sample is synthetic
+
+
+@dataclass(frozen=True)
+class CurriculumSchedule:
+    # Systems-only steps before pages; SMT++ pre-trains on GrandStaff systems.
+    pretrain_steps: int = 1000
+    # Steps per page stage: long enough for the model to adapt to one more system per page.
+    stage_steps: int = 1000
+    # Systems on the largest synthetic page; four 4-bar systems fill an A4 page at 2100 px.
+    max_systems: int = 4
+    # Start mostly synthetic (labels are exact) and end mostly real (the target domain).
+    synthetic_share_start: float = 0.9
+    synthetic_share_end: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps!r}")
+        if self.stage_steps < 1:
+            raise ValueError(f"stage_steps must be >= 1, got {self.stage_steps!r}")
+        if self.max_systems < 2:
+            raise ValueError(f"max_systems must be >= 2 (a page has several systems), "
+                             f"got {self.max_systems!r}")
+        for name in ("synthetic_share_start", "synthetic_share_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    @property
+    def page_stages(self) -> int:
+        return self.max_systems - 1      # 2 .. max_systems systems
+
+    def stage_at(self, step: int) -> Stage:
+        if step < self.pretrain_steps:
+            return Stage(0, "systems", 1, 1.0)
+        k = min((step - self.pretrain_steps) // self.stage_steps, self.page_stages - 1)
+        frac = k / (self.page_stages - 1) if self.page_stages > 1 else 1.0
+        share = self.synthetic_share_start + frac * (self.synthetic_share_end
+                                                     - self.synthetic_share_start)
+        return Stage(k + 1, "pages", 2 + k, round(share, 6))
+
+    def total_steps(self) -> int:
+        """Steps until the last stage begins (training may go on there)."""
+        return self.pretrain_steps + (self.page_stages - 1) * self.stage_steps
+
+
+# A synthetic page maker: (number of systems, seed) -> row dict with `image` and `transcription`.
+PageMaker = Callable[[int, int], dict[str, Any]]
+
+
+class CurriculumSource:
+    """A split-like view (`len`, `[i]` -> row dict) that follows the schedule.
+
+    Wrap it in `smt.data.loader.ScoreDataset` like any prepared split. `systems` are the
+    pre-training rows, `real_pages` the target rows (may be empty), `make_page` renders a
+    synthetic page on demand (in the DataLoader worker that asks for it).
+    """
+
+    def __init__(self, schedule: CurriculumSchedule, systems: Any, real_pages: Any | None,
+                 make_page: PageMaker, length: int, seed: int = 0) -> None:
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length!r}")
+        self.schedule = schedule
+        self.systems = systems
+        self.real_pages = real_pages
+        self.make_page = make_page
+        self.length = length
+        self.seed = seed
+        # Shared with DataLoader workers by inheritance when they start.
+        self._step = mp.Value("q", 0, lock=False)
+
+    @property
+    def step(self) -> int:
+        return int(self._step.value)
+
+    def set_step(self, step: int) -> None:
+        self._step.value = int(step)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def choose(self, index: int, step: int) -> tuple[str, int]:
+        """("system", row) | ("real", row) | ("synthetic", systems) for sample `index` at `step`.
+
+        Deterministic in (seed, step, index) so that runs and resumes draw the same mix.
+        """
+        stage = self.schedule.stage_at(step)
+        rng = np.random.default_rng((self.seed, step, index))
+        if stage.kind == "systems":
+            return "system", int(rng.integers(len(self.systems)))
+        has_real = self.real_pages is not None and len(self.real_pages) > 0
+        if not has_real or rng.random() < stage.synthetic_share:
+            return "synthetic", stage.systems
+        return "real", int(rng.integers(len(self.real_pages)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        step = self.step
+        kind, value = self.choose(int(index), step)
+        if kind == "system":
+            return self.systems[value]
+        if kind == "real":
+            return self.real_pages[value]
+        return self.make_page(value, hash((self.seed, step, int(index))) & 0x7FFFFFFF)
+
+
+class CurriculumStep(Callback):
+    """Hands the optimizer step to the curriculum source before each batch is drawn."""
+
+    def __init__(self, source: CurriculumSource) -> None:
+        self.source = source
+        self._stage: int | None = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.source.set_step(trainer.global_step)
+        stage = self.source.schedule.stage_at(trainer.global_step)
+        if stage.index != self._stage and trainer.is_global_zero:
+            print(f"[smt.train] curriculum stage {stage.index}: {stage.kind}, "
+                  f"{stage.systems} system(s) per synthetic page, "
+                  f"{stage.synthetic_share:.0%} synthetic", flush=True)
+        self._stage = stage.index
