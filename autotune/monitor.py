@@ -345,6 +345,10 @@ class ResourceMonitor(Callback):
 
     def __init__(self, **config: Any) -> None:
         self.config = MonitorConfig(**config)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh run state: each `fit` on the same callback gets its own samples and hints."""
         self.samples: list[ResourceSample] = []
         self.hints: list[Hint] = []
         self.files: dict[str, Path] = {}
@@ -370,11 +374,25 @@ class ResourceMonitor(Callback):
         self._out: Path | None = None
         self._hinted: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks into each rank; a lock, an event or a thread cannot
+        # be pickled, and a sampling thread belongs to one process anyway.
+        state = self.__dict__.copy()
+        for name in ("_lock", "_stop", "_thread", "_gpus"):
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock, self._stop = threading.Lock(), threading.Event()
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
+        if self._finished or self.samples:
+            self._reset()
         cfg = self.config
         self._out = Path(cfg.out_dir if cfg.out_dir is not None else trainer.default_root_dir)
         indices = cfg.gpu_indices

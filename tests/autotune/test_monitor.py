@@ -272,3 +272,16 @@ def test_nvml_indices_follow_cuda_visible_devices(device_ids, visible, expect) -
 def test_config_validation_names_the_field(field, value) -> None:
     with pytest.raises(ValueError, match=field):
         ResourceMonitor(**{field: value})
+
+
+@pytest.mark.timeout(60)
+def test_callback_pickles_and_is_reusable_across_fits(tmp_path) -> None:
+    """ddp_spawn pickles callbacks into each rank; a second fit gets a fresh record."""
+    import pickle
+    monitor = ResourceMonitor(interval_s=0.05)
+    _fit(tmp_path / "a", monitor, steps=5)
+    clone = pickle.loads(pickle.dumps(monitor))
+    assert clone.config == monitor.config and len(clone.samples) == len(monitor.samples)
+    _fit(tmp_path / "b", monitor, steps=8)
+    assert monitor.samples[-1].step == 8 and monitor.samples[0].step == 0
+    assert (tmp_path / "b" / "resources.png").exists()
