@@ -64,6 +64,8 @@ def test_notebook_end_to_end_on_cpu(tmp_path, monkeypatch) -> None:
     """Probe, train a few steps of the debug preset on the embedded data, show, plot."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     out = tmp_path / "run"
+    # The probe's profile goes to a tmp folder, not the repository's shipped profiles/.
+    monkeypatch.setenv("SMT_AUTOTUNE_PROFILES", str(tmp_path / "profiles"))
     done = _execute(nb, tmp_path, monkeypatch, INSTALL="0", PRESET="debug", MAX_STEPS="10",
                     OUT=str(out), PROFILE="nbtest")
     assert (out / "resources.png").read_bytes().startswith(b"\x89PNG")
