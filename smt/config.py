@@ -171,7 +171,7 @@ class SMTConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference SMT architecture (DESIGN.md section 5): ~10.9 M parameters at vocab 181.
     "paper": {},
-    # A quarter-width model (~1 M parameters) for small GPUs and CPU runs that still learn.
+    # A half-width model (~1.8 M parameters at vocab 181) for small GPUs and CPU runs that still learn.
     "small": {
         "encoder_widths": (32, 64, 128),
         "encoder_depths": (2, 2, 6),
