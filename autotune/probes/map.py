@@ -1,0 +1,375 @@
+"""Map probe: how fast and how memory-hungry the workload's `datasets.map` preparation is.
+
+Each trial maps a small sample of raw rows at one (num_proc, writer_batch_size) in a forked
+child process, so that a trial that stalls or blows up can be abandoned (killed with its
+whole process tree) without taking the probe down. The parent watches two progress signals,
+rows handed back by the map function (counted through a file every worker appends to) and
+bytes written to the cache, and samples the RSS of the child's process tree. No progress for
+`stall_s` seconds ends the trial as stalled: the failure mode of the reference pipeline.
+
+From the trials it fits peak RAM = base + num_proc x (worker + buffered rows x row cost) and
+extrapolates time, peak RAM and cache size to the full dataset.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from autotune.measure import ProgressWatchdog, tree_rss_bytes
+from autotune.records import MapTrial
+from autotune.workload import MapSpec, Workload
+
+# How often the parent looks at progress and RSS: fine enough to catch a short peak of a
+# 1-2 s trial, coarse enough that sampling (a /proc walk) costs under 1% of a core.
+POLL_S = 0.05
+
+
+@dataclass
+class MapPrediction:
+    """One setting's cost for the full dataset, extrapolated from the sample."""
+    num_proc: int
+    writer_batch_size: int
+    seconds: float | None
+    peak_rss_bytes: float | None
+    cache_bytes: float | None
+    measured: bool                       # this exact setting ran on the sample
+
+
+@dataclass
+class MapProbeResult:
+    trials: list[MapTrial]
+    reduce_ratio: float
+    sample_rows: int
+    full_rows: int
+    # Fitted peak model (None where the trials could not separate the term).
+    base_rss_bytes: float | None
+    worker_rss_bytes: float | None
+    bytes_per_buffered_row: float | None
+    cache_bytes_per_row: float | None
+    startup_s: dict[int, float] = field(default_factory=dict)   # per num_proc: pool start-up
+    predictions: list[MapPrediction] = field(default_factory=list)
+    seconds: float = 0.0                 # wall time the probe itself took
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def predict(self, num_proc: int, writer_batch_size: int) -> MapPrediction:
+        """Full-dataset cost of any setting, measured or not."""
+        rate = _rate_for(self.trials, num_proc)
+        seconds = None
+        if rate:
+            seconds = self.startup_s.get(num_proc, max(self.startup_s.values(), default=0.0)) \
+                + self.full_rows / rate
+        peak = None
+        if None not in (self.base_rss_bytes, self.worker_rss_bytes, self.bytes_per_buffered_row):
+            shard = math.ceil(self.full_rows / num_proc)
+            peak = (self.base_rss_bytes + num_proc * (  # type: ignore[operator]
+                self.worker_rss_bytes + min(writer_batch_size, shard)
+                * self.bytes_per_buffered_row))
+        cache = self.cache_bytes_per_row * self.full_rows \
+            if self.cache_bytes_per_row is not None else None
+        measured = any(t.num_proc == num_proc and t.writer_batch_size == writer_batch_size
+                       and _ok(t) for t in self.trials)
+        return MapPrediction(num_proc, writer_batch_size, seconds, peak, cache, measured)
+
+
+class _CountingFunction:
+    """Wraps the map function and appends one byte per row handed back to a progress file.
+
+    A file opened in append mode is the cheapest counter that survives datasets shipping the
+    function to worker processes (O_APPEND writes of a few bytes are atomic on POSIX).
+    """
+
+    def __init__(self, function: Callable[..., Any], progress_path: str, batched: bool) -> None:
+        self.function = function
+        self.progress_path = progress_path
+        self.batched = batched
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.function(*args, **kwargs)
+        rows = 1
+        if self.batched and args:
+            first = args[0]
+            if isinstance(first, dict):
+                rows = len(next(iter(first.values()), []))
+            else:
+                rows = len(first)
+        fd = os.open(self.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"." * max(rows, 1))
+        finally:
+            os.close(fd)
+        return out
+
+
+def _child(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int,
+           trial_dir: str) -> None:
+    """Runs in the forked child: map the sample, write timings to result.json."""
+    import datasets
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    cache_dir = Path(trial_dir) / "cache"
+    cache_dir.mkdir()
+    function = _CountingFunction(spec.function, str(Path(trial_dir) / "progress"), spec.batched)
+    kwargs: dict[str, Any] = {}
+    if spec.batched and spec.batch_size:
+        kwargs["batch_size"] = spec.batch_size
+    if spec.features is not None:
+        kwargs["features"] = spec.features
+    start = time.monotonic()
+    result: dict[str, Any] = {"start": start, "rss_before": tree_rss_bytes()}
+    try:
+        out = sample.map(function, batched=spec.batched, num_proc=num_proc if num_proc > 1 else None,
+                         writer_batch_size=writer_batch_size,
+                         cache_file_name=str(cache_dir / "mapped.arrow"),
+                         load_from_cache_file=False, remove_columns=list(spec.remove_columns),
+                         fn_kwargs=dict(spec.fn_kwargs), **kwargs)
+        result.update(end=time.monotonic(), rows=len(out))
+    except BaseException as exc:  # reported to the parent, which records it on the trial
+        result.update(end=time.monotonic(), error=f"{type(exc).__name__}: {exc}")
+    (Path(trial_dir) / "result.json").write_text(json.dumps(result))
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (children first, so none is re-parented and
+    left running). A stalled map cannot be asked politely: it is stuck in C code."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def run_map_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int, *,
+                  stall_s: float = 5.0, timeout_s: float = 60.0,
+                  workdir: str | os.PathLike[str] | None = None) -> MapTrial:
+    """One map trial in a child process, abandoned on stall or timeout.
+
+    Returns a MapTrial; `stalled=True` when neither rows nor cache bytes moved for `stall_s`.
+    `rows_per_s` is the steady rate (first row seen to map end), so that pool start-up is not
+    charged per row when extrapolating to the full dataset.
+    """
+    return _run_trial(sample, spec, num_proc, writer_batch_size, stall_s=stall_s,
+                      timeout_s=timeout_s, workdir=workdir)[0]
+
+
+def _run_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int, *,
+               stall_s: float, timeout_s: float,
+               workdir: str | os.PathLike[str] | None = None) -> tuple[MapTrial, float | None]:
+    """The trial and its start-up seconds (fork, pool, first row), kept for extrapolation."""
+    rows = len(sample)
+    trial_dir = Path(tempfile.mkdtemp(prefix=f"map-np{num_proc}-wb{writer_batch_size}-",
+                                      dir=workdir))
+    progress = trial_dir / "progress"
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    proc = ctx.Process(target=_child, args=(sample, spec, num_proc, writer_batch_size,
+                                            str(trial_dir)), daemon=False)
+    start = time.monotonic()
+    proc.start()
+    assert proc.pid is not None
+    peak = 0
+    last_signal = (-1, -1)
+    first_row_at: float | None = None
+    first_rows = 0
+    timed_out = False
+    watchdog = ProgressWatchdog(stall_s, poll_s=min(POLL_S, stall_s / 10))
+    try:
+        with watchdog:
+            while proc.is_alive() and not watchdog.stalled:
+                now = time.monotonic()
+                peak = max(peak, tree_rss_bytes(proc.pid))
+                done_rows = progress.stat().st_size if progress.exists() else 0
+                signal = (done_rows, _dir_bytes(trial_dir / "cache"))
+                if signal != last_signal:
+                    last_signal = signal
+                    watchdog.beat()
+                    if done_rows and first_row_at is None:
+                        first_row_at, first_rows = now, done_rows
+                if now - start > timeout_s:
+                    timed_out = True
+                    break
+                time.sleep(POLL_S)
+    finally:
+        if proc.is_alive():
+            kill_tree(proc.pid)
+        proc.join(timeout=5)
+    stalled = watchdog.stalled
+    wall = time.monotonic() - start
+    done_rows = progress.stat().st_size if progress.exists() else 0
+    result_path = trial_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    cache_bytes = _dir_bytes(trial_dir / "cache")
+    base_rss = result.get("rss_before")
+    shutil.rmtree(trial_dir, ignore_errors=True)
+
+    error = result.get("error")
+    if stalled:
+        error = f"no progress for {stall_s:g} s after {done_rows}/{rows} rows"
+    elif timed_out:
+        error = f"trial cap of {timeout_s:g} s reached after {done_rows}/{rows} rows"
+    elif not result and proc.exitcode not in (0, None):
+        error = f"map child died with exit code {proc.exitcode}"
+    finished = not error and "end" in result
+
+    rate = None
+    if finished and first_row_at is not None and result["end"] > first_row_at:
+        rate = (rows - first_rows) / (result["end"] - first_row_at) if rows > first_rows else None
+    if rate is None and done_rows and wall > 0 and (finished or timed_out):
+        rate = done_rows / wall
+    shard = math.ceil(rows / num_proc)
+    buffered = min(writer_batch_size, shard)
+    per_row = None
+    if finished and peak and base_rss:
+        per_row = max(0.0, (peak - base_rss) / (num_proc * buffered))
+    trial = MapTrial(
+        num_proc=num_proc, writer_batch_size=writer_batch_size, rows=rows,
+        seconds=round(wall, 3) if finished else None,
+        rows_per_s=round(rate, 3) if rate else None,
+        peak_rss_bytes=peak or None, base_rss_bytes=base_rss,
+        bytes_per_buffered_row=per_row,
+        cache_bytes_per_row=cache_bytes / rows if finished and rows else None,
+        stalled=stalled, error=error)
+    return trial, (first_row_at - start) if first_row_at else None
+
+
+def _ok(trial: MapTrial) -> bool:
+    return not trial.stalled and trial.error is None and trial.rows_per_s is not None
+
+
+def _rate_for(trials: Sequence[MapTrial], num_proc: int) -> float | None:
+    """Best steady rate measured at `num_proc`; unmeasured counts scale the nearest lower one
+    no better than linearly (an optimistic bound would pick too many workers)."""
+    rates = [t.rows_per_s for t in trials if t.num_proc == num_proc and _ok(t)]
+    if rates:
+        return max(rates)  # type: ignore[type-var]
+    lower = [t for t in trials if t.num_proc < num_proc and _ok(t)]
+    if not lower:
+        return None
+    near = max(lower, key=lambda t: (t.num_proc, t.rows_per_s or 0))
+    return near.rows_per_s  # more processes than measured: assume no speed-up
+
+
+def fit_peak_model(trials: Sequence[MapTrial]) -> tuple[float | None, float | None, float | None]:
+    """peak = base + num_proc x (worker + buffered rows x row_cost), term by term.
+
+    base: RSS of the process that runs the map, before it starts (measured in each trial).
+    row_cost: growth per buffered row between two writer_batch_size values at num_proc=1
+    (None when only one was measured; the caller bounds it below by the cached row size).
+    worker: what is left per process, the largest over the trials. Forked workers share the
+    parent's pages but RSS counts them in each worker, so this errs high, on the safe side.
+    """
+    good = [t for t in trials if _ok(t) and t.peak_rss_bytes and t.base_rss_bytes]
+    if not good:
+        return None, None, None
+    base = float(sorted(t.base_rss_bytes for t in good)[len(good) // 2])  # type: ignore[misc]
+    row_cost = None
+    single = sorted((min(t.writer_batch_size, t.rows), t.peak_rss_bytes - t.base_rss_bytes)
+                    for t in good if t.num_proc == 1)  # type: ignore[operator]
+    if len({b for b, _ in single}) >= 2:
+        (b0, g0), (b1, g1) = single[0], single[-1]
+        row_cost = max(0.0, (g1 - g0) / (b1 - b0))
+    worker = max(
+        (t.peak_rss_bytes - t.base_rss_bytes  # type: ignore[operator]
+         - t.num_proc * min(t.writer_batch_size, math.ceil(t.rows / t.num_proc)) * (row_cost or 0.0))
+        / t.num_proc for t in good)
+    return base, max(0.0, worker), row_cost
+
+
+def trial_grid(usable_cpus: float, sample_rows: int,
+               writer_batch_sizes: Sequence[int] | None = None,
+               max_num_proc: int = 8) -> list[tuple[int, int]]:
+    """(num_proc, writer_batch_size) pairs to try, cheapest and most informative first.
+
+    num_proc: 1, 2, 4, ... up to the usable cores (more than the cores only adds contention).
+    writer_batch_size: two values at num_proc=1 separate the per-row buffer cost from the
+    worker's fixed cost; one value elsewhere keeps the probe short.
+    """
+    cores = max(1, int(usable_cpus))
+    procs = [1]
+    while procs[-1] * 2 <= min(cores, max_num_proc):
+        procs.append(procs[-1] * 2)
+    if cores <= max_num_proc and procs[-1] != cores:
+        procs.append(cores)
+    if writer_batch_sizes is None:
+        hi = max(2, sample_rows // (2 * max(procs)) if max(procs) > 1 else sample_rows // 2)
+        lo = max(2, hi // 6)
+        writer_batch_sizes = (lo, hi) if lo < hi else (hi,)
+    grid = [(1, w) for w in writer_batch_sizes]
+    grid += [(p, max(writer_batch_sizes)) for p in procs[1:]]
+    return grid
+
+
+def probe_map(workload: Workload, *, usable_cpus: float, reduce_ratio: float = 1.0,
+              sample_rows: int = 48, writer_batch_sizes: Sequence[int] | None = None,
+              stall_s: float = 5.0, trial_timeout_s: float = 30.0,
+              deadline: float | None = None,
+              on_trial: Callable[[MapTrial], None] | None = None) -> MapProbeResult:
+    """Run the map trials on a raw sample and extrapolate to the full dataset.
+
+    `deadline` (time.monotonic) stops starting new trials once passed; a trial in flight is cut
+    at the deadline too, so the probe keeps its time budget.
+    """
+    started = time.monotonic()
+    sample = workload.raw_sample(sample_rows)
+    spec = workload.map_spec(reduce_ratio)
+    rows = len(sample)
+    trials: list[MapTrial] = []
+    startup: dict[int, float] = {}
+    for num_proc, wbs in trial_grid(usable_cpus, rows, writer_batch_sizes):
+        timeout = trial_timeout_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left < 1.0 and trials:
+                break
+            timeout = max(1.0, min(timeout, left))
+        trial, startup_s = _run_trial(sample, spec, num_proc, wbs, stall_s=stall_s,
+                                      timeout_s=timeout)
+        trials.append(trial)
+        if startup_s is not None and _ok(trial):
+            startup[num_proc] = min(startup.get(num_proc, math.inf), startup_s)
+        if on_trial:
+            on_trial(trial)
+    base, worker, row_cost = fit_peak_model(trials)
+    cache_rows = [t.cache_bytes_per_row for t in trials if _ok(t) and t.cache_bytes_per_row]
+    cache_per_row = max(cache_rows) if cache_rows else None
+    if row_cost is not None and cache_per_row is not None:
+        # A buffered row holds at least its encoded bytes; below that the fit is RSS noise.
+        row_cost = max(row_cost, cache_per_row)
+    elif row_cost is None and cache_per_row is not None:
+        row_cost = cache_per_row
+    result = MapProbeResult(
+        trials=trials, reduce_ratio=reduce_ratio, sample_rows=rows,
+        full_rows=workload.dataset_rows(), base_rss_bytes=base, worker_rss_bytes=worker,
+        bytes_per_buffered_row=row_cost, cache_bytes_per_row=cache_per_row,
+        startup_s={k: round(v, 3) for k, v in startup.items()})
+    result.predictions = [result.predict(t.num_proc, t.writer_batch_size) for t in trials]
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
