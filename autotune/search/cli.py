@@ -17,7 +17,7 @@ from rich.table import Table
 from autotune.errors import UserError
 from autotune.search import results
 from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
-                                    fits_from_profile, parse_size, workload_predictor)
+                                    fits_from_profile, offset_from_profile, parse_size, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.runner import DEFAULT_TRAINER
 from autotune.search.space import space_for
@@ -93,30 +93,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def load_profile_arg(name: str) -> dict[str, Any]:
-    """A profile by path or by name in profiles/; one-line error naming it otherwise."""
+    """A profile by path or by name in the profiles folder, validated by autotune.profile."""
+    from autotune.profile import ProfileError, load_profile, resolve_profile_path
     try:
-        from autotune import profile as prof
-        loader = getattr(prof, "load_profile", None)
-    except ImportError:
-        loader = None
-    if loader is not None:
-        try:
-            data = loader(name)
-            return data.to_dict() if hasattr(data, "to_dict") else dict(data)
-        except (FileNotFoundError, KeyError) as exc:
-            raise UserError(f"--from {name}: profile not found ({exc})") from exc
-    path = Path(name)
-    if not path.exists():
-        path = results.profile_path(name)
-    if not path.exists():
-        raise UserError(f"--from {name}: no such profile (looked at {name} and {path})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"--from {path}: not a readable JSON profile ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != 1:
-        raise UserError(f"--from {path}: not a schema-1 profile")
-    return data
+        return load_profile(resolve_profile_path(name)).to_dict()
+    except ProfileError as exc:
+        raise UserError(f"--from {name}: {exc}") from exc
 
 
 def _local_budget() -> tuple[int, str]:
@@ -158,7 +140,9 @@ def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
     if profile is not None:
         fits = fits_from_profile(profile)
         if fits:
-            return FitPredictor(fits, source=f"probe fits in profile {profile.get('name', '?')}")
+            kind = "predicted" if all(f.source == "predicted" for f in fits) else "measured"
+            return FitPredictor(fits, offset_bytes=offset_from_profile(profile),
+                                source=f"{kind} fits in profile {profile.get('name', '?')}")
     predictor = workload_predictor(preset, data)
     return predictor if predictor is not None else NullPredictor()
 

@@ -38,9 +38,14 @@ class MemoryPredictor(ABC):
 
 @dataclass
 class FitPredictor(MemoryPredictor):
-    """Linear fits per measured reduce ratio; the nearest ratio's fit is rescaled by area."""
+    """Linear fits per measured reduce ratio; the nearest ratio's fit is rescaled by area.
+
+    `offset_bytes` is what the fits leave out: on CPU the probe measures RSS growth of a step,
+    so the training process's own RSS before the first step is added back.
+    """
     fits: list[MemoryFit]
     source: str = "probe measurements"
+    offset_bytes: float = 0.0
 
     def predict_bytes(self, settings: Settings) -> float | None:
         if not self.fits:
@@ -48,7 +53,8 @@ class FitPredictor(MemoryPredictor):
         fit = min(self.fits, key=lambda f: abs(f.reduce_ratio - settings.reduce_ratio))
         area = (settings.reduce_ratio / fit.reduce_ratio) ** 2
         # Per-device batch is what lands in one device's memory; DDP replicates the fixed part.
-        return fit.fixed_bytes + fit.per_sample_bytes * area * settings.batch_size
+        return (self.offset_bytes + fit.fixed_bytes
+                + fit.per_sample_bytes * area * settings.batch_size)
 
 
 @dataclass
@@ -60,10 +66,11 @@ class NullPredictor(MemoryPredictor):
 
 
 def fits_from_profile(profile: dict[str, Any]) -> list[MemoryFit]:
-    """MemoryFit records from a profile: stored fits, else fitted from its model trials."""
+    """MemoryFit records from a profile: stored fits, else fitted from its measured model
+    trials, else from the workload's own estimates it carries (a plan profile)."""
     meas = profile.get("measurements") or {}
-    for key in ("memory_fits", "memory_fit", "fits"):
-        rows = meas.get(key)
+    model = meas.get("model") if isinstance(meas.get("model"), dict) else {}
+    for rows in (meas.get("memory_fits"), model.get("fits"), model.get("memory_fits")):
         if isinstance(rows, dict):
             rows = [rows]
         if isinstance(rows, list) and rows:
@@ -86,7 +93,30 @@ def fits_from_profile(profile: dict[str, Any]) -> list[MemoryFit]:
             continue
         by_ratio.setdefault(float(t["reduce_ratio"]), []).append(
             (int(t["batch_size"]), int(t["peak_memory_bytes"])))
-    return [f for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
+    fits = [f for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
+    if fits:
+        return fits
+    precision = (profile.get("settings") or {}).get("precision")
+    for e in meas.get("estimates") or []:
+        if not isinstance(e, dict) or not e.get("estimated_memory_bytes"):
+            continue
+        if precision and e.get("precision") not in (None, precision):
+            continue
+        by_ratio.setdefault(float(e["reduce_ratio"]), []).append(
+            (int(e["batch_size"]), int(e["estimated_memory_bytes"])))
+    return [MemoryFit(f.reduce_ratio, f.fixed_bytes, f.per_sample_bytes, f.points, "predicted")
+            for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
+
+
+def offset_from_profile(profile: dict[str, Any]) -> float:
+    """The training process's RSS before a step, when the fits are CPU RSS growth."""
+    from autotune.search.space import _model_trials
+    meas = profile.get("measurements") or {}
+    model = meas.get("model") if isinstance(meas.get("model"), dict) else {}
+    trials = _model_trials(profile)
+    on_cpu = bool(trials) and all(str(t.get("device", "cpu")).startswith("cpu") for t in trials)
+    base = model.get("base_rss_bytes")
+    return float(base) if on_cpu and isinstance(base, (int, float)) else 0.0
 
 
 def fit_line(ratio: float, points: list[tuple[int, int]]) -> MemoryFit | None:

@@ -106,34 +106,18 @@ def results_table(study: optuna.Study, objective: Objective, limit: int = 10,
     return table
 
 
-def _profiles_dir() -> Path:
-    try:
-        from autotune import profile as prof  # CORE's module, when present
-        fn = getattr(prof, "profiles_dir", None)
-        if fn is not None:
-            return Path(fn())
-    except ImportError:
-        pass
-    return Path("profiles")
-
-
 def profile_path(name: str) -> Path:
-    if name.endswith(".json") or "/" in name or "\\" in name:
-        return Path(name)
-    return _profiles_dir() / f"{name}.json"
+    """Where `--save-profile NAME` writes: a path as given, else the profiles folder."""
+    from autotune.profile import resolve_profile_path
+    return resolve_profile_path(name)
 
 
 def _hardware() -> dict[str, Any]:
-    try:
-        from autotune import hardware  # CORE's inventory, when present
-        info = hardware.inventory()  # type: ignore[attr-defined]
-        return info.to_dict() if hasattr(info, "to_dict") else dict(info)
-    except Exception:
-        import os
-        import psutil
-        return {"fingerprint": "", "cpu_count": os.cpu_count() or 1,
-                "ram_bytes": psutil.virtual_memory().total, "shm_bytes": None,
-                "disk_free_bytes": None, "gpus": []}
+    from autotune import hardware
+    info = hardware.inventory()
+    data = info.to_dict()
+    data["gpus"] = [{**g, "capability": list(g["capability"])} for g in data["gpus"]]
+    return data
 
 
 def build_profile(name: str, trial: FrozenTrial, study: optuna.Study, objective: Objective,
@@ -153,47 +137,45 @@ def build_profile(name: str, trial: FrozenTrial, study: optuna.Study, objective:
             reasons[key] = f"searched: {why}"
         else:
             reasons[key] = base_reasons.get(key, "kept from the search's base settings")
-    profile: dict[str, Any] = {
+    base_sources = (base_profile or {}).get("sources") or {}
+    sources = {k: ("measured" if reasons[k].startswith("searched") else
+                   base_sources.get(k, "default")) for k in reasons}
+    search = {"study": study.study_name, "storage": mask_url(storage_url),
+              "objective": objective.name, "trial": trial.number,
+              "values": values, "params": dict(trial.params),
+              "elapsed_s": trial.user_attrs.get("elapsed_s"),
+              "peak_rss_bytes": trial.user_attrs.get("peak_rss_bytes"),
+              "peak_memory_bytes": trial.user_attrs.get("peak_memory_bytes"),
+              "predicted_memory_bytes": trial.user_attrs.get("predicted_memory_bytes"),
+              "steps": trial.user_attrs.get("steps")}
+    details = dict((base_profile or {}).get("details") or {})
+    if trial.user_attrs.get("lr") is not None:
+        # Not a `settings` key (those are fixed by the schema): the trainer's learning rate.
+        details["lr"] = trial.user_attrs["lr"]
+    details["search"] = {"study": study.study_name, "trial": trial.number}
+    workload_section = {**((base_profile or {}).get("workload") or {}), **workload}
+    workload_section.setdefault("fingerprint", "")
+    return {
         "schema": 1,
         "name": Path(name).stem if name.endswith(".json") else name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "probe",     # measured on this hardware, by real training runs
         "hardware": (base_profile or {}).get("hardware") or _hardware(),
-        "workload": {**((base_profile or {}).get("workload") or {}), **workload},
+        "workload": workload_section,
         "settings": settings.to_dict(),
         "reasons": reasons,
-        "measurements": {
-            **((base_profile or {}).get("measurements") or {}),
-            "search": {
-                "study": study.study_name, "storage": mask_url(storage_url),
-                "objective": objective.name, "trial": trial.number,
-                "values": values, "params": dict(trial.params),
-                "elapsed_s": trial.user_attrs.get("elapsed_s"),
-                "peak_rss_bytes": trial.user_attrs.get("peak_rss_bytes"),
-                "predicted_memory_bytes": trial.user_attrs.get("predicted_memory_bytes"),
-                "steps": trial.user_attrs.get("steps"),
-            },
-        },
+        "sources": sources,
+        "details": details,
+        "measurements": {**((base_profile or {}).get("measurements") or {}), "search": search},
     }
-    if trial.user_attrs.get("lr") is not None:
-        # Not a `settings` key (those are fixed by the schema): the trainer's learning rate.
-        profile["training"] = {"lr": trial.user_attrs["lr"]}
-    return profile
 
 
 def save_profile(profile: dict[str, Any], name: str) -> Path:
-    try:
-        from autotune import profile as prof
-        save = getattr(prof, "save_profile", None)
-    except ImportError:
-        save = None
+    """Validate through autotune.profile (what smt.train reads) and write atomically."""
+    from autotune.profile import Profile
+    from autotune.profile import save_profile as save
     path = profile_path(name)
-    if save is not None:
-        try:
-            return Path(save(profile, path))
-        except TypeError:
-            pass
-    atomic_write_json(path, profile)
-    return path
+    return save(Profile.from_dict(profile, source=path), path)
 
 
 def write_plots(study: optuna.Study, objective: Objective, out_dir: Path) -> list[Path]:

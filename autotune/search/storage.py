@@ -56,16 +56,22 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S,
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         # Several workers on one SQLite file contend for its write lock; wait up to 60 s.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                grace_period=grace_s)
-    except ImportError as exc:  # e.g. psycopg2 missing for postgresql://
-        raise UserError(f"--storage {mask_url(url)}: driver not installed ({exc})") from exc
-    except Exception as exc:
-        raise UserError(f"--storage {mask_url(url)}: cannot open ({exc})") from exc
+    last: Exception | None = None
+    # Two workers starting together on a fresh database race to create its tables; the loser
+    # sees "table already exists" or a lock, and simply opens it again a moment later.
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s)
+        except ImportError as exc:  # e.g. psycopg2 missing for postgresql://
+            raise UserError(f"--storage {mask_url(url)}: driver not installed ({exc})") from exc
+        except Exception as exc:
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    raise UserError(f"--storage {mask_url(url)}: cannot open ({last})") from last
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,14 @@ def trainer_args(config: SearchConfig, point: TrialPoint, steps: int, out: Path)
         args += ["--data", config.data]
     if point.lr is not None:
         args += ["--lr", f"{point.lr:.6g}"]
+    # Same seed for every trial: differences come from the settings, not the shuffle.
+    args += ["--seed", str(config.seed or 0), "--patience", "0"]
+    if config.objective.prunable:
+        # About four validations per trial: the pruner's intermediate values.
+        args += ["--val-every", str(max(1, steps // 4))]
+    elif not config.objective.needs_validation:
+        # Throughput ignores validation; decode one batch at the end instead of the whole split.
+        args += ["--val-batches", "1"]
     return args
 
 
@@ -228,6 +236,14 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
         for key in ("samples_per_s", "val_loss", "val_ser", "train_loss", "peak_memory_bytes"):
             if res.summary and isinstance(res.summary.get(key), (int, float)):
                 trial.set_user_attr(key, res.summary[key])
+        summary = res.summary or {}
+        if res.status == "complete" and summary.get("oom_events"):
+            # The trainer survived by shrinking its micro-batch: these settings do not fit.
+            res.status = "oom"
+            res.error = (f"out of memory: the trainer backed off to micro-batch "
+                         f"{summary.get('micro_batch_size')} ({summary['oom_events']} OOM events)")
+        elif res.status == "complete" and summary.get("interrupted"):
+            res.status, res.error = "failed", "the trainer reports it was interrupted"
         if res.status == "stopped":
             trial.set_user_attr("outcome", OUTCOME_PRUNED)
             console.print(f"[cyan]trial {trial.number}[/] {desc}: pruned after "
