@@ -24,10 +24,6 @@ from autotune.search.space import space_for
 from autotune.search.storage import GRACE_S, HEARTBEAT_S, mask_url
 from autotune.search.study import SearchConfig, run_study
 
-# Fractions of a device kept free: the probe's default margins (RAM 85% of available, VRAM 10%).
-RAM_BUDGET_FRACTION = 0.85
-VRAM_BUDGET_FRACTION = 0.90
-
 DESCRIPTION = """\
 Search training settings with Optuna. Each trial is a short real training run in a child
 process; settings the memory model predicts over budget are rejected before they run.
@@ -67,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probe profile (name or path): its settings are the centre of the "
                    "space and its measurements the memory model")
     p.add_argument("--memory-budget", metavar="SIZE", help="reject points predicted above this "
-                   "(e.g. 14GiB; default 90%% of GPU memory, else 85%% of RAM)")
+                   "(e.g. 14GiB; default: the probe's budget, GPU memory less 10%%, else 85%% of available RAM less 10%%)")
     p.add_argument("--save-profile", metavar="NAME", help="write the best trial (or --pick) as "
                    "profiles/NAME.json for smt.train --profile NAME")
     p.add_argument("--pick", type=int, metavar="TRIAL", help="trial number to save (default: "
@@ -101,38 +97,29 @@ def load_profile_arg(name: str) -> dict[str, Any]:
         raise UserError(f"--from {name}: {exc}") from exc
 
 
-def _local_budget() -> tuple[int, str]:
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            n = pynvml.nvmlDeviceGetCount()
-            mems = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
-                    for i in range(n)]
-        finally:
-            pynvml.nvmlShutdown()
-        if mems:
-            return int(min(mems) * VRAM_BUDGET_FRACTION), "90% of the smallest GPU's memory"
-    except Exception:  # no NVML, no GPU: the budget is RAM
-        pass
-    import psutil
-    return (int(psutil.virtual_memory().available * RAM_BUDGET_FRACTION),
-            "85% of available RAM")
-
-
 def memory_budget(args: argparse.Namespace, profile: dict[str, Any] | None) -> tuple[int, str]:
+    """`--memory-budget`, else the probe's own budget rules (autotune.decide.Budgets) applied
+    to the profile's hardware, or to this machine when there is no profile."""
     if args.memory_budget:
         try:
             return parse_size(args.memory_budget), "--memory-budget"
         except ValueError as exc:
             raise UserError(f"--memory-budget: {exc}") from exc
-    hw = (profile or {}).get("hardware") or {}
-    gpus = [g.get("memory_bytes") for g in hw.get("gpus") or [] if g.get("memory_bytes")]
-    if gpus:
-        return int(min(gpus) * VRAM_BUDGET_FRACTION), "90% of the profile's GPU memory"
-    if hw.get("ram_bytes") and profile is not None:
-        return int(hw["ram_bytes"] * RAM_BUDGET_FRACTION), "85% of the profile's RAM"
-    return _local_budget()
+    from autotune.decide import Budgets
+    from autotune.records import HardwareInfo
+    budgets = Budgets()
+    if profile is not None:
+        hw, where = HardwareInfo.from_dict(profile["hardware"]), "the profile's"
+    else:
+        from autotune.hardware import inventory
+        hw, where = inventory(), "this machine's"
+    if hw.gpus:
+        smallest = min(g.memory_bytes for g in hw.gpus)
+        return (budgets.vram_budget(smallest),
+                f"{where} smallest GPU less {budgets.vram_margin:.0%}")
+    ram = int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
+    return ram, (f"{budgets.ram_fraction:.0%} of {where} available RAM less "
+                 f"{budgets.ram_margin:.0%} margin")
 
 
 def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
@@ -143,8 +130,18 @@ def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
             kind = "predicted" if all(f.source == "predicted" for f in fits) else "measured"
             return FitPredictor(fits, offset_bytes=offset_from_profile(profile),
                                 source=f"{kind} fits in profile {profile.get('name', '?')}")
-    predictor = workload_predictor(preset, data)
+    # smt.train's own default preset when a trial passes none (--max-steps is always given).
+    predictor = workload_predictor(preset or "paper", data)
     return predictor if predictor is not None else NullPredictor()
+
+
+def describe_workload(preset: str | None, data: str | None) -> dict[str, Any]:
+    """The profile's `workload` section with the fingerprint `--profile auto` matches on."""
+    try:
+        from autotune.workload import load_workload
+        return dict(load_workload("smt", data=data, preset=preset or "paper").describe())
+    except Exception:  # the workload layer is unavailable: name what the trials used
+        return {k: v for k, v in (("dataset", data), ("model", preset)) if v}
 
 
 def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any] | None, str]:
@@ -237,7 +234,7 @@ def run_search(args: argparse.Namespace) -> int:
         chosen = trial.number
     results.print_results(console, study, config.objective, chosen=chosen)
     if args.save_profile:
-        workload = {k: v for k, v in (("dataset", config.data), ("model", config.preset)) if v}
+        workload = describe_workload(config.preset, config.data)
         prof = results.build_profile(args.save_profile, trial, study, config.objective,
                                      profile, config.storage_url, workload)
         path = results.save_profile(prof, args.save_profile)

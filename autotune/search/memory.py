@@ -120,18 +120,16 @@ def offset_from_profile(profile: dict[str, Any]) -> float:
 
 
 def fit_line(ratio: float, points: list[tuple[int, int]]) -> MemoryFit | None:
-    """Least squares memory = a + b x batch; one point gives a line through the origin."""
+    """memory = fixed + per_sample x batch (the probe's own fit); one batch size measured
+    gives a line through the origin, which overstates small batches (the safe side)."""
+    from autotune.decide import fit_memory
     if not points:
         return None
-    if len({b for b, _ in points}) == 1:
-        b, m = max(points, key=lambda p: p[1])
-        return MemoryFit(ratio, 0.0, m / b, len(points))
-    n = len(points)
-    mx = sum(b for b, _ in points) / n
-    my = sum(m for _, m in points) / n
-    sxx = sum((b - mx) ** 2 for b, _ in points)
-    slope = max(0.0, sum((b - mx) * (m - my) for b, m in points) / sxx)
-    return MemoryFit(ratio, max(0.0, my - slope * mx), slope, n)
+    fit = fit_memory([(b, float(m)) for b, m in points], ratio)
+    if fit is not None:
+        return MemoryFit(ratio, max(0.0, fit.fixed_bytes), fit.per_sample_bytes, fit.points)
+    b, m = max(points, key=lambda p: p[1])
+    return MemoryFit(ratio, 0.0, m / b, len(points))
 
 
 class WorkloadPredictor(MemoryPredictor):

@@ -153,14 +153,16 @@ def build_profile(name: str, trial: FrozenTrial, study: optuna.Study, objective:
         # Not a `settings` key (those are fixed by the schema): the trainer's learning rate.
         details["lr"] = trial.user_attrs["lr"]
     details["search"] = {"study": study.study_name, "trial": trial.number}
-    workload_section = {**((base_profile or {}).get("workload") or {}), **workload}
+    workload_section = dict(workload) if workload.get("fingerprint") else \
+        {**((base_profile or {}).get("workload") or {}), **workload}
     workload_section.setdefault("fingerprint", "")
     return {
         "schema": 1,
         "name": Path(name).stem if name.endswith(".json") else name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": "probe",     # measured on this hardware, by real training runs
-        "hardware": (base_profile or {}).get("hardware") or _hardware(),
+        # The trials ran here, whatever machine a --from profile described.
+        "hardware": _hardware(),
         "workload": workload_section,
         "settings": settings.to_dict(),
         "reasons": reasons,
