@@ -49,8 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new trial after this many seconds")
     p.add_argument("--trial-timeout", type=float, default=900.0, metavar="SECONDS",
-                   help="kill a trial (its whole process tree) after this long and mark it "
-                   "failed (default 900)")
+                   help="kill a trial (its whole process tree) whose training runs longer and "
+                   "mark it failed (default 900)")
+    p.add_argument("--setup-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="limit before a trial's training starts: data preparation at a new "
+                   "reduce ratio and start-up (default 3600)")
     p.add_argument("--steps-per-trial", type=int, default=50, metavar="K",
                    help="optimizer steps per trial at the base effective batch; quality trials "
                    "keep the sample count K x base effective batch fixed (default 50)")
@@ -150,8 +153,9 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
                                  ("--heartbeat", args.heartbeat, 1)):
         if value < minimum:
             raise UserError(f"{flag} must be >= {minimum}, got {value}")
-    if args.trial_timeout <= 0 or (args.timeout is not None and args.timeout <= 0):
-        raise UserError("--timeout and --trial-timeout must be positive")
+    if args.trial_timeout <= 0 or args.setup_timeout <= 0 or \
+            (args.timeout is not None and args.timeout <= 0):
+        raise UserError("--timeout, --trial-timeout and --setup-timeout must be positive")
     profile = load_profile_arg(args.from_profile) if args.from_profile else None
     try:
         space = space_for(args.objective, profile)
@@ -168,7 +172,8 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
     config = SearchConfig(
         objective=objective, space=space, run_dir=run_dir, trials=args.trials,
         steps_per_trial=args.steps_per_trial, timeout_s=args.timeout,
-        trial_timeout_s=args.trial_timeout, storage=args.storage, study_name=name,
+        trial_timeout_s=args.trial_timeout, setup_timeout_s=args.setup_timeout,
+        storage=args.storage, study_name=name,
         preset=args.preset, data=args.data, seed=args.seed, memory_budget_bytes=budget,
         predictor=predictor, trainer=trainer, heartbeat_s=args.heartbeat,
         grace_s=4 * args.heartbeat)
@@ -189,7 +194,8 @@ def _intro(console: Console, config: SearchConfig, budget_why: str, args: argpar
                   f"({budget_why})")
     console.print(f"storage: {mask_url(config.storage_url)}  run folder: {config.run_dir}")
     console.print(f"trainer: {' '.join(config.trainer)}  steps per trial: "
-                  f"{config.steps_per_trial}  trial time limit: {config.trial_timeout_s:g} s")
+                  f"{config.steps_per_trial}  time limits: {config.trial_timeout_s:g} s of training, "
+                  f"{config.setup_timeout_s:g} s to start")
     join = ["python -m autotune search", f"--storage '{mask_url(config.storage_url)}'",
             f"--study {config.name}", f"--objective {config.objective.name}",
             f"--trials {config.trials}"]

@@ -29,6 +29,8 @@ DEFAULT_TRAINER = (sys.executable, "-m", "smt.train")
 LOG_NAME = "trainer.log"
 # The child's own progress records (one JSON object per line), if the trainer writes them.
 PROGRESS_JSONL = "progress.jsonl"
+# smt.train writes OUT/run.json when its data is ready and training begins.
+START_MARKER = "run.json"
 
 _OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                        r"Cannot allocate memory|\bMemoryError\b|std::bad_alloc", re.I)
@@ -154,8 +156,15 @@ class TrialRunner:
 
     def run(self, args: Sequence[str], out_dir: Path, time_limit_s: float,
             metric: str | None = None,
-            on_progress: Callable[[dict[str, Any]], bool] | None = None) -> TrialResult:
-        """Run to the end, the time limit, or until `on_progress` returns False."""
+            on_progress: Callable[[dict[str, Any]], bool] | None = None,
+            setup_limit_s: float | None = None) -> TrialResult:
+        """Run to the end, the time limit, or until `on_progress` returns False.
+
+        The trainer writes OUT/run.json once its data is ready and training starts; the time
+        limit counts from then. Before it, `setup_limit_s` applies: the first trial at a new
+        reduce ratio prepares (resizes and caches) the dataset, which can take far longer
+        than the short training that follows and must not be mistaken for a hang.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / LOG_NAME
         cmd = self.trainer + list(args)
@@ -167,6 +176,7 @@ class TrialRunner:
         status, error = "complete", None
         progress: list[dict[str, Any]] = []
         polls = 0
+        train_start: float | None = None
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
@@ -189,9 +199,19 @@ class TrialRunner:
                                 break
                         if status == "stopped":
                             break
-                    if time.monotonic() - start > time_limit_s:
+                    now = time.monotonic()
+                    if train_start is None and (out_dir / START_MARKER).exists():
+                        train_start = now
+                    if train_start is not None and now - train_start > time_limit_s:
                         status = "timeout"
-                        error = f"killed after {time_limit_s:.0f} s: past the trial time limit"
+                        error = (f"killed after {now - start:.0f} s: training ran past the "
+                                 f"trial time limit of {time_limit_s:.0f} s")
+                        break
+                    if train_start is None and now - start > (setup_limit_s or time_limit_s):
+                        status = "timeout"
+                        error = (f"killed after {now - start:.0f} s: training had not started "
+                                 f"within the {setup_limit_s or time_limit_s:.0f} s time limit "
+                                 "(data preparation or start-up hung)")
                         break
                     # Short polls first (quick trials end quickly), then every poll_s.
                     time.sleep(min(self.poll_s, 0.02 * 2 ** min(polls, 10)))

@@ -43,7 +43,10 @@ class SearchConfig:
     # rewarded for having seen more data.
     steps_per_trial: int = 50
     timeout_s: float | None = None             # whole search: no new trial after this
-    trial_timeout_s: float = 900.0             # one trial: killed and failed past this
+    trial_timeout_s: float = 900.0             # one trial's training: killed and failed past this
+    # Before training starts (data preparation at a new reduce ratio, start-up): a separate,
+    # longer limit, because preparing a large dataset legitimately takes many minutes.
+    setup_timeout_s: float = 3600.0
     storage: str | None = None
     study_name: str | None = None
     preset: str | None = None
@@ -140,9 +143,9 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
         worker = t.user_attrs.get("worker")
         if worker and not _worker_alive(worker, t.user_attrs.get("worker_started")):
             try:
-                study._storage.set_trial_user_attr(t._trial_id, "error",
-                                                   "its search process died mid-trial")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                optuna.trial.Trial(study, t._trial_id).set_user_attr(
+                    "error", "its search process died mid-trial")
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 failed.append(t.number)
             except Exception:  # another worker got there first
                 pass
@@ -229,7 +232,8 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
         with console.status(f"trial {trial.number}: training {steps} steps, {desc}"):
             res = runner.run(args, out, config.trial_timeout_s,
                              metric=obj.metric if obj.prunable else None,
-                             on_progress=on_progress if obj.prunable else None)
+                             on_progress=on_progress if obj.prunable else None,
+                             setup_limit_s=config.setup_timeout_s)
         trial.set_user_attr("elapsed_s", round(res.elapsed_s, 2))
         trial.set_user_attr("peak_rss_bytes", res.peak_rss_bytes)
         trial.set_user_attr("status", res.status)

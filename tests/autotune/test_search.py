@@ -143,12 +143,25 @@ def test_hanging_trial_is_killed_with_its_children_and_search_goes_on(tmp_path, 
     outcome = run_study(config_for(tmp_path, trials=2, trial_timeout_s=2.0))
     trials = outcome.study.get_trials()
     assert trials[0].state == TrialState.FAIL
-    assert "time limit" in trials[0].user_attrs["error"]
+    assert "training ran past the trial time limit" in trials[0].user_attrs["error"]
     assert 2.0 <= trials[0].user_attrs["elapsed_s"] < 15
     grandchild = int(marker.read_text())
     assert not psutil.pid_exists(grandchild) or \
         psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
     assert outcome.counts.complete == 2 and outcome.counts.failed == 1
+
+
+@pytest.mark.timeout(60)
+def test_trial_stuck_before_training_is_killed_by_the_setup_limit(tmp_path, fake_env,
+                                                                 monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_HANG_SETUP", "3")
+    outcome = run_study(config_for(tmp_path, trials=1, trial_timeout_s=0.5, setup_timeout_s=1.5,
+                                   enqueue=[{"batch_size": 3, "num_workers": 0}]))
+    first = outcome.study.get_trials()[0]
+    assert first.state == TrialState.FAIL and "had not started" in first.user_attrs["error"]
+    assert 1.5 <= first.user_attrs["elapsed_s"] < 10
+    # The training limit counts from run.json: a quick trial with a 0.5 s limit still completes.
+    assert outcome.counts.complete == 1
 
 
 @pytest.mark.timeout(60)

@@ -9,6 +9,7 @@ Behaviour switches (environment):
                               process, write its pid to PATH, and hang forever
   FAKE_TRAIN_FAIL_BATCH=N     exit 1 with a traceback-like message when --batch-size is N
   FAKE_TRAIN_PROGRESS_S=SEC   write a validation record every SEC seconds (for the pruner)
+  FAKE_TRAIN_HANG_SETUP=N     with --batch-size N, hang before run.json (stuck in set-up)
 """
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def main() -> int:
     settings = {"batch_size": args.batch_size, "accumulate_grad_batches": args.accumulate,
                 "reduce_ratio": args.reduce_ratio, "num_workers": args.num_workers,
                 "lr": args.lr, "max_steps": args.max_steps}
+    if os.environ.get("FAKE_TRAIN_HANG_SETUP") == str(args.batch_size):
+        print("fake trainer: stuck preparing data", flush=True)
+        while True:
+            time.sleep(1)
+    # Like smt.train: run.json once the data is ready and training starts.
+    (out / "run.json").write_text(json.dumps({"settings": settings}))
     calls = os.environ.get("FAKE_TRAIN_CALLS")
     if calls:
         with open(calls, "a") as fh:
