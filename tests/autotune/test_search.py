@@ -361,3 +361,14 @@ def test_joining_a_study_with_another_objective_is_refused(tmp_path, fake_env, c
     assert cli.main(search_argv(tmp_path, "--trials", "1", "--study", "s")) == 0
     rc = cli.entry(search_argv(tmp_path, "--trials", "1", "--study", "s", "--objective", "quality"))
     assert rc == 2 and "objective='throughput'" in capsys.readouterr().err
+
+
+def test_add_parser_registers_search_under_a_parent_cli():
+    import argparse
+    parent = argparse.ArgumentParser(prog="autotune")
+    parent.add_argument("--debug", action="store_true")
+    cli.add_parser(parent.add_subparsers(dest="command"))
+    args = parent.parse_args(["--debug", "search", "--objective", "both", "--trials", "3"])
+    assert args.func is cli.run_search and args.trials == 3 and args.objective == "both"
+    assert args.debug is True                      # the parent's flag survives the subparser
+    assert parent.parse_args(["search"]).debug is False
