@@ -1,0 +1,285 @@
+"""`python -m autotune probe`: measure the machine and the workload, decide, explain, save.
+
+    hardware -> map probe -> model probe -> loader probe -> decide -> profile JSON -> table
+
+The probe keeps to a time budget (default 90 s): each stage gets a deadline and stops
+starting trials past it, so a slow machine gets fewer points, not a longer wait. Stage
+shares: the map 30% (its trials are short and their count is fixed by the cores), the model
+50% (one step of the paper model at a full system image is seconds on a CPU), the loader the
+rest. Building the embedded default dataset on first use is not probing and is reported on
+its own line.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.decide import Budgets, Context, Decision, DevicesRule, PrecisionRule, decide
+from autotune.errors import UserError
+from autotune.hardware import describe as describe_hardware
+from autotune.hardware import inventory
+from autotune.probes.loader import LoaderProbeResult, probe_loader
+from autotune.probes.map import MapProbeResult, probe_map
+from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
+from autotune.profile import Profile, profiles_dir, save_profile
+from autotune.records import HardwareInfo, Measurements, MemoryEstimate
+from autotune.units import format_bytes, parse_size
+from autotune.workload import Workload, load_workload
+
+DEFAULT_TIME_BUDGET_S = 90.0
+# Shares of the time budget each stage may use, cumulative (map ends by 30%, model by 80%).
+MAP_SHARE, MODEL_SHARE, LOADER_SHARE = 0.30, 0.80, 0.97
+# Batch sizes and precisions of the estimate table a profile carries for `autotune plan`.
+ESTIMATE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+ESTIMATE_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+ESTIMATE_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25, 0.2)
+
+
+@dataclass
+class ProbeOptions:
+    data: str | None = None
+    preset: str = "paper"
+    devices: int | None = None
+    ram_budget_bytes: int | None = None
+    vram_budget_bytes: int | None = None
+    effective_batch_size: int = 16
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.time_budget_s > 0:
+            raise UserError(f"--time-budget must be positive seconds, got {self.time_budget_s!r}")
+        if self.effective_batch_size < 1:
+            raise UserError(f"--effective-batch must be >= 1, got {self.effective_batch_size}")
+        if self.devices is not None and self.devices < 1:
+            raise UserError(f"--devices must be >= 1, got {self.devices}")
+
+    def budgets(self) -> Budgets:
+        return Budgets(ram_budget_bytes=self.ram_budget_bytes,
+                       vram_budget_bytes=self.vram_budget_bytes,
+                       effective_batch_size=self.effective_batch_size, devices=self.devices)
+
+
+@dataclass
+class ProbeOutcome:
+    profile: Profile
+    decision: Decision
+    seconds: float                      # the probe itself
+    setup_seconds: float                # workload set-up (builds the default dataset once)
+    stage_seconds: dict[str, float]
+
+
+def profile_name(preset: str, hardware: HardwareInfo) -> str:
+    """Default profile name: one per preset and machine shape (same fingerprint, same file)."""
+    return f"probe-{preset}-{hardware.fingerprint[:8]}"
+
+
+def _precision_for(hardware: HardwareInfo, budgets: Budgets) -> str:
+    """The precision decide will choose, so that the model is measured the way it will run."""
+    ctx = Context(hw=hardware, m=Measurements(), budgets=budgets)
+    DevicesRule().apply(ctx)
+    PrecisionRule().apply(ctx)
+    return str(ctx.chosen["precision"])
+
+
+def estimate_table(workload: Workload) -> list[MemoryEstimate]:
+    """The model's own memory estimate on a grid, so `plan` can size batches for any GPU."""
+    out: list[MemoryEstimate] = []
+    for ratio in ESTIMATE_RATIOS:
+        shape = workload.largest_shape(ratio)
+        for precision in ESTIMATE_PRECISIONS:
+            for batch in ESTIMATE_BATCHES:
+                try:
+                    value = workload.estimate_memory(batch, shape, precision)
+                except (NotImplementedError, ValueError):
+                    return []
+                out.append(MemoryEstimate(ratio, batch, shape.height, shape.width, shape.seq_len,
+                                          precision, int(value) if value is not None else None))
+    return out
+
+
+def probe_profile(*, data: str | None = None, preset: str = "paper", devices: int | None = None,
+                  name: str | None = None, workload: Workload | None = None,
+                  hardware: HardwareInfo | None = None, options: ProbeOptions | None = None,
+                  report: Callable[[str], None] | None = None) -> Profile:
+    """Measure and decide; the profile is returned, not saved (callers choose the path)."""
+    opts = options or ProbeOptions(data=data, preset=preset, devices=devices, name=name)
+    return run_probe_stages(opts, workload=workload, hardware=hardware, report=report).profile
+
+
+def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
+                     hardware: HardwareInfo | None = None,
+                     report: Callable[[str], None] | None = None) -> ProbeOutcome:
+    say = report or (lambda _msg: None)
+    setup_start = time.monotonic()
+    hardware = hardware or inventory()
+    say(f"hardware: {describe_hardware(hardware)} (fingerprint {hardware.fingerprint})")
+    if workload is None:
+        say("workload: loading the data source (the embedded dataset is built on first use)")
+        workload = load_workload("smt", data=opts.data, preset=opts.preset)
+    workload_desc = workload.describe()
+    setup_s = time.monotonic() - setup_start
+
+    budgets = opts.budgets()
+    start = time.monotonic()
+    T = opts.time_budget_s
+    stage_s: dict[str, float] = {}
+
+    say(f"map: {workload.dataset_rows()} rows to prepare; timing a sample at several "
+        f"num_proc / writer_batch_size")
+    map_result: MapProbeResult = probe_map(
+        workload, usable_cpus=hardware.usable_cpus, deadline=start + MAP_SHARE * T,
+        trial_timeout_s=max(5.0, MAP_SHARE * T / 2),
+        on_trial=lambda t: say(
+            f"  map num_proc={t.num_proc} writer_batch_size={t.writer_batch_size}: "
+            + (f"{t.rows_per_s:.1f} rows/s, peak {format_bytes(t.peak_rss_bytes)}"
+               if t.rows_per_s and not t.error else f"{t.error}")))
+    stage_s["map"] = map_result.seconds
+
+    device = pick_device()
+    precision = _precision_for(hardware, budgets)
+    if device.startswith("cuda"):
+        memory_budget = budgets.vram_budget(hardware.gpus[0].memory_bytes) \
+            if hardware.gpus else None
+    else:
+        from autotune.probes.model import CpuPeakMeter
+        memory_budget = int(budgets.ram_budget(hardware) * (1 - budgets.ram_margin)) \
+            - CpuPeakMeter.current_bytes()
+    say(f"model: training steps on {device} ({precision}) at the largest image, "
+        f"growing batch sizes")
+    model_result: ModelProbeResult = probe_model(
+        workload, device=device, precision=precision, memory_budget_bytes=memory_budget,
+        batch_sizes=_batch_ladder(opts, hardware), deadline=start + MODEL_SHARE * T,
+        warmup_steps=1 if device.startswith("cuda") else 0,
+        timed_steps=3 if device.startswith("cuda") else 1,
+        on_trial=lambda t: say(
+            f"  model ratio={t.reduce_ratio:g} {t.height}x{t.width}px batch={t.batch_size}: "
+            + ("OOM" if t.oom else f"{t.step_s:.2f} s/step, {t.samples_per_s:.1f} samples/s, "
+               f"peak {format_bytes(t.peak_memory_bytes)}"
+               f" (estimate {format_bytes(t.estimated_memory_bytes)})")))
+    stage_s["model"] = model_result.seconds
+
+    loader_result = _loader_stage(workload, opts, hardware, model_result, map_result,
+                                  start + LOADER_SHARE * T, say)
+    stage_s["loader"] = loader_result.seconds if loader_result else 0.0
+
+    measurements = Measurements.from_dict({
+        "map": map_result.to_dict(), "model": model_result.to_dict(),
+        "loader": loader_result.to_dict() if loader_result else {},
+        "estimates": [asdict(e) for e in estimate_table(workload)],
+        "dataset_rows": workload.dataset_rows(), "num_params": model_result.num_params,
+    })
+    measurements.probe_seconds = round(time.monotonic() - start, 2)
+
+    def estimate(batch: int, ratio: float, precision_: str) -> int | None:
+        try:
+            return workload.estimate_memory(batch, workload.largest_shape(ratio), precision_)
+        except (NotImplementedError, ValueError):
+            return None
+
+    decision = decide(hardware, measurements, budgets, estimate=estimate)
+    seconds = round(time.monotonic() - start, 2)
+    measurements.probe_seconds = seconds
+    details = {**decision.details, "probe_seconds": seconds, "setup_seconds": round(setup_s, 2),
+               "stage_seconds": stage_s, "time_budget_s": T, "model_notes": model_result.notes}
+    profile = Profile(name=opts.name or profile_name(opts.preset, hardware), hardware=hardware,
+                      workload=workload_desc, settings=decision.settings,
+                      reasons=decision.reasons, measurements=measurements,
+                      sources=decision.sources, kind="probe", details=details)
+    return ProbeOutcome(profile, decision, seconds, round(setup_s, 2), stage_s)
+
+
+def _batch_ladder(opts: ProbeOptions, hardware: HardwareInfo) -> tuple[int, ...]:
+    """Batches worth measuring: no more than the effective batch on one device needs, x2 so
+    that the fit sees past the target (the decision may want it on a big GPU)."""
+    devices = opts.devices or max(1, len(hardware.gpus))
+    top = max(1, 2 * math.ceil(opts.effective_batch_size / devices))
+    return tuple(b for b in BATCH_LADDER if b <= top) or (1,)
+
+
+def _loader_stage(workload: Workload, opts: ProbeOptions, hardware: HardwareInfo,
+                  model: ModelProbeResult, map_result: MapProbeResult, deadline: float,
+                  say: Callable[[str], None]) -> LoaderProbeResult | None:
+    ok = [t for t in model.trials if not t.oom and t.error is None and t.step_s]
+    if not ok:
+        say("loader: skipped (no model step measured to compare with)")
+        return None
+    ratio = ok[0].reduce_ratio
+    # The batch the model ran best at among those measured: the loader is compared at the
+    # batch training is likely to use.
+    best = max((t for t in ok if t.reduce_ratio == ratio), key=lambda t: t.samples_per_s or 0)
+    if time.monotonic() >= deadline:
+        say("loader: skipped (time budget spent)")
+        return None
+    say(f"loader: batches/s by num_workers at batch {best.batch_size} "
+        f"(model: {1 / best.step_s:.2f} batches/s)")
+    return probe_loader(
+        workload, batch_size=best.batch_size, usable_cpus=hardware.usable_cpus,
+        reduce_ratio=ratio, model_step_s=best.step_s, deadline=deadline,
+        on_trial=lambda t: say(
+            f"  loader num_workers={t.num_workers}: "
+            + (f"{t.batches_per_s:.1f} batches/s" if t.batches_per_s else f"{t.error}")))
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+def options_from_args(args: argparse.Namespace) -> ProbeOptions:
+    def size(value: Any, flag: str) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_size(value, flag)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    return ProbeOptions(
+        data=getattr(args, "data", None), preset=getattr(args, "preset", None) or "paper",
+        devices=getattr(args, "devices", None),
+        ram_budget_bytes=size(getattr(args, "ram_budget", None), "--ram-budget"),
+        vram_budget_bytes=size(getattr(args, "vram_budget", None), "--vram-budget"),
+        effective_batch_size=int(getattr(args, "effective_batch", None) or 16),
+        time_budget_s=float(getattr(args, "time_budget", None) or DEFAULT_TIME_BUDGET_S),
+        name=getattr(args, "name", None))
+
+
+def render_table(profile: Profile) -> Any:
+    from rich.table import Table
+    table = Table(title=f"profile {profile.name}", show_lines=False, expand=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("source", style="dim")
+    table.add_column("reason", overflow="fold")
+    for key, value in profile.settings.to_dict().items():
+        table.add_row(key, str(value), profile.sources.get(key, ""),
+                      profile.reasons.get(key, ""))
+    return table
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Entry for `python -m autotune probe`: measure, decide, save, print. Returns 0."""
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    opts = options_from_args(args)
+    with console.status("probing...") as status:
+        def say(msg: str) -> None:
+            console.log(msg, highlight=False)
+            status.update(msg.strip()[:100])
+        outcome = run_probe_stages(opts, report=say)
+    profile = outcome.profile
+    out = Path(args.out) if getattr(args, "out", None) else \
+        profiles_dir() / f"{profile.name}.json"
+    path = save_profile(profile, out)
+    console.print(render_table(profile))
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in outcome.stage_seconds.items())
+    setup = f" (+{outcome.setup_seconds:.1f} s setting up the workload)" \
+        if outcome.setup_seconds >= 1 else ""
+    console.print(f"probe took {outcome.seconds:.1f} s of a {opts.time_budget_s:g} s budget "
+                  f"({stages}){setup}")
+    console.print(f"wrote {path}")
+    return 0
