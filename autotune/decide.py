@@ -456,6 +456,9 @@ class BatchRule(Rule):
         for ratio in ratios:
             line = self._memory_line(ctx, ratio, kind, precision)
             if line is None:
+                if any(t.oom and t.batch_size == 1 and t.reduce_ratio <= ratio + 1e-9
+                       and t.device.split(":")[0] == kind for t in ctx.m.model_trials):
+                    skipped.append(f"{ratio:g} (OOM at batch 1)")
                 continue
             fit, source, how, oom_floor, top_ok = line
             if fit.predict(1) > budget:
@@ -510,6 +513,11 @@ class BatchRule(Rule):
                 "per_sample_bytes": fit.per_sample_bytes, "points": fit.points,
                 "source": fit.source})
             return
+        if smallest_need is None and skipped:
+            raise NothingFitsError(
+                f"nothing fits: batch 1 ran out of memory at every reduce_ratio measured "
+                f"({', '.join(skipped)}); would fit: more {'GPU memory' if ctx.on_gpu else 'RAM'}"
+                f" or a reduce_ratio below {min(ratios):g} (pass --max-reduce-ratio)")
         if smallest_need is None:
             raise NothingFitsError("no model measurement and no memory estimate to size the "
                                    "batch with; run `python -m autotune probe` on the machine")
@@ -528,7 +536,9 @@ class BatchRule(Rule):
         largest batch measured without OOM."""
         same = [t for t in ctx.m.model_trials if math.isclose(t.reduce_ratio, ratio)
                 and t.device.split(":")[0] == kind]
-        ooms = [t.batch_size for t in same if t.oom]
+        # An OOM at a smaller image predicts one at this size too, from the same batch on.
+        ooms = [t.batch_size for t in ctx.m.model_trials if t.oom and t.device.split(":")[0] == kind
+                and t.reduce_ratio <= ratio + 1e-9]
         oom_floor = min(ooms) if ooms else None
         ok = [t for t in same if not t.oom and t.error is None and t.peak_memory_bytes]
         pts = [(t.batch_size, float(t.peak_memory_bytes)) for t in ok]   # type: ignore[arg-type]
