@@ -30,6 +30,8 @@ REDUCE_LADDER = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25, 0.2)
 # is 1000; below 10 the per-flush overhead dominates.
 WRITER_LADDER = (1000, 500, 200, 100, 50, 20, 10)
 
+# Speed credited to a writer batch smaller than any measured: unmeasured flush overhead.
+FALLBACK_RATE = 0.9
 # A loader this much faster than the model keeps it fed through jitter (slow pages, GC).
 LOADER_HEADROOM = 1.2
 # When the loader was not measured, more than this many workers per rank rarely pays off for a
@@ -295,8 +297,12 @@ class MapRule(Rule):
         eta = ""
         if m.dataset_rows and rate:
             eta = f", {m.dataset_rows} rows in ~{m.dataset_rows / rate / 60:.1f} min"
+        scaled = ""
+        if ctx.predicted:
+            scaled = (f"predicted for {cores} core(s) from rates measured elsewhere, scaling "
+                      f"efficiency {ctx.details.get('map_scaling_efficiency', 1.0):.2f}: ")
         ctx.choose("num_proc", np_,
-                   f"{rate:.1f} rows/s{eta} (rows/s by num_proc x writer_batch_size: "
+                   f"{scaled}{rate:.1f} rows/s{eta} (rows/s by num_proc x writer_batch_size: "
                    f"{measured_rates}); {cores} usable CPU(s){stalled_txt}", source)
         ctx.choose("writer_batch_size", wbs,
                    f"predicted peak RSS {fb(peak)} = {fb(cost.base)} + {np_} x ({fb(cost.worker)}"
@@ -316,7 +322,8 @@ class MapRule(Rule):
                                 t.peak_rss_bytes, "measured"))
             # Smaller writer batches at (about) the measured speed, for a num_proc whose
             # measured writer batches all fail the budget: they cost flushes that the sample
-            # is too short to show, hence the 1% penalty that prefers measured points.
+            # is too short to show, hence a penalty (FALLBACK_RATE) beyond the 5% window in
+            # which lighter settings win, so a fitting measured point always comes first.
             cost = fit_map_cost(ctx.m)
             budget = ctx.ram_budget / (1.0 + ctx.budgets.ram_margin)
             for np_ in sorted({t.num_proc for t in good if t.num_proc <= cores}):
@@ -327,8 +334,8 @@ class MapRule(Rule):
                 best = max(at, key=lambda t: t.rows_per_s or 0)
                 for w in WRITER_LADDER:
                     if w < min(t.writer_batch_size for t in at):
-                        out.append((np_, w, 0.99 * float(best.rows_per_s or 0), None,
-                                    "predicted"))
+                        out.append((np_, w, FALLBACK_RATE * float(best.rows_per_s or 0),
+                                    None, "predicted"))
             return out
         # Another machine: scale per-process speed with its cores, no better than the
         # scaling measured here (linear when only one process was measured).
@@ -343,7 +350,8 @@ class MapRule(Rule):
         for np_ in range(1, cores + 1):
             rate = (one or 0.0) / min(by_np) * np_ * (eff if np_ > 1 else 1.0)
             for w in [best_wbs] + [w for w in WRITER_LADDER if w < best_wbs]:
-                out.append((np_, w, rate * (1.0 if w == best_wbs else 0.99), None, "predicted"))
+                out.append((np_, w, rate * (1.0 if w == best_wbs else FALLBACK_RATE), None,
+                            "predicted"))
         ctx.details["map_scaling_efficiency"] = round(eff, 3)
         return out
 
