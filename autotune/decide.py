@@ -444,7 +444,9 @@ class BatchRule(Rule):
                           f"{ctx.budgets.vram_margin:.0%} margin)")
         else:
             # CPU: the step shares RAM with the process itself and at least one loader worker.
-            base = ctx.m.model_base_rss_bytes or 0
+            # The process's own RSS before training; the map's parent (torch already imported)
+            # is the closest figure when the model probe did not record it.
+            base = int(ctx.m.model_base_rss_bytes or ctx.m.map_base_rss_bytes or 0)
             worker = int(WorkersRule._worker_rss(ctx.m.loader_trials) or 0)
             budget = int(ctx.ram_budget * (1 - ctx.budgets.ram_margin)) - base - worker
             budget_txt = (f"{fb(budget)} of RAM ({fb(ctx.ram_budget)} budget less "

@@ -216,3 +216,20 @@ def test_budget_validation_names_the_field(field: str, value: Any) -> None:
 def test_rules_registry_covers_every_setting() -> None:
     keys = [k for rule in RULES.values() for k in rule.keys]
     assert sorted(keys) == sorted(Settings().to_dict())
+
+
+def test_an_oom_at_a_smaller_image_rules_out_larger_ones() -> None:
+    # The estimate says full size fits, but the probe ran out of memory at half size.
+    est = [e for r in (1.0, 0.5, 0.25) for e in estimates(1 * GIB, 0.5 * GIB, r, "16-mixed")]
+    oom = model_trials("cuda:0", 1 * GIB, 0.5 * GIB, (1,), ratio=0.5, oom_at=1)
+    d = decide(hw(4, 30, [T4]), meas(trials=oom, est=est))
+    assert d.settings.reduce_ratio == 0.25
+    assert "1 (OOM at batch 1)" in d.reasons["reduce_ratio"]
+    assert "0.5 (OOM at batch 1)" in d.reasons["reduce_ratio"]
+
+
+def test_planned_decisions_are_never_marked_measured() -> None:
+    d = decide(hw(16, 64, [T4, T4]), meas(trials=GPU_TRIALS), predicted=True)
+    assert "measured" not in d.sources.values()
+    assert d.settings.num_proc > 4          # scaled to the target's 16 cores from 4 measured
+    assert "predicted for 16 core(s)" in d.reasons["num_proc"]
