@@ -41,6 +41,7 @@ class CacheEntry:
     age_s: float                 # since `created` in meta.json, else since meta.json was written
     source: str
     settings: str
+    state: str                   # "complete", "partial" (cut short or still being written), ""
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
@@ -114,6 +115,12 @@ def _describe_settings(meta: dict[str, Any]) -> str:
     return "" if params is None else str(params)
 
 
+def _state(meta: dict[str, Any]) -> str:
+    if "complete" not in meta:
+        return ""
+    return "complete" if meta["complete"] else "partial"
+
+
 def find_caches(now: float | None = None) -> tuple[list[CacheEntry], list[Path]]:
     """Our caches (oldest first) and the folders left alone because they carry no marker."""
     now = time.time() if now is None else now
@@ -133,7 +140,7 @@ def find_caches(now: float | None = None) -> tuple[list[CacheEntry], list[Path]]
             ours.append(CacheEntry(
                 path=folder, kind=kind, size_bytes=folder_size_bytes(folder),
                 age_s=max(0.0, now - created), source=_describe_source(meta.get("source")),
-                settings=_describe_settings(meta), meta=meta))
+                settings=_describe_settings(meta), state=_state(meta), meta=meta))
     ours.sort(key=lambda e: -e.age_s)
     return ours, foreign
 
@@ -197,7 +204,7 @@ def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     roots = ", ".join(str(root) for _, root in _roots())
     if not entries:
         what = "no smt-autotune caches" + (f" older than {older:g} days" if older else "")
-        console.print(f"{what} under {roots}")
+        console.print(f"{what} under {roots}", soft_wrap=True)
         _mention_foreign(console, foreign)
         return 0
 
@@ -206,16 +213,17 @@ def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     table.add_column("kind")
     table.add_column("size", justify="right")
     table.add_column("age", justify="right")
+    table.add_column("state")
     table.add_column("source", overflow="fold")
     table.add_column("settings", overflow="fold")
     for e in entries:
         table.add_row(e.path.name, e.kind, format_bytes(e.size_bytes), format_age(e.age_s),
-                      e.source, e.settings)
+                      e.state, e.source, e.settings)
     console.print(table)
     total = sum(e.size_bytes for e in entries)
     if not args.clear:
         console.print(f"{len(entries)} cache(s), {format_bytes(total)} under {roots}; "
-                      "add --clear to remove them")
+                      "add --clear to remove them", soft_wrap=True)
         _mention_foreign(console, foreign)
         return 0
 

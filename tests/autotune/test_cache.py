@@ -28,7 +28,8 @@ def _make(folder: Path, meta: dict | str | None, payload_bytes: int = 1000) -> P
 
 def _ours(age_days: float, source: str = "user/grandstaff", **params) -> dict:
     created = datetime.now(timezone.utc) - timedelta(days=age_days)
-    return {"creator": "smt-autotune", "source": source, "created": created.isoformat(),
+    return {"creator": "smt-autotune", "kind": "prepared", "source": source,
+            "created": created.isoformat(), "complete": age_days > 5,
             "params": params or {"reduce_ratio": 0.5, "num_proc": 1}}
 
 
@@ -68,6 +69,7 @@ def test_lists_only_our_caches_with_size_age_source_settings(tree) -> None:
     for name in ("a1b2c3", "d4e5f6", "v1", "user/grandstaff", "/data/pages", "reduce_ratio=0.5"):
         assert name in out
     assert "10.0 d" in out and "2.0 d" in out
+    assert "partial" in out and "complete" in out  # a preparation cut short shows as such
     assert "my-own-data" not in out.split("left alone")[0]
     assert "left alone: 3 folder(s)" in out
     entries, foreign = cache.find_caches()
@@ -141,3 +143,10 @@ def test_bad_older_than_is_a_one_line_error(bad, capsys) -> None:
         _run("--older-than", bad)
     assert exc.value.code == 2
     assert "--older-than" in capsys.readouterr().err
+
+
+def test_registered_on_the_autotune_cli(tree, capsys) -> None:
+    from autotune.cli import main
+    assert main(["cache", "--clear", "--older-than", "5"]) == 0
+    assert "removed 2 cache(s)" in capsys.readouterr().out
+    assert tree["new"].exists() and not tree["old"].exists() and tree["foreign"].exists()
