@@ -1,0 +1,118 @@
+"""Checkpoints that survive a kill mid-write and load without running anyone's code.
+
+- Writes go through `autotune.atomic.atomic_write_bytes`: the checkpoint is serialised in
+  memory, then written to a temporary file and renamed over the target, so a SIGKILL during a
+  save leaves the previous `last.ckpt` intact. The cost is one checkpoint's size in RAM.
+- Reads use `torch.load(weights_only=True)`: a checkpoint from elsewhere cannot execute code.
+  What we need beyond tensors (model config, vocabulary, run settings) is JSON beside it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from autotune.atomic import atomic_write_bytes
+from autotune.errors import UserError
+
+CONFIG_NAME = "config.json"
+VOCAB_NAME = "vocab.json"
+RUN_NAME = "run.json"
+SUMMARY_NAME = "summary.json"
+LAST_NAME = "last.ckpt"
+BEST_NAME = "best.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO with atomic writes and weights-only reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+                        storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """`torch.load(weights_only=True)` with one-line errors naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load checkpoint {p} (weights-only): {reason[:300]}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def run_dir_of(ckpt_path: str | os.PathLike[str]) -> Path:
+    """A run's layout is OUT/checkpoints/*.ckpt with config.json and vocab.json in OUT."""
+    p = Path(ckpt_path).resolve()
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def find_metadata(ckpt_path: str | os.PathLike[str], name: str) -> Path:
+    """`name` beside the checkpoint, or in the run folder above `checkpoints/`."""
+    p = Path(ckpt_path).resolve()
+    for folder in (p.parent, run_dir_of(p)):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"{name} not found beside checkpoint {ckpt_path} "
+                    f"(looked in {p.parent} and {run_dir_of(p)})")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    candidate = run_dir / "checkpoints" / LAST_NAME
+    return candidate if candidate.is_file() else None
+
+
+def find_latest_run(root: Path) -> Path | None:
+    """The run under `root` (or `root` itself) whose last.ckpt was written most recently."""
+    if last_checkpoint(root):
+        return root
+    if not root.is_dir():
+        return None
+    runs = [d for d in root.iterdir() if d.is_dir() and last_checkpoint(d)]
+    if not runs:
+        return None
+    return max(runs, key=lambda d: last_checkpoint(d).stat().st_mtime)  # type: ignore[union-attr]
+
+
+def resolve_resume(spec: str, out_root: Path) -> tuple[Path, Path]:
+    """`--resume auto|RUN_DIR|CKPT` -> (run dir, checkpoint path), or a UserError."""
+    if spec == "auto":
+        run = find_latest_run(out_root)
+        if run is None:
+            raise UserError(f"--resume auto: no run with checkpoints/{LAST_NAME} under {out_root}")
+        return run, last_checkpoint(run)  # type: ignore[return-value]
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        ckpt = last_checkpoint(p)
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoints/{LAST_NAME} in {p}")
+        return p, ckpt
+    if p.is_file():
+        return run_dir_of(p), p
+    raise UserError(f"--resume: {p} does not exist")

@@ -1,0 +1,313 @@
+"""The LightningModule: SMT training with OOM recovery, and batched validation decoding.
+
+Optimisation is manual (Lightning's `automatic_optimization = False`) for one reason: an OOM
+must be survivable on every rank at once. Under DDP, gradients are normally all-reduced from
+hooks inside `backward`; if one rank runs out of memory mid-backward the others block in that
+all-reduce forever. So every forward/backward here runs under `no_sync()`, then all ranks
+all-reduce one OOM flag, and only when no rank failed are the gradients all-reduced as one flat
+buffer. The cost is the lost overlap of gradient communication with backward compute, which
+for an 11 M-parameter model is a few tens of MB per optimizer step (once per accumulation
+window), small next to the ConvNeXt encoder's compute.
+
+After an OOM every rank halves its micro-batch (each loader batch is split into chunks and
+their gradients accumulate, so the effective batch is unchanged) and retries the same batch at
+the same optimizer step. Below micro-batch 1 there is nothing left to halve: training stops with
+`OutOfMemoryAtBatchOne`, a user error that names the next reduce ratio to try.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from autotune.errors import UserError
+from autotune.measure import free_memory, is_oom_error
+
+# Fault injection for tests of OOM recovery: a micro-batch larger than this raises a CUDA OOM
+# on the ranks listed in SMT_INJECT_OOM_RANKS (all ranks when unset). Never set in real runs.
+ENV_INJECT_OOM_ABOVE = "SMT_INJECT_OOM_ABOVE"
+ENV_INJECT_OOM_RANKS = "SMT_INJECT_OOM_RANKS"
+
+
+class OutOfMemoryAtBatchOne(UserError):
+    """Even one sample per micro-batch does not fit: only smaller images can help."""
+
+
+@dataclass
+class TrainHParams:
+    # The reference SMT recipe: Adam at 1e-4.
+    lr: float = 1e-4
+    # Short linear warmup keeps the first Adam steps of a post-norm decoder from diverging;
+    # 0 reproduces the reference exactly.
+    warmup_steps: int = 0
+    # Clipping at norm 1.0 is what the user's hand-tuned Kaggle run used with fp16; None = off.
+    grad_clip: float | None = 1.0
+    # Loader batches per optimizer step (the profile's accumulate_grad_batches).
+    accumulate: int = 1
+    # Validation decodes at most this many batches (None = all); greedy decoding dominates the
+    # cost of validation on a CPU.
+    val_decode_batches: int | None = None
+    # Reduce ratio the data was prepared with; only used to word the batch-1 OOM message.
+    reduce_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
+            raise ValueError(f"lr must be in (0, 1], got {self.lr!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {self.accumulate!r}")
+        if self.val_decode_batches is not None and self.val_decode_batches < 0:
+            raise ValueError(f"val_decode_batches must be >= 0, got {self.val_decode_batches!r}")
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Chunks of at most `size` rows; tensors are sliced (views), lists are sliced."""
+    n = batch["images"].shape[0]
+    if size >= n:
+        return [batch]
+    chunks = []
+    for start in range(0, n, size):
+        chunk = {}
+        for key, value in batch.items():
+            if isinstance(value, (torch.Tensor, list, tuple)) and len(value) == n:
+                chunk[key] = value[start:start + size]
+            else:
+                chunk[key] = value
+        chunks.append(chunk)
+    return chunks
+
+
+class SMTModule(pl.LightningModule):
+    def __init__(self, config: Any, vocab: Any, fmt: str, hparams: TrainHParams | None = None):
+        super().__init__()
+        from smt.model import SMTModel
+
+        self.automatic_optimization = False
+        self.config = config
+        self.vocab = vocab
+        self.fmt = fmt
+        self.hp = hparams or TrainHParams()
+        self.model = SMTModel(config)
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config.to_dict(), "fmt": fmt, "train": asdict(self.hp)})
+        self.pad_id = int(vocab.pad_id)
+        # None = the whole loader batch; halved on every OOM, kept in the checkpoint.
+        self.micro_batch_size: int | None = None
+        self.oom_events: list[dict[str, Any]] = []
+        self.samples_seen = 0
+        self.dropped_samples = 0
+        self._window = 0
+        self._val_pairs: list[tuple[str, str]] = []
+        self.last_val: dict[str, float] = {}
+        self.last_train_loss: float | None = None
+        above = os.environ.get(ENV_INJECT_OOM_ABOVE, "").strip()
+        self._inject_above = int(above) if above else None
+        ranks = os.environ.get(ENV_INJECT_OOM_RANKS, "").strip()
+        self._inject_ranks = {int(r) for r in ranks.split(",") if r.strip()} if ranks else None
+
+    # ----------------------------------------------------------------------------- loss
+    def _loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["images"], batch["input_ids"], batch.get("image_sizes"))
+        targets = batch["target_ids"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                               ignore_index=self.pad_id, reduction="sum")
+        return loss, (targets != self.pad_id).sum()
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+                image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(images, input_ids, image_sizes)
+
+    # ------------------------------------------------------------------------- training
+    def _maybe_inject_oom(self, rows: int) -> None:
+        if self._inject_above is None or rows <= self._inject_above:
+            return
+        if self._inject_ranks is not None and self.global_rank not in self._inject_ranks:
+            return
+        raise torch.cuda.OutOfMemoryError(
+            f"CUDA out of memory (injected: micro-batch {rows} > {self._inject_above})")
+
+    def _no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        wrapped = self.trainer.strategy.model if self._trainer is not None else None
+        if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def _forward_backward(self, batch: dict[str, Any], micro: int) -> float:
+        """Gradients of one loader batch, in chunks of `micro`, scaled for accumulation."""
+        tokens = max(int((batch["target_ids"] != self.pad_id).sum()), 1)
+        total = 0.0
+        for chunk in _split_batch(batch, micro):
+            self._maybe_inject_oom(chunk["images"].shape[0])
+            with self._no_sync():
+                loss_sum, _ = self._loss_sum(chunk)
+                self.manual_backward(loss_sum / (tokens * self.hp.accumulate))
+            total += float(loss_sum.detach())
+            del loss_sum
+        return total / tokens
+
+    def _any_rank(self, flag: bool) -> bool:
+        if _world() == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _sync_grads(self) -> None:
+        world = _world()
+        if world == 1:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat.div_(world)
+        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def _shrink(self, rows: int) -> int:
+        current = self.micro_batch_size or rows
+        if current <= 1:
+            smaller = max(0.05, round(self.hp.reduce_ratio * 0.75, 3))
+            raise OutOfMemoryAtBatchOne(
+                f"out of memory at batch size 1 with reduce ratio {self.hp.reduce_ratio}: "
+                f"images are too large for this device; rerun with --reduce-ratio {smaller} "
+                "(--resume continues from the last checkpoint)")
+        new = max(1, current // 2)
+        self.oom_events.append({"step": int(self.global_step), "micro_batch_from": current,
+                                "micro_batch_to": new, "dropped_samples": self._window * rows})
+        if self.global_rank == 0:
+            factor = math.ceil(rows / new) * self.hp.accumulate
+            print(f"[smt.train] out of memory at step {self.global_step} on some rank: "
+                  f"micro-batch {current} -> {new} ({factor} micro-batches per optimizer step, "
+                  "same effective batch); retrying the same batch", flush=True)
+        return new
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        rows = int(batch["images"].shape[0])
+        while True:
+            micro = self.micro_batch_size or rows
+            oom = False
+            try:
+                loss = self._forward_backward(batch, micro)
+            except Exception as exc:  # noqa: BLE001 - anything but an OOM is re-raised
+                if not is_oom_error(exc):
+                    raise
+                oom = True
+            if not self._any_rank(oom):
+                break
+            # Every rank drops the gradients of this accumulation window and retries smaller.
+            opt.zero_grad(set_to_none=True)
+            free_memory()
+            self.micro_batch_size = self._shrink(rows)
+            self.dropped_samples += self._window * rows
+            self._window = 0
+        self._window += 1
+        self.samples_seen += rows * _world()
+        if self._window >= self.hp.accumulate or self.trainer.is_last_batch:
+            self._sync_grads()
+            if self.hp.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.hp.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
+            self._window = 0
+        self.last_train_loss = loss
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=rows)
+        return torch.tensor(loss)
+
+    # ----------------------------------------------------------------------- validation
+    def _detok(self, ids: list[int]) -> str:
+        from smt.tokenizer import detokenize
+        return detokenize(self.vocab.decode(list(ids)), self.fmt)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_pairs = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss_sum, tokens = self._loss_sum(batch)
+        rows = int(batch["images"].shape[0])
+        self.log("val_loss", loss_sum / tokens.clamp(min=1), on_epoch=True, sync_dist=True,
+                 batch_size=rows, prog_bar=True)
+        limit = self.hp.val_decode_batches
+        if limit is not None and batch_idx >= limit:
+            return
+        targets = batch["target_ids"]
+        longest = int((targets != self.pad_id).sum(dim=1).max())
+        # Cap the decode at twice the longest reference: a longer prediction already costs an
+        # SER above 100 for its row, and an untrained model would otherwise decode to
+        # max_seq_len on every validation, which dominates CPU runs.
+        max_len = max(32, 2 * longest)
+        cfg_max = getattr(self.config, "max_seq_len", None)
+        if cfg_max:
+            max_len = min(max_len, int(cfg_max) - 1)
+        generated = self.model.generate(batch["images"], max_len=max_len,
+                                        image_sizes=batch.get("image_sizes"))
+        for pred, target in zip(generated, targets.tolist()):
+            self._val_pairs.append((self._detok(pred), self._detok(target)))
+
+    def on_validation_epoch_end(self) -> None:
+        pairs = self._val_pairs
+        if _world() > 1:
+            gathered: list[Any] = [None] * _world()
+            dist.all_gather_object(gathered, pairs)
+            pairs = [p for part in gathered for p in part]
+        self._val_pairs = []
+        if not pairs or self.trainer.sanity_checking:
+            return
+        from smt.metrics import compute_metrics
+        preds, refs = zip(*pairs)
+        scores = compute_metrics(list(preds), list(refs), fmt=self.fmt)
+        for name in ("cer", "ser", "ler"):
+            self.log(f"val_{name}", float(scores[name]), prog_bar=(name == "ser"), sync_dist=True)
+        self.last_val = {k: float(scores[k]) for k in ("cer", "ser", "ler")}
+        self.last_val["samples"] = len(pairs)
+        self.last_val["step"] = int(self.global_step)
+        val_loss = self.trainer.callback_metrics.get("val_loss")
+        if val_loss is not None:
+            self.last_val["loss"] = float(val_loss)
+        if self.global_rank == 0:
+            loss_txt = f"val_loss {self.last_val['loss']:.3f}  " if "loss" in self.last_val else ""
+            print(f"[smt.train] step {self.global_step}: {loss_txt}CER {scores['cer']:.1f}  "
+                  f"SER {scores['ser']:.1f}  LER {scores['ler']:.1f}  ({len(pairs)} samples)",
+                  flush=True)
+
+    # ------------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hp.lr)
+        warmup = self.hp.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["smt"] = {"micro_batch_size": self.micro_batch_size,
+                             "oom_events": list(self.oom_events),
+                             "samples_seen": int(self.samples_seen),
+                             "dropped_samples": int(self.dropped_samples)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("smt") or {}
+        self.micro_batch_size = state.get("micro_batch_size")
+        self.oom_events = list(state.get("oom_events", []))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.dropped_samples = int(state.get("dropped_samples", 0))

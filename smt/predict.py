@@ -1,0 +1,187 @@
+"""`python -m smt.predict --checkpoint CKPT IMAGE... [--out DIR]`: score images -> **kern.
+
+The model is rebuilt from `config.json` and `vocab.json` beside the checkpoint (or in the run
+folder above `checkpoints/`), and the checkpoint is read with `weights_only=True`, so a
+checkpoint from elsewhere cannot run code. Images are turned grayscale and scaled by the run's
+reduce ratio (from `run.json`, or `--reduce-ratio`) exactly as the training data was, then
+decoded in batches of similar size with the cached greedy decoder, on the GPU when present.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.atomic import atomic_write_text
+from autotune.errors import UserError, run_cli
+
+PROG = "smt.predict"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in [1, 4096], got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.05 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0.05, 1.0], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Transcribe score images to **kern with a trained SMT.")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by smt.train")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write IMAGE_STEM.krn files here instead of printing")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--reduce-ratio", type=_ratio, default=None,
+                   help="image scale used in training (default: from run.json, else 1.0)")
+    p.add_argument("--max-len", type=_positive_int, default=None,
+                   help="longest token sequence to decode (default: the model's maximum)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+@dataclass
+class Predictor:
+    model: Any
+    vocab: Any
+    fmt: str
+    reduce_ratio: float
+    device: Any
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None,
+                        reduce_ratio: float | None = None) -> "Predictor":
+        import torch
+
+        from smt import checkpoint as ck
+        from smt.config import SMTConfig
+        from smt.model import SMTModel
+        from smt.tokenizer import Vocab
+
+        ckpt = ck.load_checkpoint(path)
+        config_path = ck.find_metadata(path, ck.CONFIG_NAME)
+        vocab_path = ck.find_metadata(path, ck.VOCAB_NAME)
+        try:
+            config = SMTConfig.load(config_path)
+            vocab = Vocab.load(vocab_path)
+        except (ValueError, KeyError, OSError) as exc:
+            raise UserError(f"cannot rebuild the model: {exc}") from None
+        fmt = vocab.fmt or "bekern"
+        ratio = reduce_ratio
+        run_json = ck.run_dir_of(path) / ck.RUN_NAME
+        if run_json.is_file():
+            run = ck.read_json(run_json)
+            fmt = run.get("fmt", fmt)
+            if ratio is None:
+                ratio = float(run.get("settings", {}).get("reduce_ratio", 1.0))
+        model = SMTModel(config)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(f"{path} does not match {config_path}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(dev).eval()
+        return cls(model, vocab, fmt, ratio if ratio is not None else 1.0, dev)
+
+    def load_image(self, path: str | Path) -> Any:
+        """Grayscale, scaled by the training reduce ratio, as float [1, H, W] in [0, 1]."""
+        import numpy as np
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L")
+                if self.reduce_ratio != 1.0:
+                    w, h = im.size
+                    im = im.resize((max(1, round(w * self.reduce_ratio)),
+                                    max(1, round(h * self.reduce_ratio))), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except FileNotFoundError:
+            raise UserError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        cfg = self.model.config
+        h, w = arr.shape
+        if h > cfg.max_height or w > cfg.max_width:
+            raise UserError(
+                f"{path}: {w}x{h} px after reduce ratio {self.reduce_ratio} is larger than the "
+                f"model's maximum {cfg.max_width}x{cfg.max_height}; pass a smaller --reduce-ratio")
+        return torch.from_numpy(arr.copy()).float().div_(255.0)[None]
+
+    def predict(self, images: Sequence[Any], batch_size: int = 8,
+                max_len: int | None = None) -> list[str]:
+        """Kern text for each image tensor [1, H, W], in the order given."""
+        import torch
+
+        from smt.tokenizer import detokenize
+
+        order = sorted(range(len(images)), key=lambda i: tuple(images[i].shape[-2:]))
+        out: list[str] = [""] * len(images)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
+                                   else torch.float16)
+                    if self.device.type == "cuda" else torch.autocast("cpu", enabled=False))
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                hmax = max(images[i].shape[-2] for i in idx)
+                wmax = max(images[i].shape[-1] for i in idx)
+                batch = torch.ones((len(idx), 1, hmax, wmax))
+                sizes = torch.tensor([list(images[i].shape[-2:]) for i in idx], dtype=torch.long)
+                for j, i in enumerate(idx):
+                    h, w = images[i].shape[-2:]
+                    batch[j, :, :h, :w] = images[i]
+                ids = self.model.generate(batch.to(self.device), max_len=max_len,
+                                          image_sizes=sizes.to(self.device))
+                for j, i in enumerate(idx):
+                    out[i] = detokenize(self.vocab.decode(ids[j]), self.fmt)
+        return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
+                                          reduce_ratio=args.reduce_ratio)
+    tensors = [predictor.load_image(p) for p in args.images]
+    texts = predictor.predict(tensors, batch_size=args.batch_size, max_len=args.max_len)
+    if args.out:
+        out = Path(args.out)
+        for path, text in zip(args.images, texts):
+            target = out / (Path(path).stem + ".krn")
+            atomic_write_text(target, text + "\n")
+            print(f"{path} -> {target}")
+        return 0
+    for path, text in zip(args.images, texts):
+        if len(args.images) > 1:
+            print(f"==> {path} <==")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog=PROG))
