@@ -1,0 +1,71 @@
+"""`python -m smt.data synth|prepare ...`: render a synthetic dataset, or prepare one for training."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from autotune.errors import run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smt.data", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="render a synthetic (or your own .krn) score dataset")
+    s.add_argument("--out", required=True, help="output folder (a save_to_disk DatasetDict)")
+    s.add_argument("--count", type=int, default=100, help="rows in all splits (default 100)")
+    s.add_argument("--kind", choices=("system", "page"), default="system")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-proc", type=int, default=1, help="render processes")
+    s.add_argument("--kern-dir", default=None, help="render these .krn files instead of generated music")
+    s.add_argument("--val", type=int, default=None, help="validation rows (default 10%%)")
+    s.add_argument("--test", type=int, default=None, help="test rows (default 10%%)")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    q = sub.add_parser("prepare", help="load, resize and tokenise a dataset; cache the result")
+    q.add_argument("--data", default=None,
+                   help="hub id, save_to_disk folder, or folder of images + .krn/.txt "
+                        "(default: the embedded synthetic dataset)")
+    q.add_argument("--reduce-ratio", type=float, default=0.5)
+    q.add_argument("--num-proc", type=int, default=1)
+    q.add_argument("--writer-batch-size", type=int, default=100)
+    q.add_argument("--format", dest="fmt", choices=("kern", "ekern", "bekern"), default="bekern")
+    q.add_argument("--max-tokens", type=int, default=None,
+                   help="skip rows whose transcription is longer (default: no limit)")
+    q.add_argument("--out", default=None, help="also save the prepared DatasetDict here")
+    q.add_argument("--shard-rows", type=int, default=None,
+                   help="rows per resumable shard (default: chosen from the split size)")
+    q.add_argument("--stall-timeout", type=float, default=None,
+                   help="seconds without progress before the watchdog steps in")
+    q.add_argument("--ram-budget-gb", type=float, default=None,
+                   help="stop and retry lighter when the process tree nears this RSS")
+    q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "synth":
+        from smt.data.synth import build
+        r = build(args.out, count=args.count, kind=args.kind, seed=args.seed,
+                  num_proc=args.num_proc, kern_dir=args.kern_dir, val=args.val, test=args.test)
+        rows = ", ".join(f"{k} {v}" for k, v in r.rows.items())
+        print(f"wrote {args.out}: {rows} in {r.seconds:.1f} s ({r.rows_per_s:.1f} {args.kind}s/s)")
+        if r.failed:
+            print("failed: " + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed.items())))
+        return 0
+    from smt.data.prepare import PrepareConfig, prepare
+    cfg = PrepareConfig(reduce_ratio=args.reduce_ratio, num_proc=args.num_proc,
+                        writer_batch_size=args.writer_batch_size, fmt=args.fmt,
+                        max_tokens=args.max_tokens, shard_rows=args.shard_rows,
+                        stall_timeout_s=args.stall_timeout,
+                        ram_budget_bytes=int(args.ram_budget_gb * 2**30) if args.ram_budget_gb else None)
+    result = prepare(args.data, cfg, out=args.out)
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="python -m smt.data"))
