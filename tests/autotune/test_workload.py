@@ -48,3 +48,85 @@ def test_module_without_factory_or_with_a_bad_object(monkeypatch):
     bare.make_workload = lambda **kw: object()
     with pytest.raises(TypeError, match="lacking .*map_spec"):
         load_workload("bare_wl")
+
+
+# -- the SMT implementation, on the suite's tiny rendered dataset (16/4/4 systems) -----------
+
+@pytest.fixture(scope="module")
+def smt_work(synth_raw_dir):
+    return load_workload("smt", data=str(synth_raw_dir), preset="debug")
+
+
+def _decoded_sizes(path):
+    import datasets
+    dd = datasets.load_from_disk(str(path))
+    return [im.size for s in dd for im in dd[s]["image"]]
+
+
+def test_smt_workload_speaks_the_protocol_and_describes_itself(smt_work, synth_raw_dir):
+    assert isinstance(smt_work, Workload)
+    desc = smt_work.describe()
+    assert desc["fingerprint"] == smt_work.fingerprint()
+    assert desc["dataset"] == str(synth_raw_dir) and desc["model"] == "debug"
+    assert desc["rows"] == {"train": 16, "val": 4, "test": 4}
+    assert smt_work.dataset_rows() == 24
+    assert desc["num_params"] == smt_work.num_params() > 0
+
+
+def test_smt_fingerprint_is_stable_and_tracks_data_and_preset(smt_work, synth_raw_dir):
+    again = load_workload("smt", data=str(synth_raw_dir), preset="debug")
+    assert again.fingerprint() == smt_work.fingerprint()
+    other_preset = load_workload("smt", data=str(synth_raw_dir), preset="small")
+    assert other_preset.fingerprint() != smt_work.fingerprint()
+    other_format = load_workload("smt", data=str(synth_raw_dir), preset="debug", fmt="kern")
+    assert other_format.fingerprint() != smt_work.fingerprint()
+
+
+def test_smt_unknown_preset_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model preset 'huge'"):
+        load_workload("smt", preset="huge")
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.3])
+def test_smt_largest_shape_is_the_largest_image_after_reduction(smt_work, synth_raw_dir, ratio):
+    sizes = _decoded_sizes(synth_raw_dir)
+    shape = smt_work.largest_shape(ratio)
+    assert shape.width == round(max(w for w, _ in sizes) * ratio)
+    assert shape.height == round(max(h for _, h in sizes) * ratio)
+    assert shape.seq_len > 10
+
+
+def test_smt_map_spec_is_the_preparation_map(smt_work):
+    import io
+
+    from PIL import Image
+    sample = smt_work.raw_sample(3)
+    assert len(sample) == 3 and sample.column_names == ["image", "transcription"]
+    spec = smt_work.map_spec(0.5)
+    out = sample.map(spec.function, fn_kwargs=dict(spec.fn_kwargs), features=spec.features)
+    raw_w = Image.open(io.BytesIO(sample[0]["image"]["bytes"])).width
+    assert out[0]["image"].width == round(raw_w * 0.5) and out[0]["skip"] == ""
+
+
+def test_smt_model_step_on_a_worst_case_batch(smt_work):
+    import torch
+    shape = smt_work.largest_shape(0.5)
+    model = smt_work.build_model(shape)
+    batch = smt_work.make_batch(2, shape, "cpu")
+    assert batch["images"].shape == (2, 1, shape.height, shape.width)
+    assert batch["input_ids"].shape == (2, shape.seq_len - 1)
+    loss = smt_work.training_loss(model, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    smt_work.make_optimizer(model).step()
+    est = [smt_work.estimate_memory(b, shape, "bf16-mixed") for b in (1, 2)]
+    assert 0 < est[0] < est[1]
+
+
+@pytest.mark.timeout(60)
+def test_smt_loader_is_the_training_loader(smt_work):
+    loader = smt_work.make_loader(batch_size=3, num_workers=1, reduce_ratio=0.5, rows=7)
+    batches = list(loader)
+    assert [b["images"].shape[0] for b in batches] == [3, 3, 1]
+    assert batches[0]["images"].shape[-1] <= smt_work.largest_shape(0.5).width
+    assert set(batches[0]) >= {"images", "image_sizes", "input_ids", "target_ids"}
