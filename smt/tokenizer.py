@@ -56,6 +56,7 @@ _NOTE = re.compile(
 )
 _COMMENT_KEY = re.compile(r"^(!+[^:\s]*:?)(.*)$", re.S)
 _MEASURE_NUM = re.compile(r"^(=+)(\d+)(.*)$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class TokenizeError(ValueError):
@@ -142,6 +143,9 @@ def tokenize(kern: str, fmt: Format = "bekern") -> list[str]:
     text = kern.replace("\r\n", "\n").rstrip("\n")
     if not text.strip():
         raise TokenizeError("empty transcription")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise TokenizeError(f"control character {bad.group()!r} in the transcription (binary data?)")
     tokens: list[str] = []
     for li, line in enumerate(text.split("\n")):
         if li:

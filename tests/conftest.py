@@ -14,3 +14,33 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield root
+
+
+# -- shared data fixtures (owned by the data layer; cheap: ~24 rendered systems per session) --
+
+SYNTH_COUNTS = {"train": 16, "val": 4, "test": 4}
+
+
+@pytest.fixture(scope="session")
+def synth_raw_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny raw synthetic dataset (save_to_disk DatasetDict: 16/4/4 systems, columns
+    `image` PNG + `transcription` kern). Read-only: copy it before changing anything."""
+    from smt.data.synth import build
+
+    out = tmp_path_factory.mktemp("synth") / "raw"
+    build(out, count=sum(SYNTH_COUNTS.values()), kind="system", seed=7, num_proc=1,
+          val=SYNTH_COUNTS["val"], test=SYNTH_COUNTS["test"], quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synth_raw_dir, tmp_path_factory: pytest.TempPathFactory):
+    """`synth_raw_dir` prepared at reduce_ratio 0.5, bekern: a save_to_disk DatasetDict with
+    `vocab.json` inside the folder. Read-only."""
+    from smt.data.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_CACHE, str(tmp_path_factory.mktemp("prep-cache")))
+        prepare(synth_raw_dir, PrepareConfig(reduce_ratio=0.5, isolate=False), out=out, quiet=True)
+    return out

@@ -85,7 +85,8 @@ class ScoreDataset(Dataset):
         img = image_to_array(row["image"])
         if self.augment is not None:
             img = self.augment(img)
-        image = torch.from_numpy(np.ascontiguousarray(img)).to(torch.float32).div_(255.0)[None]
+        # astype copies: PIL's buffer is read-only, and torch must own writable memory.
+        image = torch.from_numpy(img.astype(np.float32)).div_(255.0)[None]
         ids = torch.tensor(self.encode(row["transcription"]), dtype=torch.long)
         item = {"image": image, "ids": ids, "transcription": row["transcription"]}
         if self.teacher_noise > 0:

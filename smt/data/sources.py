@@ -99,12 +99,15 @@ def _image_folder(path: Path, spec: str) -> tuple[Any, str]:
     import datasets
     sub = {SPLIT_ALIASES[p.name.lower()]: p for p in path.iterdir()
            if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
-    groups = sub or {"train": path}
+    groups = dict(sub)
+    if "train" not in groups:
+        groups["train"] = path         # loose images beside val/ and test/ folders are train
     h = hashlib.sha256()
     splits = {}
     for name, folder in sorted(groups.items()):
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                        and p.is_file())
+        # The root holds only its own files when split folders sit inside it.
+        found = folder.iterdir() if (folder == path and sub) else folder.rglob("*")
+        images = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         texts, paths = [], []
         for img in images:
             st = img.stat()

@@ -2,6 +2,8 @@
 decoding over a key/value cache and an uncached reference decoder to check it against."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,17 @@ from smt.model.positional import sincos_1d, sincos_2d
 
 # Padding for images whose sides are not multiples of 16: paper white, like the collate's.
 PAD_VALUE = 1.0
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Decoding never uses dropout; the caller's mode (training, mid-epoch) comes back after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 @dataclass
@@ -137,37 +150,8 @@ class SMTModel(nn.Module):
         max_seq_len - 1). Finished rows leave the batch, so they cost nothing afterwards.
         Runs in eval mode (no dropout) and restores the previous mode."""
         max_len = self._max_len(max_len)
-        was_training = self.training
-        self.eval()
-        try:
-            memory = self.encode(images, image_sizes)
-            b = memory.keys.shape[0]
-            caches: list[LayerCache] = [layer.start_cache(memory.keys, memory.values, max_len)
-                                        for layer in self.layers]
-            mask = memory.mask
-            rows = torch.arange(b, device=memory.keys.device)            # original index of each live row
-            tokens = torch.full((b,), self.config.bos_id, dtype=torch.long, device=rows.device)
-            outputs: list[list[int]] = [[] for _ in range(b)]
-            for position in range(max_len):
-                x = (self.embedding(tokens) + self.positions[position])[:, None, :]
-                for layer, cache in zip(self.layers, caches):
-                    x = layer.step(x, position, cache, mask)
-                tokens = self.head(x[:, 0]).argmax(dim=-1)
-                done = tokens == self.config.eos_id
-                for row, token, finished in zip(rows.tolist(), tokens.tolist(), done.tolist()):
-                    if not finished:
-                        outputs[row].append(token)
-                if bool(done.any()):
-                    keep = (~done).nonzero().squeeze(1)
-                    if keep.numel() == 0:
-                        break
-                    rows, tokens = rows[keep], tokens[keep]
-                    mask = None if mask is None else mask[keep]
-                    for cache in caches:
-                        cache.keep(keep)
-            return outputs
-        finally:
-            self.train(was_training)
+        with _eval_mode(self):
+            return self.greedy_cached(self.encode(images, image_sizes), max_len)
 
     @torch.no_grad()
     def generate_uncached(self, images: torch.Tensor, max_len: int | None = None,
@@ -176,27 +160,54 @@ class SMTModel(nn.Module):
         prefix for every new token (quadratic in length). Same result as `generate`; kept to
         test and benchmark it against."""
         max_len = self._max_len(max_len)
-        was_training = self.training
-        self.eval()
-        try:
-            memory = self.encode(images, image_sizes)
-            b = memory.keys.shape[0]
-            prefix = torch.full((b, 1), self.config.bos_id, dtype=torch.long, device=memory.keys.device)
-            finished = torch.zeros(b, dtype=torch.bool, device=prefix.device)
-            for _ in range(max_len):
-                token = self.decode(prefix, memory)[:, -1].argmax(dim=-1)
-                token = torch.where(finished, self.config.eos_id, token)
-                finished |= token == self.config.eos_id
-                prefix = torch.cat([prefix, token[:, None]], dim=1)
-                if bool(finished.all()):
+        with _eval_mode(self):
+            return self.greedy_uncached(self.encode(images, image_sizes), max_len)
+
+    def greedy_cached(self, memory: Memory, max_len: int) -> list[list[int]]:
+        """The decoding loop of `generate` on already encoded images (call under no_grad/eval)."""
+        b = memory.keys.shape[0]
+        caches: list[LayerCache] = [layer.start_cache(memory.keys, memory.values, max_len)
+                                    for layer in self.layers]
+        mask = memory.mask
+        rows = torch.arange(b, device=memory.keys.device)            # original index of each live row
+        tokens = torch.full((b,), self.config.bos_id, dtype=torch.long, device=rows.device)
+        outputs: list[list[int]] = [[] for _ in range(b)]
+        for position in range(max_len):
+            x = (self.embedding(tokens) + self.positions[position])[:, None, :]
+            for layer, cache in zip(self.layers, caches):
+                x = layer.step(x, position, cache, mask)
+            tokens = self.head(x[:, 0]).argmax(dim=-1)
+            done = tokens == self.config.eos_id
+            for row, token, finished in zip(rows.tolist(), tokens.tolist(), done.tolist()):
+                if not finished:
+                    outputs[row].append(token)
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
                     break
-            outputs = []
-            for row in prefix[:, 1:].tolist():
-                cut = row.index(self.config.eos_id) if self.config.eos_id in row else len(row)
-                outputs.append(row[:cut])
-            return outputs
-        finally:
-            self.train(was_training)
+                rows, tokens = rows[keep], tokens[keep]
+                mask = None if mask is None else mask[keep]
+                for cache in caches:
+                    cache.keep(keep)
+        return outputs
+
+    def greedy_uncached(self, memory: Memory, max_len: int) -> list[list[int]]:
+        """The decoding loop of `generate_uncached` on already encoded images."""
+        b = memory.keys.shape[0]
+        prefix = torch.full((b, 1), self.config.bos_id, dtype=torch.long, device=memory.keys.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=prefix.device)
+        for _ in range(max_len):
+            token = self.decode(prefix, memory)[:, -1].argmax(dim=-1)
+            token = torch.where(finished, self.config.eos_id, token)
+            finished |= token == self.config.eos_id
+            prefix = torch.cat([prefix, token[:, None]], dim=1)
+            if bool(finished.all()):
+                break
+        outputs = []
+        for row in prefix[:, 1:].tolist():
+            cut = row.index(self.config.eos_id) if self.config.eos_id in row else len(row)
+            outputs.append(row[:cut])
+        return outputs
 
     # ------------------------------------------------------------------ sizes
     def num_params(self) -> int:

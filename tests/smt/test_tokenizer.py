@@ -47,7 +47,7 @@ def test_layout_tokens() -> None:
     assert toks == ["4", "c", "<s>", "4", "e", "<t>", "4", "g", "<b>", "=", "<t>", "="]
 
 
-@pytest.mark.parametrize("bad", ["", "  \n\n", "8@A·L", "!!!OTL: a·b"])
+@pytest.mark.parametrize("bad", ["", "  \n\n", "8@A·L", "!!!OTL: a·b", "**kern\n4c\x00"])
 def test_untokenizable_text_raises(bad: str) -> None:
     with pytest.raises(TokenizeError):
         tokenize(bad, "bekern")
