@@ -55,6 +55,7 @@ SAMPLE_ROWS_FOR_DISK = 16        # rows prepared up front to predict the cache s
 DISK_MARGIN = 1.3                # predicted cache x margin must fit the free disk
 RAM_TRIGGER = 0.9                # act at 90% of the budget: the sampler polls, spikes are fast
 MAX_RETRIES_PER_SHARD = 8
+STARTUP_TIMEOUT_S = 120.0        # spawn + imports; minutes under heavy load, never hours
 
 # Reasons a row is skipped (the keys of PrepareResult.skipped).
 R_IMAGE = "undecodable image"
@@ -373,7 +374,7 @@ class _ShardJob:
     writer_batch_size: int
 
 
-def _run_shard(job: _ShardJob, counter: Any = None) -> None:
+def _run_shard(job: _ShardJob, counter: Any = None, ready: Any = None) -> None:
     """Map one shard into its folder and mark it done. Runs in the child (or in-process)."""
     global _COUNTER
     import datasets
@@ -386,6 +387,8 @@ def _run_shard(job: _ShardJob, counter: Any = None) -> None:
     ds = job.dataset
     extra = [c for c in ds.column_names if c not in ("image", "transcription")]
     num_proc = min(job.num_proc, max(1, len(ds)))
+    if ready is not None:
+        ready.value = 1            # imports done: from here on, no rows for a while is a stall
     out = ds.map(prepare_example, fn_kwargs=job.fn_kwargs, features=output_features(),
                  remove_columns=extra, num_proc=num_proc if num_proc > 1 else None,
                  writer_batch_size=job.writer_batch_size,
@@ -422,10 +425,11 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def _child_main(job: _ShardJob, counter: Any, error_path: str, parent_pid: int) -> None:
+def _child_main(job: _ShardJob, counter: Any, ready: Any, error_path: str,
+                parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     try:
-        _run_shard(job, counter)
+        _run_shard(job, counter, ready)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit non-zero
         from autotune.measure import is_oom_error
         atomic_write_json(error_path, {"error": f"{type(exc).__name__}: {exc}"[:500],
@@ -462,6 +466,7 @@ class _Watch:
     def __init__(self, stall_s: float | None, ram_limit: int | None) -> None:
         from autotune.measure import ProgressWatchdog, RssSampler
         self.event = threading.Event()
+        self.armed = False
         self.reason = ""
         self.detail = ""
         self.watchdog = ProgressWatchdog(stall_s, on_stall=self._stall) if stall_s else None
@@ -478,14 +483,18 @@ class _Watch:
             self.reason, self.detail = "ram", f"process tree RSS {rss / 2**30:.2f} GiB"
             self.event.set()
 
-    def __enter__(self) -> "_Watch":
-        self.sampler.start()
+    def arm(self) -> None:
+        """Start the stall clock (once the child has finished importing)."""
+        self.armed = True
         if self.watchdog:
             self.watchdog.start()
+
+    def __enter__(self) -> "_Watch":
+        self.sampler.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.watchdog:
+        if self.watchdog and self.armed:
             self.watchdog.stop()
         self.sampler.stop()
 
@@ -599,14 +608,21 @@ def _attempt(job: _ShardJob, cfg: PrepareConfig, ram_budget: int, progress: Any,
         return None
     ctx = mp.get_context("spawn")
     counter = ctx.Value("q", 0)
+    ready = ctx.Value("b", 0)
     error_path = Path(job.folder).with_name(job.name + ".error.json")
     error_path.unlink(missing_ok=True)
     # Not daemonic: a daemonic process may not start the map's own worker pool.
-    proc = ctx.Process(target=_child_main, args=(job, counter, str(error_path), os.getpid()))
+    proc = ctx.Process(target=_child_main, args=(job, counter, ready, str(error_path), os.getpid()))
     with _Watch(cfg.stall_timeout_s, int(ram_budget * RAM_TRIGGER)) as watch:
         proc.start()
         last = 0
         while proc.is_alive():
+            if not watch.armed:
+                if ready.value:
+                    watch.arm()
+                elif time.perf_counter() - t0 > STARTUP_TIMEOUT_S:
+                    watch.reason, watch.detail = "stall", f"worker did not start in {STARTUP_TIMEOUT_S:.0f} s"
+                    watch.event.set()
             if watch.event.wait(0.25):
                 _stop_tree(proc)
                 return watch.reason, watch.detail, time.perf_counter() - t0
