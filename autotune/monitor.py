@@ -177,8 +177,13 @@ def nvml_indices_for(device_ids: Iterable[int], visible: str | None) -> list[int
     return [int(parts[i]) for i in ids if i < len(parts)]
 
 
-def sample_resources(t_s: float, step: int, gpus: GpuReader | None) -> ResourceSample:
-    """One sample of the machine; every field that cannot be read is None."""
+def sample_resources(t_s: float, step: int, gpus: GpuReader | None,
+                     cpu: bool = True) -> ResourceSample:
+    """One sample of the machine; every field that cannot be read is None.
+
+    `cpu=False` for the first sample: psutil's CPU share covers the time since its previous
+    call, which at start-up is a few microseconds and reads as a meaningless 0%.
+    """
     try:
         vm = psutil.virtual_memory()
         avail, total = int(vm.available), int(vm.total)
@@ -190,14 +195,16 @@ def sample_resources(t_s: float, step: int, gpus: GpuReader | None) -> ResourceS
         total = limit if total is None else min(total, limit)
         if usage is not None:
             avail = limit - usage if avail is None else min(avail, max(0, limit - usage))
-    try:
-        cpu = float(psutil.cpu_percent(interval=None))
-    except (psutil.Error, OSError):
-        cpu = None
+    cpu_pct = None
+    if cpu:
+        try:
+            cpu_pct = float(psutil.cpu_percent(interval=None))
+        except (psutil.Error, OSError):
+            pass
     shm = shm_usage()
     return ResourceSample(
         t_s=round(t_s, 3), step=step, rss_bytes=tree_rss_bytes() or None, ram_available_bytes=avail,
-        ram_total_bytes=total, cpu_pct=cpu, shm_used_bytes=None if shm is None else shm[1],
+        ram_total_bytes=total, cpu_pct=cpu_pct, shm_used_bytes=None if shm is None else shm[1],
         gpus=gpus.read() if gpus is not None and gpus.available else [])
 
 
@@ -433,7 +440,8 @@ class ResourceMonitor(Callback):
 
     def _take_sample(self) -> None:
         try:
-            sample = sample_resources(time.monotonic() - self._t0, self._step, self._gpus)
+            sample = sample_resources(time.monotonic() - self._t0, self._step, self._gpus,
+                                      cpu=bool(self.samples))
         except Exception:  # a monitor must never end the run it watches
             log.debug("resource sample failed", exc_info=True)
             return
