@@ -105,10 +105,13 @@ def estimate_table(workload: Workload) -> list[MemoryEstimate]:
 
 def probe_profile(*, data: str | None = None, preset: str = "paper", devices: int | None = None,
                   name: str | None = None, workload: Workload | None = None,
-                  hardware: HardwareInfo | None = None, options: ProbeOptions | None = None,
+                  hardware: HardwareInfo | None = None,
+                  time_budget_s: float = DEFAULT_TIME_BUDGET_S,
                   report: Callable[[str], None] | None = None) -> Profile:
-    """Measure and decide; the profile is returned, not saved (callers choose the path)."""
-    opts = options or ProbeOptions(data=data, preset=preset, devices=devices, name=name)
+    """Measure and decide with default budgets; the profile is returned, not saved (callers
+    choose the path). This is what `--profile auto` runs."""
+    opts = ProbeOptions(data=data, preset=preset, devices=devices, name=name,
+                        time_budget_s=time_budget_s)
     return run_probe_stages(opts, workload=workload, hardware=hardware, report=report).profile
 
 

@@ -199,3 +199,33 @@ def test_loader_probe_stops_once_the_model_is_fed_twice_over():
     result = probe_loader(work, batch_size=4, usable_cpus=8, batches=6, model_step_s=10.0)
     assert [t.num_workers for t in result.trials] == [0, 1]
     assert math.isclose(result.model_batches_per_s, 0.1)
+
+
+# -- the real SMT workload, debug preset, tiny rendered dataset --------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_real_probes_on_the_debug_preset(synth_raw_dir):
+    from autotune.workload import load_workload
+    work = load_workload("smt", data=str(synth_raw_dir), preset="debug")
+
+    mapped = probe_map(work, usable_cpus=2, sample_rows=8, reduce_ratio=0.3)
+    assert mapped.full_rows == 24 and mapped.sample_rows == 8
+    assert all(t.error is None and not t.stalled and t.rows_per_s > 0 for t in mapped.trials)
+    # A clean system PNG at 0.3 scale is a few KB to a few tens of KB.
+    assert 500 < mapped.cache_bytes_per_row < 200_000
+    assert mapped.predict(1, 100).seconds > 0
+
+    model = probe_model(work, reduce_ratios=(0.3,), batch_sizes=(1, 2), precision="32-true")
+    assert [(t.batch_size, t.oom) for t in model.trials] == [(1, False), (2, False)]
+    for t in model.trials:
+        shape = work.largest_shape(0.3)
+        assert (t.height, t.width, t.seq_len) == (shape.height, shape.width, shape.seq_len)
+        assert t.peak_memory_bytes > 0 and t.estimated_memory_bytes > 0 and t.step_s > 0
+    assert model.num_params == work.num_params()
+
+    loader = probe_loader(work, batch_size=2, usable_cpus=2, reduce_ratio=0.3, batches=3,
+                          num_workers=(0, 1), model_step_s=model.trials[-1].step_s)
+    assert [t.num_workers for t in loader.trials] == [0, 1]
+    assert all(t.error is None and t.samples_per_s > 0 for t in loader.trials)
+    assert _no_children_left()
