@@ -1,0 +1,128 @@
+"""`python -m smt.train`: the run folder it leaves, its flags, and DDP on CPU."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.errors import UserError, run_cli
+from smt.train import build_parser, main, parse_duration
+from tiny_scores import FAST, tiny_dataset_dict, trained_run
+
+REPO = Path(__file__).resolve().parents[2]
+SUMMARY_KEYS = {"steps", "samples", "samples_per_s", "peak_memory_bytes", "best_val_ser", "val_ser",
+                "val_loss", "train_loss", "checkpoint_last", "checkpoint_best", "settings",
+                "elapsed_s"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_run_folder_has_checkpoints_metadata_and_summary() -> None:
+    run = trained_run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["steps"] == 150 and summary["samples"] == 300
+    assert summary["samples_per_s"] > 0 and summary["peak_memory_bytes"] > 0
+    assert 0 <= summary["best_val_ser"] <= summary["val_ser"] + 1e-6
+    for key in ("checkpoint_last", "checkpoint_best"):
+        ckpt = torch.load(summary[key], map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] > 0
+    assert torch.load(summary["checkpoint_last"], weights_only=True)["global_step"] == 150
+    config = json.loads((run / "config.json").read_text())
+    vocab = json.loads((run / "vocab.json").read_text())
+    assert config["vocab_size"] == len(vocab["tokens"])
+    record = json.loads((run / "run.json").read_text())
+    assert record["settings"]["batch_size"] == 2 and record["preset"] == "debug"
+    # The loss visibly falls over the run (CSV log, one row per logged step).
+    with open(run / "logs" / "csv" / "metrics.csv") as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh) if r.get("train_loss")]
+    assert len(losses) >= 5 and losses[-1] < 0.3 * losses[0]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--accumulate", "two"], "--accumulate"),
+    (["--devices", "100000"], "--devices"),
+    (["--reduce-ratio", "1.5"], "--reduce-ratio"),
+    (["--reduce-ratio", "nan"], "--reduce-ratio"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-4"], "--lr"),
+    (["--max-steps", "0"], "--max-steps"),
+    (["--max-time", "0"], "--max-time"),
+    (["--max-time", "10 years"], "--max-time"),
+    (["--num-workers", "-1"], "--num-workers"),
+    (["--grad-clip", "0"], "--grad-clip"),
+    (["--writer-batch-size", "0"], "--writer-batch-size"),
+    (["--precision", "8-bit"], "--precision"),
+])
+def test_bad_flag_is_one_line_naming_it(argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli(main, argv, prog="smt.train")
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("smt.train: error:") and flag in err
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("45m", 2700), ("2h", 7200),
+                                           ("00:01:30:00", 5400), ("1:00:00", 3600)])
+def test_max_time_formats(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_flags_win_over_defaults() -> None:
+    from smt.train import plan_run
+    args = build_parser().parse_args(["--batch-size", "3", "--accumulate", "5", "--max-steps", "7",
+                                      "--precision", "32-true", "--out", "unused-dir"])
+    plan = plan_run(args)
+    s = plan.settings
+    assert (s.batch_size, s.accumulate_grad_batches, s.precision) == (3, 5, "32-true")
+    assert s.effective_batch_size == 15 * s.devices
+    assert plan.max_steps == 7 and not plan.cpu_demo
+
+
+def test_cpu_demo_cap_applies_only_without_limits() -> None:
+    from smt.train import CPU_DEMO_MAX_TIME_S, plan_run
+    if torch.cuda.is_available():
+        pytest.skip("the cap is for machines without an accelerator")
+    demo = plan_run(build_parser().parse_args(["--out", "unused-dir"]))
+    assert demo.cpu_demo and demo.max_time_s == CPU_DEMO_MAX_TIME_S and demo.preset == "small"
+    lifted = plan_run(build_parser().parse_args(["--out", "unused-dir", "--max-time", "3h"]))
+    assert not lifted.cpu_demo and lifted.max_time_s == 3 * 3600 and lifted.preset == "paper"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_out_with_a_run_in_it_is_refused() -> None:
+    run = trained_run()
+    with pytest.raises(UserError, match="already holds a run"):
+        main(["--out", str(run), "--max-steps", "1"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ddp_on_cpu_with_accumulation_and_an_oom_on_one_rank(tmp_path: Path) -> None:
+    """Two gloo ranks, bf16-mixed, accumulate 2; rank 1 alone runs out of memory above one
+    sample per micro-batch, and both ranks must halve together or the run would hang."""
+    data = tiny_dataset_dict(tmp_path / "tiny", n_train=8, n_val=2, n_test=1)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "SMT_INJECT_OOM_ABOVE": "1", "SMT_INJECT_OOM_RANKS": "1"}
+    argv = ["--data", str(data), *FAST, "--devices", "2", "--strategy", "ddp",
+            "--precision", "bf16-mixed", "--accumulate", "2", "--batch-size", "2",
+            "--max-steps", "3", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "smt.train", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["devices"] == 2 and summary["settings"]["accumulate_grad_batches"] == 2
+    assert summary["micro_batch_size"] == 1
+    assert [e["micro_batch_to"] for e in summary["oom_events"]] == [1]
+    assert ckpt["smt"]["micro_batch_size"] == 1
