@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--trainer", metavar="CMD", help="training command a trial runs (default: "
                    f"'{' '.join(DEFAULT_TRAINER[1:])}' with this Python)")
+    p.add_argument("--workload", default="smt", metavar="NAME",
+                   help="workload whose memory estimate and fingerprint the search uses "
+                   "(default smt; 'none' with a custom --trainer)")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
                    help=f"trial heartbeat; a trial silent for 4x this is failed (default "
                    f"{HEARTBEAT_S})")
@@ -126,23 +129,27 @@ def memory_budget(args: argparse.Namespace, profile: dict[str, Any] | None) -> t
 
 
 def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
-                     data: str | None) -> MemoryPredictor:
+                     data: str | None, workload: str = "smt") -> MemoryPredictor:
     if profile is not None:
         fits = fits_from_profile(profile)
         if fits:
             kind = "predicted" if all(f.source == "predicted" for f in fits) else "measured"
             return FitPredictor(fits, offset_bytes=offset_from_profile(profile),
                                 source=f"{kind} fits in profile {profile.get('name', '?')}")
+    if workload == "none":
+        return NullPredictor(source="none (--workload none and no profile fits)")
     # smt.train's own default preset when a trial passes none (--max-steps is always given).
-    predictor = workload_predictor(preset or "paper", data)
-    return predictor if predictor is not None else NullPredictor()
+    return workload_predictor(preset or "paper", data, workload)
 
 
-def describe_workload(preset: str | None, data: str | None) -> dict[str, Any]:
+def describe_workload(preset: str | None, data: str | None,
+                      workload: str = "smt") -> dict[str, Any]:
     """The profile's `workload` section with the fingerprint `--profile auto` matches on."""
     try:
+        if workload == "none":
+            raise LookupError("--workload none")
         from autotune.workload import load_workload
-        return dict(load_workload("smt", data=data, preset=preset or "paper").describe())
+        return dict(load_workload(workload, data=data, preset=preset or "paper").describe())
     except Exception:  # the workload layer is unavailable: name what the trials used
         return {k: v for k, v in (("dataset", data), ("model", preset)) if v}
 
@@ -163,7 +170,7 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
         raise UserError(f"--from {args.from_profile}: bad settings ({exc})") from exc
     objective = make_objective(args.objective, args.metric)
     budget, budget_why = memory_budget(args, profile)
-    predictor = choose_predictor(profile, args.preset, args.data)
+    predictor = choose_predictor(profile, args.preset, args.data, args.workload)
     trainer = tuple(shlex.split(args.trainer)) if args.trainer else DEFAULT_TRAINER
     if not trainer:
         raise UserError("--trainer: empty command")
@@ -240,7 +247,7 @@ def run_search(args: argparse.Namespace) -> int:
         chosen = trial.number
     results.print_results(console, study, config.objective, chosen=chosen)
     if args.save_profile:
-        workload = describe_workload(config.preset, config.data)
+        workload = describe_workload(config.preset, config.data, args.workload)
         prof = results.build_profile(args.save_profile, trial, study, config.objective,
                                      profile, config.storage_url, workload)
         path = results.save_profile(prof, args.save_profile)

@@ -151,12 +151,17 @@ class WorkloadPredictor(MemoryPredictor):
         return float(getattr(est, "total_bytes", est))
 
 
-def workload_predictor(preset: str | None, data: str | None) -> MemoryPredictor:
-    """A WorkloadPredictor for the SMT workload, or a NullPredictor saying why there is none."""
+def workload_predictor(preset: str | None, data: str | None,
+                       name: str = "smt") -> MemoryPredictor:
+    """A WorkloadPredictor for the named workload, or a NullPredictor saying why there is none.
+
+    Opening the workload opens the dataset (the embedded default is rendered once into the
+    cache, which the trials then reuse) and scans it for the largest image.
+    """
     kwargs = {k: v for k, v in (("preset", preset), ("data", data)) if v is not None}
     try:
         from autotune.workload import load_workload
-        return WorkloadPredictor(load_workload("smt", **kwargs))
+        return WorkloadPredictor(load_workload(name, **kwargs))
     except Exception as exc:  # no estimate means no rejection, and the table says so
         return NullPredictor(source=f"none (workload estimate unavailable: {exc})")
 

@@ -8,6 +8,7 @@ workers on one storage stop together.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -88,11 +89,26 @@ class SearchOutcome:
     attempts: int
 
 
+# smt.train's steady samples/s leaves out its first 5 loader batches; 10 or more per trial make
+# sure every trial reports it, so trials are compared on the same kind of figure.
+MIN_BATCHES = 10
+
+
 def steps_for(config: SearchConfig, point: TrialPoint) -> int:
+    """Optimizer steps for a trial.
+
+    throughput: K steps (at least MIN_BATCHES loader batches). quality: a fixed number of
+    samples, K x the base effective batch. both: the same, raised for every trial alike to
+    MIN_BATCHES batches of the largest batch size, so that throughput is measured steady.
+    """
+    s = point.settings
+    acc = s.accumulate_grad_batches
     if not config.objective.needs_validation:
-        return config.steps_per_trial
+        return max(config.steps_per_trial, math.ceil(MIN_BATCHES / acc))
     budget = config.steps_per_trial * config.space.base.effective_batch_size
-    return max(1, round(budget / point.settings.effective_batch_size))
+    if config.objective.name == "both":
+        budget = max(budget, MIN_BATCHES * config.space.batch_size[1] * s.devices)
+    return max(1, round(budget / s.effective_batch_size))
 
 
 def trainer_args(config: SearchConfig, point: TrialPoint, steps: int, out: Path) -> list[str]:
@@ -241,11 +257,13 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
             if res.summary and isinstance(res.summary.get(key), (int, float)):
                 trial.set_user_attr(key, res.summary[key])
         summary = res.summary or {}
-        if res.status == "complete" and summary.get("oom_events"):
+        events = summary.get("oom_events")
+        if res.status == "complete" and events:
             # The trainer survived by shrinking its micro-batch: these settings do not fit.
             res.status = "oom"
             res.error = (f"out of memory: the trainer backed off to micro-batch "
-                         f"{summary.get('micro_batch_size')} ({summary['oom_events']} OOM events)")
+                         f"{summary.get('micro_batch_size')} "
+                         f"({events if isinstance(events, int) else len(events)} OOM event(s))")
         elif res.status == "complete" and summary.get("interrupted"):
             res.status, res.error = "failed", "the trainer reports it was interrupted"
         if res.status == "stopped":

@@ -27,7 +27,7 @@ from autotune.search.objectives import make_objective
 from autotune.search.runner import ProgressReader
 from autotune.search.space import SEARCHED, make_point, space_for
 from autotune.search.storage import count_trials, mask_url
-from autotune.search.study import SearchConfig, run_study
+from autotune.search.study import SearchConfig, run_study, steps_for
 from autotune.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +52,9 @@ PROFILE = {
 
 
 def search_argv(tmp_path: Path, *extra: str) -> list[str]:
-    return ["--trainer", FAKE_CMD, "--run-dir", str(tmp_path / "run"), "--seed", "0",
-            *extra]
+    # The fake trainer ignores the data: no SMT workload to open (it would render the dataset).
+    return ["--trainer", FAKE_CMD, "--workload", "none", "--run-dir", str(tmp_path / "run"),
+            "--seed", "0", *extra]
 
 
 def load(tmp_path: Path, name: str = "smt-throughput-default") -> optuna.Study:
@@ -165,13 +166,17 @@ def test_trial_stuck_before_training_is_killed_by_the_setup_limit(tmp_path, fake
 
 
 @pytest.mark.timeout(60)
-def test_crashing_trial_is_failed_with_its_reason(tmp_path, fake_env, monkeypatch):
-    monkeypatch.setenv("FAKE_TRAIN_FAIL_BATCH", "3")
+@pytest.mark.parametrize("env, message", [
+    ("FAKE_TRAIN_FAIL_BATCH", "exit 1): RuntimeError: fake trainer failure"),
+    ("FAKE_TRAIN_OOM_BATCH", "out of memory: the trainer backed off to micro-batch 3"),
+])
+def test_crashed_or_oom_trial_is_failed_with_its_reason(tmp_path, fake_env, monkeypatch, env,
+                                                        message):
+    monkeypatch.setenv(env, "6")
     outcome = run_study(config_for(tmp_path, trials=1,
-                                   enqueue=[{"batch_size": 3, "num_workers": 0}]))
+                                   enqueue=[{"batch_size": 6, "num_workers": 0}]))
     first = outcome.study.get_trials()[0]
-    assert first.state == TrialState.FAIL
-    assert "exit 1" in first.user_attrs["error"] and "fake trainer failure" in first.user_attrs["error"]
+    assert first.state == TrialState.FAIL and message in first.user_attrs["error"]
     assert outcome.counts.complete == 1
 
 
@@ -312,6 +317,21 @@ def test_points_keep_the_effective_batch(batch, effective, devices, accum, eff_o
     base = Settings(devices=devices, strategy="ddp" if devices > 1 else "auto")
     s = make_point(base, batch, effective, 0.5, 2, None).settings
     assert (s.accumulate_grad_batches, s.effective_batch_size) == (accum, eff_out)
+
+
+@pytest.mark.parametrize("objective, batch, effective, steps", [
+    ("throughput", 4, 8, 5),         # K=5 steps are 10 loader batches at accumulation 2...
+    ("throughput", 8, 8, 10),        # ...and at accumulation 1 it is raised to 10 batches
+    ("quality", 4, 8, 5),            # K x base effective 8 = 40 samples / 8 per step
+    ("quality", 4, 32, 1),           # the same 40 samples at a bigger effective batch
+    ("both", 4, 8, 10),              # raised for all alike: 10 batches of the largest batch 8
+    ("both", 2, 16, 5),
+])
+def test_trial_length_keeps_samples_fair_and_throughput_steady(tmp_path, objective, batch,
+                                                                effective, steps):
+    config = config_for(tmp_path, objective, steps_per_trial=5)
+    point = make_point(config.space.base, batch, effective, 0.5, 1, None)
+    assert steps_for(config, point) == steps
 
 
 def test_memory_fit_from_probe_trials_and_area_scaling():

@@ -9,6 +9,7 @@ Behaviour switches (environment):
                               process, write its pid to PATH, and hang forever
   FAKE_TRAIN_FAIL_BATCH=N     exit 1 with a traceback-like message when --batch-size is N
   FAKE_TRAIN_PROGRESS_S=SEC   write a validation record every SEC seconds (for the pruner)
+  FAKE_TRAIN_OOM_BATCH=N      with --batch-size N, report an OOM the trainer survived
   FAKE_TRAIN_HANG_SETUP=N     with --batch-size N, hang before run.json (stuck in set-up)
 """
 from __future__ import annotations
@@ -74,7 +75,12 @@ def main() -> int:
     summary = {"steps": args.max_steps, "samples": args.max_steps * args.batch_size,
                "samples_per_s": sps, "peak_memory_bytes": 1000, "val_loss": val_loss,
                "val_ser": 100.0 * val_loss / 3, "train_loss": val_loss,
-               "settings": settings, "elapsed_s": 0.1}
+               "settings": settings, "elapsed_s": 0.1, "oom_events": [],
+               "micro_batch_size": None}
+    if os.environ.get("FAKE_TRAIN_OOM_BATCH") == str(args.batch_size):
+        summary["oom_events"] = [{"step": 1, "micro_batch_from": args.batch_size,
+                                  "micro_batch_to": args.batch_size // 2}]
+        summary["micro_batch_size"] = args.batch_size // 2
     (out / "summary.json").write_text(json.dumps(summary))
     print("fake trainer: done", flush=True)
     return 0
