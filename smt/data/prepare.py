@@ -7,7 +7,7 @@ their own size (tens of KB for a clean score).
 
 How it survives faults:
 - Work is cut into shards of `shard_rows` rows. Each shard is mapped by a child process
-  (spawned, so threads of the parent never leak into it) with datasets' own `num_proc` pool
+  (from a fork server, so threads of the parent never leak into it) with datasets' own `num_proc` pool
   inside; when the map is done the child writes a small `done.json` atomically. A rerun
   (after Ctrl-C, SIGKILL, a crashed notebook) skips every shard that has one, so at most one
   shard per split is redone, and the end result is the same files an uninterrupted run makes.
@@ -278,8 +278,8 @@ def map_spec(reduce_ratio: float = 0.5, fmt: str = "bekern", max_tokens: int | N
 # ";above_wbs=W" so it only fires while writer_batch_size > W) | "sleep_ms=S". Real process
 # faults for tests and bench/bench_faults.py; unset, it costs one dict check per row.
 
-def _load_fault(writer_batch_size: int) -> None:
-    spec = os.environ.get("SMT_PREPARE_FAULT", "")
+def _load_fault(writer_batch_size: int, spec: str | None = None) -> None:
+    spec = os.environ.get("SMT_PREPARE_FAULT", "") if spec is None else spec
     _FAULT.clear()
     if not spec:
         return
@@ -372,6 +372,9 @@ class _ShardJob:
     fn_kwargs: dict[str, Any]
     num_proc: int
     writer_batch_size: int
+    # The fork server was started with the environment of its time: the child takes the
+    # caller's current one from here instead.
+    environ: tuple[tuple[str, str], ...] = ()
 
 
 def _run_shard(job: _ShardJob, counter: Any = None, ready: Any = None) -> None:
@@ -379,6 +382,9 @@ def _run_shard(job: _ShardJob, counter: Any = None, ready: Any = None) -> None:
     global _COUNTER
     import datasets
     _COUNTER = counter
+    if job.environ:
+        os.environ.clear()
+        os.environ.update(dict(job.environ))
     _load_fault(job.writer_batch_size)
     folder = Path(job.folder)
     shutil.rmtree(folder, ignore_errors=True)          # leftovers of an interrupted attempt
@@ -408,14 +414,17 @@ def _run_shard(job: _ShardJob, counter: Any = None, ready: Any = None) -> None:
     })
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(main_pid: int) -> None:
     """If the preparing process is killed (SIGKILL, a dead notebook kernel), this child and its
-    map workers must not live on and write into a shard folder that a rerun is redoing."""
+    map workers must not live on and write into a shard folder that a rerun is redoing.
+    (Our parent is the fork server, not `main_pid`: watch both.)"""
+    first_ppid = os.getppid()
+
     def watch() -> None:
         import psutil
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent_pid:
+            if os.getppid() != first_ppid or not psutil.pid_exists(main_pid):
                 for p in psutil.Process().children(recursive=True):
                     try:
                         p.kill()
@@ -560,7 +569,7 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
             retries = 0
             while True:
                 job = _ShardJob(name, str(root / "shards" / name), job_ds, lo, split, fn_kwargs,
-                                num_proc, wbs)
+                                num_proc, wbs, tuple(os.environ.items()))
                 progress.update(task, description=f"{name} (num_proc {num_proc}, "
                                                   f"writer_batch_size {wbs})")
                 outcome = _attempt(job, cfg, ram_budget, progress, task, done_rows, map_t0)
@@ -606,7 +615,7 @@ def _attempt(job: _ShardJob, cfg: PrepareConfig, ram_budget: int, progress: Any,
     if not cfg.isolate:
         _run_shard(job)
         return None
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     counter = ctx.Value("q", 0)
     ready = ctx.Value("b", 0)
     error_path = Path(job.folder).with_name(job.name + ".error.json")
@@ -646,6 +655,17 @@ def _attempt(job: _ShardJob, cfg: PrepareConfig, ram_budget: int, progress: Any,
     if err.get("oom"):
         return "ram", err.get("error", "out of memory"), time.perf_counter() - t0
     raise RuntimeError(f"preparing shard {job.name} failed: {err.get('error', f'exit {proc.exitcode}')}")
+
+
+def _context() -> Any:
+    """A fork server where there is one: it imports datasets once, then forks a clean,
+    single-threaded child per shard in milliseconds (spawn costs seconds of imports per
+    shard; a plain fork would copy this process's threads' locks). Spawn elsewhere."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["smt.data.prepare", "datasets", "PIL.Image", "cv2"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _default_ram_budget() -> int:
