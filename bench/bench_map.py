@@ -2,7 +2,10 @@
 
     python bench/bench_map.py [--rows 20] [--render-proc 2] [--keep DIR]
 
-Data: `--rows` synthetic full pages (2100 px wide, rendered here), reduce ratio 0.5.
+Data: `--rows` synthetic full pages (2100 px wide, rendered here), reduce ratio 0.5, all but
+two rows in `train` so the writer buffer fills as far as the cap allows. Each case runs on the
+pages as rendered (grayscale PNG) and on an RGB copy: real scans and the hub's GrandStaff
+images are RGB, and the reference recipe pays per channel while we convert to gray first.
 Cases, each in a fresh process so one case's peak cannot leak into the next:
 - reference: the SMT recipe, a numpy image returned into the existing `Image` column,
   num_proc=1, writer_batch_size=100;
@@ -48,6 +51,19 @@ def reference_map(sample: dict[str, Any], reduce_ratio: float) -> dict[str, Any]
     return sample
 
 
+def _to_rgb(raw_dir: str, out_dir: str) -> None:
+    import datasets
+    from PIL import Image
+    dd = datasets.load_from_disk(raw_dir)
+
+    def rgb(example: dict[str, Any]) -> dict[str, Any]:
+        return {"image": example["image"].convert("RGB")}
+    datasets.disable_progress_bars()
+    with_rgb = dd.map(rgb, features=dd["train"].features)
+    with_rgb.save_to_disk(out_dir)
+    datasets.enable_progress_bars()
+
+
 def _case(name: str, raw_dir: str, work: str, queue: Any) -> None:
     import datasets
 
@@ -57,19 +73,21 @@ def _case(name: str, raw_dir: str, work: str, queue: Any) -> None:
     rows = sum(len(v) for v in dd.values())
     with RssSampler(interval_ms=50) as sampler:
         t0 = time.perf_counter()
-        if name == "reference":
+        if name.startswith("reference"):
             for split, ds in dd.items():
                 ds.map(reference_map, fn_kwargs={"reduce_ratio": REDUCE}, num_proc=None,
-                       writer_batch_size=100, cache_file_name=f"{work}/ref-{split}.arrow")
-        elif name == "ours-map":
+                       writer_batch_size=100, load_from_cache_file=False,
+                       cache_file_name=f"{work}/{name.replace(' ', '-')}-{split}.arrow")
+        elif name.startswith("ours-map"):
             from smt.data.prepare import map_function, output_features
             from smt.data.sources import load_source
             fn, kw = map_function(REDUCE, "bekern")
             for split, ds in load_source(raw_dir).items():
                 ds.map(fn, fn_kwargs=kw, features=output_features(), num_proc=None,
-                       writer_batch_size=100, cache_file_name=f"{work}/ours-{split}.arrow")
+                       writer_batch_size=100, load_from_cache_file=False,
+                       cache_file_name=f"{work}/{name.replace(' ', '-')}-{split}.arrow")
         else:
-            os.environ["SMT_AUTOTUNE_CACHE"] = f"{work}/cache"
+            os.environ["SMT_AUTOTUNE_CACHE"] = f"{work}/cache-{name.replace(' ', '-')}"
             from smt.data.prepare import PrepareConfig, prepare
             prepare(raw_dir, PrepareConfig(reduce_ratio=REDUCE, num_proc=2, writer_batch_size=100),
                     quiet=True)
@@ -99,32 +117,37 @@ def main() -> int:
     p.add_argument("--keep", default=None, help="keep the rendered pages here")
     args = p.parse_args()
 
-    console = Console()
+    console = Console(width=160)
     work = tempfile.mkdtemp(prefix="bench-map-")
     try:
         raw = args.keep or f"{work}/raw"
         if not Path(raw, "dataset_dict.json").is_file():
             console.print(f"rendering {args.rows} synthetic pages ...")
             r = build(raw, count=args.rows, kind="page", seed=11, num_proc=args.render_proc,
-                      val=max(1, args.rows // 10), test=max(1, args.rows // 10))
+                      val=1, test=1)
             console.print(f"rendered in {r.seconds:.1f} s ({r.rows_per_s:.2f} pages/s)")
+        rgb = f"{work}/rgb"
+        _to_rgb(raw, rgb)
         results = {}
-        for name in ("reference", "ours-map", "ours-prepare"):
-            console.print(f"running {name} ...")
-            results[name] = run_case(name, raw, work)
-        ref = results["reference"]
+        for source, path in (("gray", raw), ("rgb", rgb)):
+            for case in ("reference", "ours-map", "ours-prepare"):
+                name = f"{case} {source}"
+                console.print(f"running {name} ...")
+                results[name] = run_case(name, path, work)
+        ref = results["reference gray"]
         table = Table(title=f"datasets.map on {ref['rows']} synthetic pages, reduce {REDUCE} "
                             f"(capped: see docstring)")
         for col in ("case", "num_proc", "writer_batch", "rows", "s", "rows/s", "peak RSS MiB",
                     "growth MiB", "speed x ref", "peak / ref", "growth / ref"):
             table.add_column(col, justify="right" if col != "case" else "left")
         settings = {"reference": (1, 100), "ours-map": (1, 100), "ours-prepare": (2, 100)}
-        ref_rate = ref["rows"] / ref["seconds"]
-        ref_growth = max(1, ref["peak"] - ref["base"])
         for name, r in results.items():
+            ref = results["reference " + name.split()[-1]]      # same source, gray or RGB
+            ref_rate = ref["rows"] / ref["seconds"]
+            ref_growth = max(1, ref["peak"] - ref["base"])
             rate = r["rows"] / r["seconds"]
             growth = r["peak"] - r["base"]
-            table.add_row(name, *map(str, settings[name]), str(r["rows"]), f"{r['seconds']:.1f}",
+            table.add_row(name, *map(str, settings[name.split()[0]]), str(r["rows"]), f"{r['seconds']:.1f}",
                           f"{rate:.2f}", f"{r['peak'] / 2**20:.0f}", f"{growth / 2**20:.0f}",
                           f"{rate / ref_rate:.1f}", f"{r['peak'] / ref['peak']:.2f}",
                           f"{growth / ref_growth:.3f}")
