@@ -125,7 +125,7 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
     if workload is None:
         say("workload: loading the data source (the embedded dataset is built on first use)")
         workload = load_workload("smt", data=opts.data, preset=opts.preset)
-    workload_desc = workload.describe()
+    full_rows = workload.dataset_rows()        # opens the source (builds the default set once)
     setup_s = time.monotonic() - setup_start
 
     budgets = opts.budgets()
@@ -133,7 +133,9 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
     T = opts.time_budget_s
     stage_s: dict[str, float] = {}
 
-    say(f"map: {workload.dataset_rows()} rows to prepare; timing a sample at several "
+    # The map goes first, before anything imports torch: its trials fork this process, and
+    # workers that inherit torch's pages would overstate what a preparation worker costs.
+    say(f"map: {full_rows} rows to prepare; timing a sample at several "
         f"num_proc / writer_batch_size")
     map_result: MapProbeResult = probe_map(
         workload, usable_cpus=hardware.usable_cpus, deadline=start + MAP_SHARE * T,
@@ -143,6 +145,7 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
             + (f"{t.rows_per_s:.1f} rows/s, peak {format_bytes(t.peak_rss_bytes)}"
                if t.rows_per_s and not t.error else f"{t.error}")))
     stage_s["map"] = map_result.seconds
+    workload_desc = workload.describe()
 
     device = pick_device()
     precision = _precision_for(hardware, budgets)

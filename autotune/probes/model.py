@@ -123,7 +123,7 @@ class CpuPeakMeter:
 
 # -- one step ---------------------------------------------------------------------------------
 
-def _autocast(device_type: str, precision: str) -> Any:
+def autocast_for(device_type: str, precision: str) -> Any:
     import torch
     if precision.startswith("bf16"):
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
@@ -135,7 +135,7 @@ def _autocast(device_type: str, precision: str) -> Any:
 def _train_step(workload: Workload, model: Any, optimizer: Any, batch: Any, device_type: str,
                 precision: str, scaler: Any) -> None:
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device_type, precision):
+    with autocast_for(device_type, precision):
         loss = workload.training_loss(model, batch)
     if scaler is not None:
         scaler.scale(loss).backward()
