@@ -113,6 +113,16 @@ def test_oom_above_a_batch_size_ends_the_ladder_there():
     assert fit is not None and fit.points == 2
     assert len(result.fits) == 1                                # ratio 1.0 fits: no step down
 
+    # ... and the decision built on these trials stays below the batch that went OOM.
+    from autotune.decide import decide
+    from autotune.records import HardwareInfo, Measurements
+    hw = HardwareInfo(cpu_count=4, usable_cpus=4, ram_bytes=64 * 2**30,
+                      ram_available_bytes=60 * 2**30, shm_bytes=8 * 2**30,
+                      disk_free_bytes=100 * 2**30, fingerprint="test")
+    decision = decide(hw, Measurements.from_dict({"model": result.to_dict()}))
+    assert decision.settings.batch_size < 4
+    assert "OOM" in decision.reasons["batch_size"]
+
 
 @pytest.mark.timeout(60)
 def test_batch_one_oom_walks_down_the_reduce_ladder():
