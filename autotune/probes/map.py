@@ -30,6 +30,9 @@ from autotune.measure import ProgressWatchdog, tree_rss_bytes
 from autotune.records import MapTrial
 from autotune.workload import MapSpec, Workload
 
+# The smallest writer batch worth running: below it the Arrow writer's per-flush overhead
+# dominates (smt.data.prepare and the decision rules use the same floor).
+MIN_WRITER_BATCH = 10
 # How often the parent looks at progress and RSS: fine enough to catch a short peak of a
 # 1-2 s trial, coarse enough that sampling (a /proc walk) costs under 1% of a core.
 POLL_S = 0.05
@@ -309,8 +312,10 @@ def trial_grid(usable_cpus: float, sample_rows: int,
     """(num_proc, writer_batch_size) pairs to try, cheapest and most informative first.
 
     num_proc: 1, 2, 4, ... up to the usable cores (more than the cores only adds contention).
-    writer_batch_size: two values at num_proc=1 separate the per-row buffer cost from the
-    worker's fixed cost; one value elsewhere keeps the probe short.
+    writer_batch_size at num_proc=1: MIN_WRITER_BATCH and the whole sample, so that the
+    difference in peak RSS is the cost of the extra buffered rows; every trial is also a
+    candidate the decision may pick, hence nothing below MIN_WRITER_BATCH. At num_proc > 1:
+    each worker's whole shard, one trial per count to keep the probe short.
     """
     cores = max(1, int(usable_cpus))
     procs = [1]
@@ -318,17 +323,16 @@ def trial_grid(usable_cpus: float, sample_rows: int,
         procs.append(procs[-1] * 2)
     if cores <= max_num_proc and procs[-1] != cores:
         procs.append(cores)
-    if writer_batch_sizes is None:
-        hi = max(2, sample_rows // (2 * max(procs)) if max(procs) > 1 else sample_rows // 2)
-        lo = max(2, hi // 6)
-        writer_batch_sizes = (lo, hi) if lo < hi else (hi,)
-    grid = [(1, w) for w in writer_batch_sizes]
-    grid += [(p, max(writer_batch_sizes)) for p in procs[1:]]
-    return grid
+    if writer_batch_sizes is not None:
+        grid = [(1, w) for w in writer_batch_sizes]
+        return grid + [(p, max(writer_batch_sizes)) for p in procs[1:]]
+    lo = MIN_WRITER_BATCH
+    grid = [(1, lo)] + ([(1, sample_rows)] if sample_rows > lo else [])
+    return grid + [(p, max(lo, math.ceil(sample_rows / p))) for p in procs[1:]]
 
 
 def probe_map(workload: Workload, *, usable_cpus: float, reduce_ratio: float = 1.0,
-              sample_rows: int = 48, writer_batch_sizes: Sequence[int] | None = None,
+              sample_rows: int = 64, writer_batch_sizes: Sequence[int] | None = None,
               stall_s: float = 5.0, trial_timeout_s: float = 30.0,
               deadline: float | None = None,
               on_trial: Callable[[MapTrial], None] | None = None) -> MapProbeResult:

@@ -93,13 +93,15 @@ def test_peak_model_fit(trials, base, worker, row):
         assert r == pytest.approx(row * 2**20, rel=1e-6, abs=1)
 
 
-@pytest.mark.parametrize("cpus, grid", [
-    (1, [(1, 4), (1, 24)]),
-    (2, [(1, 2), (1, 12), (2, 12)]),
-    (6, [(1, 2), (1, 4), (2, 4), (4, 4), (6, 4)]),
+@pytest.mark.parametrize("cpus, rows, grid", [
+    (1, 64, [(1, 10), (1, 64)]),
+    (2, 64, [(1, 10), (1, 64), (2, 32)]),
+    (6, 64, [(1, 10), (1, 64), (2, 32), (4, 16), (6, 11)]),
+    (64, 64, [(1, 10), (1, 64), (2, 32), (4, 16), (8, 10)]),     # capped at 8 processes
+    (2, 8, [(1, 10), (2, 10)]),                                   # tiny sample: one size
 ])
-def test_trial_grid_stays_within_the_cores(cpus, grid):
-    assert trial_grid(cpus, 48) == grid
+def test_trial_grid_stays_within_the_cores(cpus, rows, grid):
+    assert trial_grid(cpus, rows) == grid
 
 
 @pytest.mark.timeout(60)
