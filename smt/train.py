@@ -276,6 +276,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     out: Path
     if args.resume:
         out, resume_ckpt = ck.resolve_resume(args.resume, _default_out_root(args))
+        # Fail before any data work if the checkpoint is unreadable or not weights-only.
+        step = ck.load_checkpoint(resume_ckpt).get("global_step")
+        if _is_rank_zero():
+            print(f"[{PROG}] resuming {out} from {resume_ckpt.name} at step {step}", flush=True)
         if (out / ck.RUN_NAME).is_file():
             previous = ck.read_json(out / ck.RUN_NAME)
             base = Settings.from_dict(previous["settings"])
