@@ -40,6 +40,9 @@ class ModelProbeResult:
     precision: str
     memory_budget_bytes: int | None     # the probe never tried a batch predicted above this
     num_params: int | None
+    # RSS of the training process before the model was built: CPU peaks above are growth over
+    # it, and on a GPU it is the host memory a rank holds before its loader workers.
+    base_rss_bytes: int | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -190,6 +193,8 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
     """
     started = time.monotonic()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    _trim_heap()
+    base_rss = CpuPeakMeter.current_bytes()
     trials: list[ModelTrial] = []
     fits: list[MemoryFit] = []
     notes: list[str] = []
@@ -219,6 +224,7 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
         num_params = None
     return ModelProbeResult(trials=trials, fits=fits, device=device, precision=precision,
                             memory_budget_bytes=memory_budget_bytes, num_params=num_params,
+                            base_rss_bytes=base_rss,
                             seconds=round(time.monotonic() - started, 3), notes=notes)
 
 
@@ -245,7 +251,10 @@ def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, de
             estimate = _safe_estimate(workload, batch_size, shape, precision)
             fit = fit_memory(out, ratio)
             predicted = _predict_next(fit, estimate, batch_size)
-            if budget is not None and predicted is not None and predicted > budget and out:
+            # On a GPU the first batch is always tried: an OOM there is an exception we catch,
+            # and a measurement beats the estimate. On CPU the OOM killer answers instead.
+            if budget is not None and predicted is not None and predicted > budget \
+                    and (out or device_type == "cpu"):
                 notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} not tried, predicted "
                              f"{predicted / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB")
                 break

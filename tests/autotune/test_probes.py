@@ -241,3 +241,15 @@ def test_real_probes_on_the_debug_preset(synth_raw_dir):
     assert [t.num_workers for t in loader.trials] == [0, 1]
     assert all(t.error is None and t.samples_per_s > 0 for t in loader.trials)
     assert _no_children_left()
+
+
+@pytest.mark.timeout(60)
+def test_on_cpu_a_batch_one_estimated_above_the_budget_is_not_tried():
+    # The fake's estimate is ~2 MiB per sample at 64x256 and a quarter of that at half size:
+    # on CPU exceeding RAM brings the OOM killer, not an exception, so it must not be tried.
+    work = FakeWorkload(height=64, width=256)
+    result = probe_model(work, device="cpu", reduce_ratios=(1.0, 0.5), batch_sizes=(1, 2),
+                         memory_budget_bytes=2**20)
+    assert [(t.reduce_ratio, t.batch_size) for t in result.trials] == [(0.5, 1)]
+    assert any("reduce_ratio 1: batch 1 not tried" in n for n in result.notes)
+    assert any("reduce_ratio 0.5: batch 2 not tried" in n for n in result.notes)
