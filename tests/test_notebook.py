@@ -23,7 +23,10 @@ def _execute(nb: nbformat.NotebookNode, cwd: Path, monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(f"SMT_NB_{name}", value)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd)}})
-    return client.execute()
+    try:
+        return client.execute()
+    finally:  # the executed copy, outputs and all, is what to read when this test fails
+        nbformat.write(nb, cwd / "executed.ipynb")
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
@@ -66,10 +69,14 @@ def test_notebook_end_to_end_on_cpu(tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     # The probe's profile goes to a tmp folder, not the repository's shipped profiles/.
     monkeypatch.setenv("SMT_AUTOTUNE_PROFILES", str(tmp_path / "profiles"))
-    done = _execute(nb, tmp_path, monkeypatch, INSTALL="0", PRESET="debug", MAX_STEPS="10",
-                    OUT=str(out), PROFILE="nbtest")
+    # A short probe and a short validation keep this to a couple of minutes on a small CPU.
+    done = _execute(nb, tmp_path, monkeypatch, INSTALL="0", PRESET="debug", MAX_STEPS="5",
+                    OUT=str(out), PROFILE="nbtest", PROBE_ARGS="--time-budget 30",
+                    TRAIN_ARGS="--val-batches 2")
     assert (out / "resources.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "summary.json").exists()
     last = [c for c in done.cells if c.cell_type == "code"][-1]
     assert any("image/png" in o.get("data", {}) for o in last.outputs)
-    assert "nbtest" in _text(done)
+    text = _text(done)
+    assert "nbtest" in text and "batch_size" in text  # the profile table was shown
+    assert (tmp_path / "profiles" / "nbtest.json").exists()
