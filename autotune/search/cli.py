@@ -216,7 +216,8 @@ def _intro(console: Console, config: SearchConfig, budget_why: str, args: argpar
 
 
 def run_search(args: argparse.Namespace) -> int:
-    console = Console()
+    # A log file or pipe gets a wide table instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     config, profile, budget_why = build_config(args)
     _intro(console, config, budget_why, args)
     previous = None

@@ -116,6 +116,11 @@ def offset_from_profile(profile: dict[str, Any]) -> float:
     trials = _model_trials(profile)
     on_cpu = bool(trials) and all(str(t.get("device", "cpu")).startswith("cpu") for t in trials)
     base = model.get("base_rss_bytes")
+    if not isinstance(base, (int, float)):
+        # As autotune.decide does: the map probe's parent process is the nearest measure of
+        # a training process before its first step (torch, the dataset, the loader).
+        map_s = meas.get("map") if isinstance(meas.get("map"), dict) else {}
+        base = map_s.get("base_rss_bytes")
     return float(base) if on_cpu and isinstance(base, (int, float)) else 0.0
 
 

@@ -392,3 +392,41 @@ def test_add_parser_registers_search_under_a_parent_cli():
     assert args.func is cli.run_search and args.trials == 3 and args.objective == "both"
     assert args.debug is True                      # the parent's flag survives the subparser
     assert parent.parse_args(["search"]).debug is False
+
+
+# -- the real trainer ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_real_smt_train_trial_saves_a_profile_smt_train_applies(tmp_path, synth_raw_dir,
+                                                                monkeypatch):
+    """One real `python -m smt.train` trial (debug preset, tiny rendered set), then the saved
+    profile goes through smt.train's own planning (`--profile PATH`)."""
+    monkeypatch.setenv("SMT_AUTOTUNE_PROFILES", str(tmp_path / "profiles"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))       # the trial's `python -m smt.train`
+    monkeypatch.chdir(tmp_path)
+    small = json.loads(json.dumps(PROFILE))
+    small["settings"].update(batch_size=1, reduce_ratio=0.25, accumulate_grad_batches=1,
+                             effective_batch_size=1, num_workers=0)
+    small["measurements"] = {}
+    (tmp_path / "small.json").write_text(json.dumps(small))
+    out = tmp_path / "searched.json"
+    rc = cli.main(["--data", str(synth_raw_dir), "--preset", "debug", "--from",
+                   str(tmp_path / "small.json"), "--trials", "1", "--steps-per-trial", "1",
+                   "--trial-timeout", "300", "--run-dir", str(tmp_path / "run"),
+                   "--save-profile", str(out), "--seed", "0"])
+    assert rc == 0
+    study = optuna.load_study(study_name="smt-throughput-debug",
+                              storage=f"sqlite:///{tmp_path / 'run' / 'search.db'}")
+    (trial,) = study.get_trials(states=(TrialState.COMPLETE,))
+    summary = json.loads((Path(trial.user_attrs["trial_dir"]) / "summary.json").read_text())
+    assert summary["steps"] == 10                      # 10 loader batches: a steady rate exists
+    assert trial.value == pytest.approx(summary["steady_samples_per_s"])
+    assert summary["settings"] == trial.user_attrs["settings"]
+
+    from smt.train import build_parser, plan_run
+    plan = plan_run(build_parser().parse_args(
+        ["--profile", str(out), "--data", str(synth_raw_dir), "--preset", "debug",
+         "--max-steps", "1", "--out", str(tmp_path / "train")]))
+    assert plan.settings.to_dict() == json.loads(out.read_text())["settings"]
+    assert plan.settings.batch_size == trial.params["batch_size"]
