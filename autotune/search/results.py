@@ -148,7 +148,11 @@ def build_profile(name: str, trial: FrozenTrial, study: optuna.Study, objective:
               "peak_memory_bytes": trial.user_attrs.get("peak_memory_bytes"),
               "predicted_memory_bytes": trial.user_attrs.get("predicted_memory_bytes"),
               "steps": trial.user_attrs.get("steps")}
-    details = dict((base_profile or {}).get("details") or {})
+    # The base profile's details (its predicted peaks, budgets) describe its own choice, not
+    # this one: only name where the search started.
+    details: dict[str, Any] = {}
+    if base_profile is not None:
+        details["base_profile"] = base_profile.get("name")
     if trial.user_attrs.get("lr") is not None:
         # Not a `settings` key (those are fixed by the schema): the trainer's learning rate.
         details["lr"] = trial.user_attrs["lr"]
