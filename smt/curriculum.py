@@ -62,7 +62,7 @@ class CurriculumSchedule:
         if step < self.pretrain_steps:
             return Stage(0, "systems", 1, 1.0)
         k = min((step - self.pretrain_steps) // self.stage_steps, self.page_stages - 1)
-        frac = k / (self.page_stages - 1) if self.page_stages > 1 else 1.0
+        frac = k / (self.page_stages - 1) if self.page_stages > 1 else 0.0
         share = self.synthetic_share_start + frac * (self.synthetic_share_end
                                                      - self.synthetic_share_start)
         return Stage(k + 1, "pages", 2 + k, round(share, 6))
@@ -142,7 +142,70 @@ class CurriculumStep(Callback):
         self.source.set_step(trainer.global_step)
         stage = self.source.schedule.stage_at(trainer.global_step)
         if stage.index != self._stage and trainer.is_global_zero:
-            print(f"[smt.train] curriculum stage {stage.index}: {stage.kind}, "
-                  f"{stage.systems} system(s) per synthetic page, "
-                  f"{stage.synthetic_share:.0%} synthetic", flush=True)
+            if stage.kind == "systems":
+                what = "single systems"
+            else:
+                real = self.source.real_pages is not None and len(self.source.real_pages) > 0
+                share = f"{stage.synthetic_share:.0%} synthetic" if real else \
+                    "all synthetic (no real pages given)"
+                what = f"pages, {stage.systems} system(s) per synthetic page, {share}"
+            print(f"[smt.train] curriculum stage {stage.index}: {what}", flush=True)
         self._stage = stage.index
+
+
+# ------------------------------------------------------------------------------------------
+# The real pieces: synthetic pages rendered on demand, and the training/validation splits.
+
+# Measures per system on a ~2100 px page (DESIGN.md: a page holds 4-6 systems of 3-5 measures);
+# verovio breaks the systems itself, so this sets the expected, not the exact, system count.
+MEASURES_PER_SYSTEM = 4
+# Fixed synthetic validation pages when the user has no real pages: enough to see SER move.
+VAL_PAGES = 8
+# Draws of generated kern per system count used to cover the vocabulary before training.
+VOCAB_DRAWS = 200
+
+
+def page_kern(systems: int, seed: int) -> str:
+    from smt.data.kern_gen import PRESETS, GenConfig, generate
+    base = PRESETS["page"]
+    n = max(1, systems * MEASURES_PER_SYSTEM)
+    cfg = GenConfig(**{**base.__dict__, "measures_min": max(1, n - 1), "measures_max": n + 1})
+    return generate(seed, "page", cfg)
+
+
+class SyntheticPage:
+    """Picklable page maker: generate, render, and prepare exactly like the real rows."""
+
+    def __init__(self, reduce_ratio: float, fmt: str, vocab_tokens: list[str] | None = None) -> None:
+        self.reduce_ratio = reduce_ratio
+        self.fmt = fmt
+        self.known = set(vocab_tokens) if vocab_tokens is not None else None
+
+    def __call__(self, systems: int, seed: int) -> dict[str, Any]:
+        from smt.data.prepare import prepare_example
+        from smt.data.render import RenderError, render
+        from smt.tokenizer import tokenize
+
+        last: Exception | None = None
+        for attempt in range(8):     # a rare unrenderable or out-of-vocabulary draw: next seed
+            s = (seed + attempt * 7919) & 0x7FFFFFFF
+            kern = page_kern(systems, s)
+            if self.known is not None and not set(tokenize(kern, self.fmt)) <= self.known:
+                continue
+            try:
+                png = render(kern, "page", seed=s)
+            except RenderError as exc:
+                last = exc
+                continue
+            row = prepare_example({"image": {"bytes": png, "path": None}, "transcription": kern},
+                                  self.reduce_ratio, self.fmt, None)
+            if not row["skip"]:
+                return {"image": row["image"], "transcription": row["transcription"]}
+        raise RuntimeError(f"no usable synthetic page with {systems} systems near seed {seed}: {last}")
+
+
+def vocabulary_tokens(schedule: CurriculumSchedule, fmt: str, seed: int = 0) -> list[list[str]]:
+    """Token lists of generated pages at every system count, so the vocabulary covers them."""
+    from smt.tokenizer import tokenize
+    return [tokenize(page_kern(n, seed * 100_003 + i), fmt)
+            for n in range(2, schedule.max_systems + 1) for i in range(VOCAB_DRAWS // 4)]

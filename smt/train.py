@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("curriculum (SMT++ full pages)")
     c.add_argument("--curriculum", action="store_true",
                    help="pre-train on systems, then pages with a growing number of systems")
+    c.add_argument("--systems", default=None, metavar="SRC",
+                   help="system-level data for pre-training (default: the embedded synthetic set)")
+    c.add_argument("--pretrain-steps", type=_int_in(0, 10**9), default=None,
+                   help="optimizer steps on single systems before pages (default: --stage-steps)")
     c.add_argument("--stage-steps", type=_int_in(1, 10**9), default=None,
                    help="optimizer steps per curriculum stage (default 1000)")
     c.add_argument("--synthetic-share", type=_float_in(0.0, 1.0, lo_open=False), default=None,
@@ -318,7 +322,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     curriculum = None
     if args.curriculum or previous.get("curriculum"):
         prev_c = previous.get("curriculum") or {}
-        curriculum = {"stage_steps": args.stage_steps or prev_c.get("stage_steps", 1000),
+        stage_steps = args.stage_steps or prev_c.get("stage_steps", 1000)
+        pretrain = args.pretrain_steps if args.pretrain_steps is not None else \
+            prev_c.get("pretrain_steps", stage_steps)
+        curriculum = {"stage_steps": stage_steps, "pretrain_steps": pretrain,
+                      "systems": args.systems or prev_c.get("systems"),
                       "synthetic_share": pick("_", args.synthetic_share,
                                               prev_c.get("synthetic_share", 0.9)),
                       "max_systems": args.max_systems or prev_c.get("max_systems", 4)}
@@ -376,8 +384,15 @@ def describe(plan: RunPlan) -> str:
     s = plan.settings
     lines = [f"[{PROG}] run folder {plan.out}"
              + (f" (resuming from {plan.resume_ckpt})" if plan.resume_ckpt else "")]
-    lines.append(f"[{PROG}] preset {plan.preset}, format {plan.fmt}, data "
-                 f"{plan.data or 'embedded synthetic systems'}"
+    if plan.curriculum:
+        c = plan.curriculum
+        data_text = (f"curriculum: {c['pretrain_steps']} steps on systems "
+                     f"({c.get('systems') or 'embedded synthetic'}), then {c['stage_steps']}-step "
+                     f"stages of 2..{c['max_systems']}-system synthetic pages"
+                     + (f" mixed with {plan.data}" if plan.data else ""))
+    else:
+        data_text = f"data {plan.data or 'embedded synthetic systems'}"
+    lines.append(f"[{PROG}] preset {plan.preset}, format {plan.fmt}, {data_text}"
                  + (f", profile {plan.profile}" if plan.profile else ""))
     lines.append(f"[{PROG}] batch {s.batch_size} x accumulate {s.accumulate_grad_batches} x "
                  f"{s.devices} device(s) x {plan.num_nodes} node(s) = effective "
@@ -435,7 +450,8 @@ def load_data(plan: RunPlan, vocab_path: Path | None) -> RunData:
 
 
 def _extent(dataset: Any, vocab: Any, fmt: str) -> tuple[int, int, int]:
-    """Largest height, width and token count over all splits, read from PNG headers."""
+    """Largest height, width and token count over all splits, read from PNG headers.
+    `dataset` is a DatasetDict or a dict of splits that may also be lists of row dicts."""
     import io
 
     from PIL import Image
@@ -444,8 +460,12 @@ def _extent(dataset: Any, vocab: Any, fmt: str) -> tuple[int, int, int]:
 
     hmax = wmax = tmax = 0
     for split in dataset.values():
-        images = split.cast_column("image", _undecoded_image()) if "image" in split.features else split
-        for row in images.select_columns(["image", "transcription"]):
+        if isinstance(split, list):
+            rows = split
+        else:
+            rows = split.cast_column("image", _undecoded_image()).select_columns(
+                ["image", "transcription"])
+        for row in rows:
             img = row["image"]
             src = io.BytesIO(img["bytes"]) if img.get("bytes") else img["path"]
             with Image.open(src) as im:
@@ -453,6 +473,59 @@ def _extent(dataset: Any, vocab: Any, fmt: str) -> tuple[int, int, int]:
             hmax, wmax = max(hmax, h), max(wmax, w)
             tmax = max(tmax, len(tokenize(row["transcription"], fmt)) + 2)
     return hmax, wmax, tmax
+
+
+def _prepare_source(plan: RunPlan, source: str | None) -> Any:
+    from smt.data import prepare as prep
+    s = plan.settings
+    config = prep.PrepareConfig(reduce_ratio=s.reduce_ratio, num_proc=s.num_proc,
+                                writer_batch_size=s.writer_batch_size, fmt=plan.fmt)
+    result = prep.prepare(source, config, quiet=not _is_rank_zero())
+    if _is_rank_zero():
+        print(result.summary(), flush=True)
+    return result.dataset if result.dataset is not None else prep.load_prepared(result.cache_dir)
+
+
+def load_curriculum(plan: RunPlan, vocab_path: Path | None) -> tuple[RunData, Any]:
+    """Systems (the embedded set), the user's real pages (--data, optional), synthetic pages on
+    demand, one vocabulary over all three; validation on real pages, else fixed synthetic ones."""
+    from smt.curriculum import (VAL_PAGES, CurriculumSchedule, CurriculumSource, SyntheticPage,
+                                vocabulary_tokens)
+    from smt.tokenizer import Vocab, tokenize
+
+    c = plan.curriculum or {}
+    share = float(c.get("synthetic_share", 0.9))
+    schedule = CurriculumSchedule(pretrain_steps=int(c["pretrain_steps"]),
+                                  stage_steps=int(c["stage_steps"]),
+                                  max_systems=int(c["max_systems"]),
+                                  synthetic_share_start=share,
+                                  synthetic_share_end=min(share, 0.2))
+    systems = _prepare_source(plan, c.get("systems"))
+    pages = _prepare_source(plan, plan.data) if plan.data else None
+    if vocab_path is not None and vocab_path.is_file():
+        vocab = Vocab.load(vocab_path)
+    else:
+        lists = [tokenize(t, plan.fmt) for dd in (systems, pages) if dd is not None
+                 for split in dd.values() for t in split["transcription"]]
+        vocab = Vocab.build(lists + vocabulary_tokens(schedule, plan.fmt, plan.seed), fmt=plan.fmt)
+    maker = SyntheticPage(plan.settings.reduce_ratio, plan.fmt, vocab.tokens)
+    if pages is not None and len(pages.get("val", [])):
+        val: Any = pages["val"]
+    else:
+        if _is_rank_zero():
+            print(f"[{PROG}] curriculum: no real validation pages; rendering {VAL_PAGES} "
+                  f"synthetic pages of {schedule.max_systems} systems", flush=True)
+        val = [maker(schedule.max_systems, 1_000_003 + i) for i in range(VAL_PAGES)]
+    real_train = pages["train"] if pages is not None and "train" in pages else None
+    length = len(systems["train"]) + (len(real_train) if real_train is not None else 0)
+    source = CurriculumSource(schedule, systems["train"], real_train, maker, length, plan.seed)
+    splits = {"systems": systems["train"], "val": val}
+    if pages is not None:
+        splits.update({f"pages_{k}": v for k, v in pages.items()})
+    h, w, t = _extent(splits, vocab, plan.fmt)
+    # Synthetic pages may come out taller than any measured one: allow an A4 page's height.
+    h = max(h, int(w * 1.414))
+    return RunData(source, val, vocab, h, w, t), source
 
 
 def _undecoded_image() -> Any:
@@ -577,7 +650,12 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     rank0 = _is_rank_zero()
     if rank0:
         print(describe(plan), flush=True)
-    data = load_data(plan, plan.out / ck.VOCAB_NAME if plan.resume_ckpt else None)
+    vocab_path = plan.out / ck.VOCAB_NAME if plan.resume_ckpt else None
+    curriculum_source = None
+    if plan.curriculum:
+        data, curriculum_source = load_curriculum(plan, vocab_path)
+    else:
+        data = load_data(plan, vocab_path)
     config_path = plan.out / ck.CONFIG_NAME
     if plan.resume_ckpt and config_path.is_file():
         config = SMTConfig.load(config_path)
@@ -600,6 +678,9 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
                       reduce_ratio=s.reduce_ratio)
     module = SMTModule(config, data.vocab, plan.fmt, hp)
     callbacks, throughput = make_callbacks(plan)
+    if curriculum_source is not None:
+        from smt.curriculum import CurriculumStep
+        callbacks.append(CurriculumStep(curriculum_source))
     trainer = make_trainer(plan, callbacks, make_loggers(plan, wandb))
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,

@@ -23,6 +23,13 @@ def test_schedule_stages(step: int, kind: str, systems: int, share: float) -> No
     assert stage.synthetic_share == pytest.approx(share)
 
 
+def test_a_single_page_stage_starts_at_the_start_share() -> None:
+    one = CurriculumSchedule(pretrain_steps=0, stage_steps=5, max_systems=2,
+                             synthetic_share_start=0.7, synthetic_share_end=0.1)
+    assert one.stage_at(0) == one.stage_at(99)
+    assert one.stage_at(0).synthetic_share == pytest.approx(0.7)
+
+
 def test_stages_never_go_backwards() -> None:
     stages = [SCHED.stage_at(s) for s in range(0, 400, 7)]
     assert [s.systems for s in stages] == sorted(s.systems for s in stages)
@@ -65,3 +72,26 @@ def test_source_without_real_pages_is_all_synthetic() -> None:
     src = _source(real=0)
     src.set_step(250)
     assert {src[i]["transcription"] for i in range(100)} == {"synth4"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_curriculum_run_moves_from_systems_to_synthetic_pages(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A real run: 2 steps on systems, then pages of 2 systems rendered on demand."""
+    import json
+
+    from smt.train import main
+    from tiny_scores import FAST, tiny_dataset_dict
+
+    systems = tiny_dataset_dict(tmp_path / "systems", n_train=4, n_val=1, n_test=1)
+    out = tmp_path / "run"
+    assert main(["--curriculum", "--systems", str(systems), "--pretrain-steps", "2",
+                 "--stage-steps", "2", "--max-systems", "2", *FAST, "--batch-size", "1",
+                 "--reduce-ratio", "0.25", "--max-steps", "4", "--val-batches", "1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "curriculum stage 0: single systems" in printed
+    assert "curriculum stage 1: pages, 2 system(s) per synthetic page, all synthetic" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["val_ser"] is not None
+    assert json.loads((out / "run.json").read_text())["curriculum"]["stage_steps"] == 2
