@@ -295,9 +295,13 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
     profile_name = None
     preset = args.preset or previous.get("preset")
+    cpu_demo = (not _accelerator_present() and not previous
+                and args.max_steps is None and args.max_epochs is None and args.max_time is None)
+    if preset is None:
+        preset = CPU_DEMO_PRESET if cpu_demo else "paper"
     if args.profile:
         from autotune.resolve import resolve_profile  # only --profile needs the probe side
-        resolved = resolve_profile(args.profile, data=args.data, preset=preset or "paper",
+        resolved = resolve_profile(args.profile, data=args.data, preset=preset,
                                    devices=args.devices)
         base, profile_ref = _unpack_resolved(resolved)
         note = getattr(resolved, "note", "")
@@ -307,11 +311,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if base is None:
         base = default_settings()
     settings = _apply_overrides(base, args)
-
-    cpu_demo = (not _accelerator_present() and not previous
-                and args.max_steps is None and args.max_epochs is None and args.max_time is None)
-    if preset is None:
-        preset = CPU_DEMO_PRESET if cpu_demo else "paper"
 
     def pick(name: str, flag: Any, default: Any) -> Any:
         if flag is not None:
