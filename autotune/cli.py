@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,14 +18,32 @@ from autotune.errors import UserError, run_cli
 log = logging.getLogger(__name__)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# Far above any real machine or recipe, low enough to catch a typo before hours of probing:
+# smt.train bounds --devices and --batch-size the same way.
+MAX_DEVICES = 4096
+MAX_EFFECTIVE_BATCH = 65536
+MAX_SECONDS = 7 * 86400.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one UserError line (exit 2) instead of the usage
+    text and SystemExit; subcommand parsers inherit it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _int_upto(hi: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if not 1 <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [1, {hi}], got {text!r}")
+        return value
+    return parse
+
 
 
 def _positive_float(text: str) -> float:
@@ -32,8 +51,9 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected positive seconds, got {text!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"expected positive seconds up to {MAX_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -42,13 +62,13 @@ def _debug(p: argparse.ArgumentParser) -> None:
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=_positive_int, default=None,
+    p.add_argument("--devices", type=_int_upto(MAX_DEVICES), default=None,
                    help="devices to train on (default: every GPU, or 1 CPU process)")
     p.add_argument("--ram-budget", default=None, metavar="SIZE",
                    help="RAM the run may use, e.g. 24GB (default: 85%% of available)")
     p.add_argument("--vram-budget", default=None, metavar="SIZE",
                    help="GPU memory per device (default: each GPU's memory less 10%%)")
-    p.add_argument("--effective-batch", type=_positive_int, default=16, metavar="N",
+    p.add_argument("--effective-batch", type=_int_upto(MAX_EFFECTIVE_BATCH), default=16, metavar="N",
                    help="samples per optimizer step to keep with accumulation (default 16)")
 
 
@@ -142,7 +162,7 @@ _HOOKS = {"search": "autotune.search", "cache": "autotune.cache"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotune", description="Measure the machine, pick the training settings, "
                                      "explain why.")
     _debug(parser)
