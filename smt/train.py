@@ -10,7 +10,7 @@ run starts from the settings in its own run.json.
 
 CPU demo cap: with no GPU and none of --max-steps/--max-epochs/--max-time, a CPU cannot run the
 full recipe (days), so the run uses the `small` preset (unless --preset is given), stops after
-CPU_DEMO_MAX_TIME and validates every CPU_DEMO_VAL_EVERY steps. It prints this at the start;
+CPU_DEMO_MAX_TIME_S and validates every ~CPU_DEMO_VAL_SAMPLES samples. It prints this at the start;
 any of those three flags lifts it.
 """
 from __future__ import annotations
@@ -46,7 +46,8 @@ ENV_RUN_DIR = "SMT_RUN_DIR"
 # and probe included, with several validations so that the falling loss and SER are visible.
 CPU_DEMO_PRESET = "small"
 CPU_DEMO_MAX_TIME_S = 12 * 60
-CPU_DEMO_VAL_EVERY = 150
+# Validate every ~400 samples: a few times in the demo whatever batch size the profile picked.
+CPU_DEMO_VAL_SAMPLES = 400
 CPU_DEMO_VAL_BATCHES = 4
 
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
@@ -336,7 +337,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         max_steps=max_steps,
         max_epochs=pick("max_epochs", args.max_epochs, None),
         max_time_s=CPU_DEMO_MAX_TIME_S if cpu_demo else pick("max_time_s", args.max_time, None),
-        val_every=CPU_DEMO_VAL_EVERY if cpu_demo and args.val_every is None
+        val_every=max(5, round(CPU_DEMO_VAL_SAMPLES / settings.effective_batch_size))
+        if cpu_demo and args.val_every is None
         else pick("val_every", args.val_every, None),
         val_batches=CPU_DEMO_VAL_BATCHES if cpu_demo and args.val_batches is None
         else pick("val_batches", args.val_batches, None),
@@ -620,7 +622,7 @@ def make_callbacks(plan: RunPlan) -> tuple[list[Any], Any]:
     throughput = Throughput()
     callbacks: list[Any] = [LastCheckpoint(ckpt_dir, plan.ckpt_every), best_checkpoint(ckpt_dir),
                             FreeMemoryAfterValidation(), throughput]
-    callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=20))
+    callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=5))
     if plan.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_ser", mode="min", patience=plan.patience,
                                        check_on_train_epoch_end=False))
