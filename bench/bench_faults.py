@@ -1,0 +1,384 @@
+"""Faults injected into real runs: is each one detected, how fast, what it costs, and does the
+run end where a clean run ends?
+
+    python bench/bench_faults.py            # ~3-5 min on 2 cores, small sizes
+
+Every row runs the real code path with a real fault: child processes killed with SIGKILL,
+the preparation's map stalled or swollen through SMT_PREPARE_FAULT, corrupt files on disk, a
+writer killed mid-write, training OOM through SMT_INJECT_OOM_ABOVE and a training SIGKILL
+through SMT_INJECT_KILL_AT_STEP. "Extra s" is the faulty path's wall time (every attempt)
+minus a clean run's, both measured here; "identical" compares the final artefact (prepared rows
+byte for byte; profile JSON; model weights) with the clean run's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "smt"))    # tiny_scores: the training tests' tiny data
+
+ENV_CACHE = "SMT_AUTOTUNE_CACHE"
+
+
+@dataclass
+class Row:
+    fault: str
+    detected: str
+    detect_s: str
+    lost: str
+    identical: str
+    note: str = ""
+
+
+def _cache(path: Path) -> None:
+    os.environ[ENV_CACHE] = str(path)
+
+
+def _same_rows(a: Any, b: Any, splits: tuple[str, ...] = ("train", "val", "test")) -> bool:
+    for split in splits:
+        if a[split]["transcription"] != b[split]["transcription"]:
+            return False
+        ia = a[split].with_format("arrow")["image"].to_pylist()
+        ib = b[split].with_format("arrow")["image"].to_pylist()
+        if [x["bytes"] for x in ia] != [x["bytes"] for x in ib]:
+            return False
+    return True
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+# ----------------------------------------------------------------------------- preparation
+def prepare_clean(raw: Path, work: Path, **cfg: Any) -> tuple[Any, float]:
+    from smt.data.prepare import PrepareConfig, prepare
+    _cache(work / f"clean-{len(list(work.glob('clean-*')))}")
+    t0 = time.perf_counter()
+    res = prepare(raw, PrepareConfig(**cfg), quiet=True)
+    return res, time.perf_counter() - t0
+
+
+def fault_prepare_sigkill(raw: Path, work: Path) -> Row:
+    clean, clean_s = prepare_clean(raw, work, shard_rows=8)
+    cache = work / "killed"
+    env = dict(os.environ, **{ENV_CACHE: str(cache), "SMT_PREPARE_FAULT": "sleep_ms=150"})
+    cmd = [sys.executable, "-m", "smt.data", "prepare", "--data", str(raw), "--shard-rows", "8",
+           "--writer-batch-size", "4"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list(cache.glob("prepared/*/shards/*/done.json")):
+            if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                return Row("prepare: SIGKILL mid-run", "NO", "-", "-", "-", "run ended before the kill")
+            time.sleep(0.1)
+        time.sleep(0.6)                                  # into the next shard
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)              # the CLI, its shard child, the workers
+        proc.wait()
+    killed_s = time.perf_counter() - t0
+    shard_dirs = list(cache.glob("prepared/*/shards/*-*"))
+    done = [d for d in shard_dirs if (d / "done.json").is_file()]
+    partial = [d for d in shard_dirs if d.is_dir() and not (d / "done.json").is_file()]
+    from smt.data.prepare import PrepareConfig, prepare
+    _cache(cache)
+    t1 = time.perf_counter()
+    res = prepare(raw, PrepareConfig(shard_rows=8, writer_batch_size=4), quiet=True)
+    resume_s = time.perf_counter() - t1
+    # Map time of the killed run, minus what its finished shards saved the resume.
+    return Row("prepare: SIGKILL mid-run, rerun", _yes(res.shards_reused == len(done) > 0),
+               "on rerun", f"≤{8 * len(partial)} rows ({len(partial)} partial shard); "
+               f"+{killed_s + resume_s - clean_s:.1f} s",
+               _yes(_same_rows(res.dataset, clean.dataset)),
+               f"{res.shards_reused} of {res.shards_total} shards reused; 150 ms/row slowdown "
+               "in the killed run only")
+
+
+def fault_prepare_stall(raw: Path, work: Path) -> Row:
+    clean, clean_s = prepare_clean(raw, work)
+    from smt.data.prepare import PrepareConfig, prepare
+    _cache(work / "stall")
+    os.environ["SMT_PREPARE_FAULT"] = "stall_after=2;above_wbs=50"
+    try:
+        t0 = time.perf_counter()
+        res = prepare(raw, PrepareConfig(writer_batch_size=100, stall_timeout_s=3.0), quiet=True)
+        took = time.perf_counter() - t0
+    finally:
+        del os.environ["SMT_PREPARE_FAULT"]
+    stalls = [a for a in res.actions if a.reason == "stall"]
+    a = stalls[0] if stalls else None
+    return Row("prepare: map hangs after 2 rows", _yes(bool(stalls)),
+               f"{a.seconds_into_shard:.1f}" if a else "-", f"+{took - clean_s:.1f} s",
+               _yes(_same_rows(res.dataset, clean.dataset)),
+               (f"stall timeout 3 s; writer_batch_size {a.writer_batch_size_before}->"
+                f"{a.writer_batch_size_after}" if a else ""))
+
+
+def fault_prepare_ram(raw: Path, work: Path) -> Row:
+    from autotune.measure import tree_rss_bytes
+    from smt.data.prepare import PrepareConfig, prepare
+    clean, clean_s = prepare_clean(raw, work)
+    _cache(work / "ram")
+    os.environ["SMT_PREPARE_FAULT"] = "ram_mb=1200;sleep_ms=300;above_wbs=50"
+    budget = tree_rss_bytes() + 2**30
+    try:
+        t0 = time.perf_counter()
+        res = prepare(raw, PrepareConfig(writer_batch_size=100, ram_budget_bytes=budget,
+                                         stall_timeout_s=60), quiet=True)
+        took = time.perf_counter() - t0
+    finally:
+        del os.environ["SMT_PREPARE_FAULT"]
+    rams = [a for a in res.actions if a.reason == "ram"]
+    a = rams[0] if rams else None
+    return Row("prepare: worker takes +1.2 GB (budget +1 GiB)", _yes(bool(rams)),
+               f"{a.seconds_into_shard:.1f}" if a else "-", f"+{took - clean_s:.1f} s",
+               _yes(_same_rows(res.dataset, clean.dataset)),
+               (f"{a.detail}; writer_batch_size {a.writer_batch_size_before}->"
+                f"{a.writer_batch_size_after}" if a else ""))
+
+
+def fault_corrupt_rows(raw: Path, work: Path) -> Row:
+    import datasets
+
+    from smt.data.prepare import PrepareConfig, prepare
+    good, bad = work / "good", work / "bad"
+    ds = datasets.load_from_disk(str(raw))
+    for root in (good, bad):
+        for split in ("train", "val", "test"):
+            folder = root / split
+            folder.mkdir(parents=True)
+            for i, row in enumerate(ds[split]):
+                row["image"].save(folder / f"r{i:02d}.png")
+                (folder / f"r{i:02d}.krn").write_text(row["transcription"])
+    png = (good / "train" / "r00.png").read_bytes()
+    injected = {"corrupt.png": (b"\x89PNG\r\n\x1a\n garbage", "**kern\n4c\n*-"),
+                "zero.png": (b"", "**kern\n4c\n*-"), "empty.png": (png, " \n"),
+                "prose.png": (png, "hello world"), "binary.png": (png, "**kern\n4c\x00\n*-"),
+                "notext.png": (png, None)}
+    for name, (data, text) in injected.items():
+        (bad / "train" / name).write_bytes(data)
+        if text is not None:
+            (bad / "train" / name).with_suffix(".krn").write_text(text)
+    _cache(work / "rows")
+    t0 = time.perf_counter()
+    ref = prepare(good, PrepareConfig(isolate=False), quiet=True)
+    clean_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = prepare(bad, PrepareConfig(isolate=False), quiet=True)
+    took = time.perf_counter() - t0
+    skipped = sum(res.skipped.values())
+    return Row(f"prepare: {len(injected)} bad rows among {res.rows_in}",
+               _yes(skipped == len(injected)), "per row",
+               f"0 good rows; +{took - clean_s:.1f} s",
+               _yes(_same_rows(res.dataset, ref.dataset)),
+               "skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(res.skipped.items())))
+
+
+# ----------------------------------------------------------------------------- profiles
+_WRITER = """
+import json, sys
+from autotune.atomic import atomic_write_json
+path, mode = sys.argv[1], sys.argv[2]
+data = json.loads(open(sys.argv[3]).read())
+i = 0
+print("ready", flush=True)
+while True:
+    i += 1
+    data["created"] = str(i)
+    if mode == "atomic":
+        atomic_write_json(path, data)
+    else:
+        with open(path, "w") as fh:
+            fh.write(json.dumps(data, indent=2))
+"""
+
+
+def fault_profile_write_killed(work: Path, kills: int = 15) -> Row:
+    """A probe killed while it saves its profile: atomic vs a plain open('w')."""
+    from autotune.profile import ProfileError, load_profile
+    base = json.loads((REPO / "tests" / "autotune" / "fixtures" /
+                       "profile-recorded-cpu.json").read_text())
+    # ~4 MB of curves, so that a kill often lands inside a write.
+    base["measurements"]["bench_padding"] = [random.random() for _ in range(200_000)]
+    src = work / "profile-src.json"
+    src.write_text(json.dumps(base))
+    torn = {"atomic": 0, "plain": 0}
+    for mode in torn:
+        target = work / f"profile-{mode}.json"
+        shutil.copyfile(src, target)
+        for _ in range(kills):
+            proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), mode, str(src)],
+                                    cwd=REPO, stdout=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, PYTHONPATH=str(REPO)))
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(random.uniform(0.05, 0.4))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            try:
+                load_profile(target)
+            except ProfileError:
+                torn[mode] += 1
+                shutil.copyfile(src, target)
+    return Row(f"profile writer SIGKILLed mid-write ({kills}x)", "n/a (never torn)", "-",
+               f"{torn['atomic']} of {kills} files torn",
+               _yes(torn["atomic"] == 0),
+               f"plain open('w') for contrast: {torn['plain']} of {kills} torn")
+
+
+def fault_truncated_profile(work: Path) -> Row:
+    import contextlib
+    import io
+
+    from autotune.errors import run_cli
+    from smt.train import main
+    text = (REPO / "tests" / "autotune" / "fixtures" / "profile-recorded-cpu.json").read_text()
+    path = work / "truncated.json"
+    path.write_text(text[: len(text) // 2])
+    err = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        code = run_cli(main, ["--profile", str(path), "--max-steps", "1",
+                              "--out", str(work / "never")], prog="smt.train")
+    took = time.perf_counter() - t0
+    line = err.getvalue().strip()
+    ok = code == 2 and len(line.splitlines()) == 1 and str(path) in line
+    return Row("smt.train --profile truncated.json", _yes(ok), f"{took:.2f}", "0 (nothing started)",
+               "n/a", line.split("error: ", 1)[-1][:70])
+
+
+# ----------------------------------------------------------------------------- training
+FAST = ["--preset", "debug", "--num-workers", "0", "--precision", "32-true", "--teacher-noise",
+        "0", "--lr", "3e-3", "--patience", "0"]
+
+
+def _train(data: Path, out: Path, steps: int, env_extra: dict[str, str], cache: Path,
+           extra: list[str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(cache), **env_extra}
+    argv = extra if extra is not None else [
+        "--data", str(data), *FAST, "--batch-size", "2", "--max-steps", str(steps),
+        "--ckpt-every", "3", "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "smt.train", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    return proc, time.perf_counter() - t0
+
+
+def _weights(ckpt: Path) -> dict[str, Any]:
+    import torch
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    sa, sb = _weights(a)["state_dict"], _weights(b)["state_dict"]
+    # Softmax ignores a constant added to every key, so k_proj.bias gradients are float
+    # noise that Adam scales into full steps: not a property of the run (see test_module).
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa
+               if not k.endswith("k_proj.bias"))
+
+
+def fault_training(work: Path) -> list[Row]:
+    from tiny_scores import tiny_dataset_dict
+    data = tiny_dataset_dict(work / "tiny", n_train=2, n_val=1, n_test=1)
+    cache = work / "train-cache"
+    rows = []
+
+    clean, clean_s = _train(data, work / "clean6", 6, {}, cache)
+    oom, oom_s = _train(data, work / "oom6", 6, {"SMT_INJECT_OOM_ABOVE": "1"}, cache)
+    if clean.returncode or oom.returncode:
+        rows.append(Row("train: OOM above batch 1", "NO", "-", "-", "-",
+                        (oom.stderr or clean.stderr)[-70:]))
+    else:
+        s = json.loads((work / "oom6" / "summary.json").read_text())
+        ev = s.get("oom_events") or []
+        diff = _max_diff(work / "clean6" / "checkpoints" / "last.ckpt",
+                         work / "oom6" / "checkpoints" / "last.ckpt")
+        rows.append(Row("train: CUDA OOM on micro-batch > 1 (batch 2)", _yes(bool(ev)),
+                        f"at step {ev[0]['step']}" if ev else "-",
+                        f"{sum(e['dropped_samples'] for e in ev)} samples; +{oom_s - clean_s:.1f} s",
+                        _yes(diff < 1e-4) + f" (max |dw| {diff:.1e})",
+                        f"micro-batch {ev[0]['micro_batch_from']}->{ev[0]['micro_batch_to']}, "
+                        f"{s['steps']} steps" if ev else ""))
+
+    total, kill_at = 12, 8
+    clean, clean_s = _train(data, work / "clean12", total, {}, cache)
+    killed, killed_s = _train(data, work / "runs" / "first", total,
+                              {"SMT_INJECT_KILL_AT_STEP": str(kill_at)}, cache)
+    ckpt = work / "runs" / "first" / "checkpoints" / "last.ckpt"
+    saved = int(_weights(ckpt)["global_step"]) if ckpt.is_file() else None
+    resumed, resume_s = _train(data, work / "runs", total, {}, cache,
+                               extra=["--resume", "auto", "--out", str(work / "runs")])
+    if clean.returncode or killed.returncode != -signal.SIGKILL or resumed.returncode:
+        rows.append(Row(f"train: SIGKILL at step {kill_at}, --resume auto", "NO", "-", "-", "-",
+                        (resumed.stderr or killed.stderr)[-70:]))
+    else:
+        s = json.loads((work / "runs" / "first" / "summary.json").read_text())
+        diff = _max_diff(work / "clean12" / "checkpoints" / "last.ckpt", ckpt)
+        rows.append(Row(f"train: SIGKILL at step {kill_at}, --resume auto",
+                        _yes(saved is not None and s["steps"] == total), "on resume",
+                        f"{kill_at - saved} steps; +{killed_s + resume_s - clean_s:.1f} s",
+                        _yes(diff < 1e-4) + f" (max |dw| {diff:.1e})",
+                        f"checkpoint every 3 steps; resumed at step {saved}"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from smt.data.synth import build
+
+    console = Console(width=200)
+    work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    os.environ.pop("SMT_PREPARE_FAULT", None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf")
+    t_all = time.perf_counter()
+    try:
+        raw = work / "raw"
+        build(raw, count=24, kind="system", seed=7, num_proc=1, val=4, test=4, quiet=True)
+        rows: list[Row] = []
+        steps = [("prepare SIGKILL", lambda: [fault_prepare_sigkill(raw, work)]),
+                 ("prepare stall", lambda: [fault_prepare_stall(raw, work)]),
+                 ("prepare RAM", lambda: [fault_prepare_ram(raw, work)]),
+                 ("corrupt rows", lambda: [fault_corrupt_rows(raw, work)]),
+                 ("profile write killed", lambda: [fault_profile_write_killed(work)]),
+                 ("truncated profile", lambda: [fault_truncated_profile(work)]),
+                 ("training", lambda: fault_training(work))]
+        for name, step in steps:
+            console.print(f"[dim]running: {name}...[/]")
+            t0 = time.perf_counter()
+            rows.extend(step())
+            console.print(f"[dim]  {name}: {time.perf_counter() - t0:.1f} s[/]")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    table = Table(title="bench_faults: faults injected into real runs (24 rendered systems; "
+                        "debug model on 2 tiny systems)", title_justify="left")
+    for col in ("fault injected", "detected", "s to detect", "work lost", "identical to clean",
+                "note"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.fault, r.detected, r.detect_s, r.lost, r.identical, r.note)
+    console.print(table)
+    console.print(f"total {time.perf_counter() - t_all:.0f} s. 's to detect' for the watchdog "
+                  "rows counts from the shard attempt's start (worker start-up and the rows "
+                  "before the fault included).")
+    return 0 if all(r.detected.startswith(("yes", "n/a")) and r.identical.startswith(("yes", "n/a"))
+                    for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
