@@ -298,7 +298,7 @@ def _listening(pid: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "TRAIN: Lightning's env:// rendezvous starts torch's TCPStore, which listens on '::' "
     "(every interface) whatever MASTER_ADDR says; a single-node run should rendezvous through "
     "init_method='file://RUN/ddp.store' (only gloo's 127.0.0.1 socket remains)"))
