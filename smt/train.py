@@ -660,6 +660,12 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     config_path = plan.out / ck.CONFIG_NAME
     if plan.resume_ckpt and config_path.is_file():
         config = SMTConfig.load(config_path)
+        if data.max_height > config.max_height or data.max_width > config.max_width:
+            raise UserError(
+                f"the data ({plan.data or 'default'}) has images up to {data.max_width}x"
+                f"{data.max_height} px (WxH) after reduce ratio {plan.settings.reduce_ratio}, larger "
+                f"than the resumed model's maximum {config.max_width}x{config.max_height} "
+                f"({config_path}); pass a smaller --reduce-ratio")
     else:
         config = model_config(plan, data)
     if rank0:
