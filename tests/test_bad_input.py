@@ -335,10 +335,6 @@ def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ oversize image at training time
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "TRAIN: smt/train.py train() loads config.json on resume but never compares it with the "
-    "data's largest image; SMTModel.forward's ValueError surfaces as a traceback from inside "
-    "Lightning's training step instead of a UserError before trainer.fit"))
 def test_resuming_on_images_larger_than_the_model_is_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The model's maximum image size comes from the first run's data (config.json); resuming
