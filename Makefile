@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -7,6 +7,8 @@ traceback.
 """
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,3 +41,39 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+class UserErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one UserError line instead of usage + exit 2;
+    subcommand parsers inherit it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse `type` for an integer flag bounded on both sides (absurd values included)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+    return parse
+
+
+def float_in(lo: float, hi: float, lo_open: bool = True) -> Callable[[str], float]:
+    """An argparse `type` for a finite float in (lo, hi] (or [lo, hi] with lo_open=False)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {text}")
+        return value
+    return parse

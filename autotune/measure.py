@@ -281,3 +281,25 @@ def cuda_peak_bytes(device: Any = None) -> int | None:
     if torch is None or not torch.cuda.is_available():
         return None
     return int(torch.cuda.max_memory_allocated(device))
+
+
+def kill_tree(pid: int, grace_s: float = 5.0) -> list[int]:
+    """Terminate a process and all its descendants; SIGKILL what survives the grace time."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [p.pid for p in procs]

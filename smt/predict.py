@@ -17,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_text
-from autotune.errors import UserError, run_cli
+from autotune.errors import UserError, UserErrorParser, run_cli
 
 PROG = "smt.predict"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
 
 
 def _positive_int(text: str) -> int:
@@ -48,7 +43,7 @@ def _ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Transcribe score images to **kern with a trained SMT.")
+    p = UserErrorParser(prog=PROG, description="Transcribe score images to **kern with a trained SMT.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by smt.train")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default=None, metavar="DIR",

@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from autotune.atomic import atomic_write_json  # noqa: E402
-from autotune.errors import UserError, run_cli  # noqa: E402
+from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli  # noqa: E402
 from autotune.settings import Settings  # noqa: E402
 
 PROG = "smt.train"
@@ -54,39 +54,6 @@ MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
 
 
 # --------------------------------------------------------------------------- flag parsing
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one UserError line instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
-
-
-def _int_in(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
-        return value
-    return parse
-
-
-def _float_in(lo: float, hi: float, lo_open: bool = True):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
-        if not ok:
-            bracket = "(" if lo_open else "["
-            raise argparse.ArgumentTypeError(f"must be in {bracket}{lo}, {hi}], got {text}")
-        return value
-    return parse
-
-
 def parse_duration(text: str) -> float:
     """Seconds from `3600`, `90s`, `45m`, `2h`, `1d` or Lightning's `DD:HH:MM:SS`."""
     t = text.strip().lower()
@@ -108,7 +75,7 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train the Sheet Music Transformer with autotuned settings.")
+    p = UserErrorParser(prog=PROG, description="Train the Sheet Music Transformer with autotuned settings.")
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default=None,
                    help="hub id, save_to_disk folder or image folder (default: embedded synthetic set)")
@@ -118,51 +85,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
                    help="apply a profile's settings; auto reuses a matching one or probes")
     s = p.add_argument_group("settings (override the profile)")
-    s.add_argument("--batch-size", type=_int_in(1, 65536))
-    s.add_argument("--accumulate", type=_int_in(1, 65536), help="loader batches per optimizer step")
-    s.add_argument("--reduce-ratio", type=_float_in(0.05, 1.0, lo_open=False))
-    s.add_argument("--num-workers", type=_int_in(0, 1024))
-    s.add_argument("--num-proc", type=_int_in(1, 1024))
-    s.add_argument("--writer-batch-size", type=_int_in(1, 1_000_000))
-    s.add_argument("--devices", type=_int_in(1, 4096))
-    s.add_argument("--num-nodes", type=_int_in(1, 4096), default=None)
+    s.add_argument("--batch-size", type=int_in(1, 65536))
+    s.add_argument("--accumulate", type=int_in(1, 65536), help="loader batches per optimizer step")
+    s.add_argument("--reduce-ratio", type=float_in(0.05, 1.0, lo_open=False))
+    s.add_argument("--num-workers", type=int_in(0, 1024))
+    s.add_argument("--num-proc", type=int_in(1, 1024))
+    s.add_argument("--writer-batch-size", type=int_in(1, 1_000_000))
+    s.add_argument("--devices", type=int_in(1, 4096))
+    s.add_argument("--num-nodes", type=int_in(1, 4096), default=None)
     s.add_argument("--strategy", default=None)
     s.add_argument("--precision", default=None)
     r = p.add_argument_group("run length and optimisation")
-    r.add_argument("--max-steps", type=_int_in(1, 10**9))
-    r.add_argument("--max-epochs", type=_int_in(1, 10**6))
+    r.add_argument("--max-steps", type=int_in(1, 10**9))
+    r.add_argument("--max-epochs", type=int_in(1, 10**6))
     r.add_argument("--max-time", type=parse_duration, metavar="DURATION",
                    help="seconds, 45m, 2h or DD:HH:MM:SS")
-    r.add_argument("--lr", type=_float_in(0.0, 1.0))
-    r.add_argument("--warmup-steps", type=_int_in(0, 10**7), default=None)
-    r.add_argument("--grad-clip", type=_float_in(0.0, 1e6),
+    r.add_argument("--lr", type=float_in(0.0, 1.0))
+    r.add_argument("--warmup-steps", type=int_in(0, 10**7), default=None)
+    r.add_argument("--grad-clip", type=float_in(0.0, 1e6),
                    help="max gradient norm (default 1.0)")
     r.add_argument("--no-grad-clip", action="store_true", help="turn clipping off")
-    r.add_argument("--teacher-noise", type=_float_in(0.0, 0.9, lo_open=False), default=None,
+    r.add_argument("--teacher-noise", type=float_in(0.0, 0.9, lo_open=False), default=None,
                    help="fraction of decoder input tokens replaced at random (default 0.2)")
     r.add_argument("--augment", default=None, choices=["none", "default", "camera"],
                    help="training image augmentation (default none)")
-    r.add_argument("--val-every", type=_int_in(1, 10**9), metavar="STEPS",
+    r.add_argument("--val-every", type=int_in(1, 10**9), metavar="STEPS",
                    help="validate every STEPS optimizer steps (default: every epoch)")
-    r.add_argument("--val-batches", type=_int_in(1, 10**9), default=None,
+    r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
                    help="decode at most this many validation batches")
-    r.add_argument("--ckpt-every", type=_int_in(1, 10**9), metavar="STEPS", default=None,
+    r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,
                    help="write last.ckpt every STEPS optimizer steps (default 200)")
-    r.add_argument("--patience", type=_int_in(0, 10**6), default=None,
+    r.add_argument("--patience", type=int_in(0, 10**6), default=None,
                    help="stop after this many validations without a better SER (0 = never; default 10)")
-    r.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=None)
+    r.add_argument("--seed", type=int_in(0, 2**31 - 1), default=None)
     c = p.add_argument_group("curriculum (SMT++ full pages)")
     c.add_argument("--curriculum", action="store_true",
                    help="pre-train on systems, then pages with a growing number of systems")
     c.add_argument("--systems", default=None, metavar="SRC",
                    help="system-level data for pre-training (default: the embedded synthetic set)")
-    c.add_argument("--pretrain-steps", type=_int_in(0, 10**9), default=None,
+    c.add_argument("--pretrain-steps", type=int_in(0, 10**9), default=None,
                    help="optimizer steps on single systems before pages (default: --stage-steps)")
-    c.add_argument("--stage-steps", type=_int_in(1, 10**9), default=None,
+    c.add_argument("--stage-steps", type=int_in(1, 10**9), default=None,
                    help="optimizer steps per curriculum stage (default 1000)")
-    c.add_argument("--synthetic-share", type=_float_in(0.0, 1.0, lo_open=False), default=None,
+    c.add_argument("--synthetic-share", type=float_in(0.0, 1.0, lo_open=False), default=None,
                    help="share of synthetic pages at the start of fine-tuning (default 0.9)")
-    c.add_argument("--max-systems", type=_int_in(1, 64), default=None,
+    c.add_argument("--max-systems", type=int_in(1, 64), default=None,
                    help="systems per synthetic page in the last stage (default 4)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",

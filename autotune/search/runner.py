@@ -25,6 +25,8 @@ from typing import Any
 
 import psutil
 
+from autotune.measure import kill_tree
+
 DEFAULT_TRAINER = (sys.executable, "-m", "smt.train")
 LOG_NAME = "trainer.log"
 # The child's own progress records (one JSON object per line), if the trainer writes them.
@@ -46,28 +48,6 @@ class TrialResult:
     error: str | None = None
     peak_rss_bytes: int | None = None      # whole child tree, sampled every poll
     progress: list[dict[str, Any]] = field(default_factory=list)
-
-
-def kill_tree(pid: int, grace_s: float = 5.0) -> list[int]:
-    """Terminate a process and all its descendants; SIGKILL what survives the grace time."""
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return []
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
-    return [p.pid for p in procs]
 
 
 def tree_rss_bytes(pid: int) -> int | None:

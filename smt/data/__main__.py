@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from autotune.errors import UserError, run_cli
+from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 
 # Upper bounds for "absurd" values: far above any real machine (1024 map processes, a
 # million rows buffered per write), low enough that a typo is caught before it starts.
@@ -14,41 +13,8 @@ MAX_PROC = 1024
 MAX_ROWS = 1_000_000
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one UserError line instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
-        return value
-    return parse
-
-
-def _float_in(lo: float, hi: float, lo_open: bool = True) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
-        if not ok:
-            raise argparse.ArgumentTypeError(
-                f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {text}")
-        return value
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m smt.data", description=__doc__)
+    p = UserErrorParser(prog="python -m smt.data", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -57,28 +23,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=100, help="rows in all splits (default 100)")
     s.add_argument("--kind", choices=("system", "page"), default="system")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-proc", type=_int_in(1, MAX_PROC), default=1, help="render processes")
+    s.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1, help="render processes")
     s.add_argument("--kern-dir", default=None, help="render these .krn files instead of generated music")
-    s.add_argument("--val", type=_int_in(0, 10_000_000), default=None, help="validation rows (default 10%%)")
-    s.add_argument("--test", type=_int_in(0, 10_000_000), default=None, help="test rows (default 10%%)")
+    s.add_argument("--val", type=int_in(0, 10_000_000), default=None, help="validation rows (default 10%%)")
+    s.add_argument("--test", type=int_in(0, 10_000_000), default=None, help="test rows (default 10%%)")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     q = sub.add_parser("prepare", help="load, resize and tokenise a dataset; cache the result")
     q.add_argument("--data", default=None,
                    help="hub id, save_to_disk folder, or folder of images + .krn/.txt "
                         "(default: the embedded synthetic dataset)")
-    q.add_argument("--reduce-ratio", type=_float_in(0.0, 1.0), default=0.5)
-    q.add_argument("--num-proc", type=_int_in(1, MAX_PROC), default=1)
-    q.add_argument("--writer-batch-size", type=_int_in(1, MAX_ROWS), default=100)
+    q.add_argument("--reduce-ratio", type=float_in(0.0, 1.0), default=0.5)
+    q.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1)
+    q.add_argument("--writer-batch-size", type=int_in(1, MAX_ROWS), default=100)
     q.add_argument("--format", dest="fmt", choices=("kern", "ekern", "bekern"), default="bekern")
-    q.add_argument("--max-tokens", type=_int_in(1, MAX_ROWS), default=None,
+    q.add_argument("--max-tokens", type=int_in(1, MAX_ROWS), default=None,
                    help="skip rows whose transcription is longer (default: no limit)")
     q.add_argument("--out", default=None, help="also save the prepared DatasetDict here")
-    q.add_argument("--shard-rows", type=_int_in(1, MAX_ROWS), default=None,
+    q.add_argument("--shard-rows", type=int_in(1, MAX_ROWS), default=None,
                    help="rows per resumable shard (default: chosen from the split size)")
-    q.add_argument("--stall-timeout", type=_float_in(0.0, 7 * 86400.0), default=None,
+    q.add_argument("--stall-timeout", type=float_in(0.0, 7 * 86400.0), default=None,
                    help="seconds without progress before the watchdog steps in")
-    q.add_argument("--ram-budget-gb", type=_float_in(0.0, 2.0**20), default=None,
+    q.add_argument("--ram-budget-gb", type=float_in(0.0, 2.0**20), default=None,
                    help="stop and retry lighter when the process tree nears this RSS")
     q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p

@@ -32,7 +32,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import threading
 import time
 from collections import Counter
@@ -448,23 +447,8 @@ def _child_main(job: _ShardJob, counter: Any, ready: Any, error_path: str,
 
 def _stop_tree(proc: Any, grace_s: float = 3.0) -> None:
     """SIGTERM the child and its workers, then SIGKILL whatever is left."""
-    import psutil
-    try:
-        parent = psutil.Process(proc.pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        procs = []
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    from autotune.measure import kill_tree
+    kill_tree(proc.pid, grace_s=grace_s)
     proc.join(5)
 
 
