@@ -14,15 +14,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autotune.errors import UserError
+from autotune.errors import UserError, float_in
 from autotune.search import results
 from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
-                                    fits_from_profile, offset_from_profile, parse_size, workload_predictor)
+                                    fits_from_profile, offset_from_profile, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.runner import DEFAULT_TRAINER
 from autotune.search.space import space_for
 from autotune.search.storage import GRACE_S, HEARTBEAT_S, mask_url
 from autotune.search.study import SearchConfig, run_study
+from autotune.units import parse_size
+
+# A week: longer limits are typos, and inf/nan would disable the kill that keeps a hung
+# trial from holding the study.
+MAX_S = 7 * 86400.0
 
 DESCRIPTION = """\
 Search training settings with Optuna. Each trial is a short real training run in a child
@@ -46,12 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "SER is saturated; use val_ser for long trials)")
     p.add_argument("--trials", type=int, default=20, metavar="N",
                    help="finished trials the study should end with (default 20)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=float_in(0.0, MAX_S), metavar="SECONDS",
                    help="start no new trial after this many seconds")
-    p.add_argument("--trial-timeout", type=float, default=900.0, metavar="SECONDS",
+    p.add_argument("--trial-timeout", type=float_in(0.0, MAX_S), default=900.0, metavar="SECONDS",
                    help="kill a trial (its whole process tree) whose training runs longer and "
                    "mark it failed (default 900)")
-    p.add_argument("--setup-timeout", type=float, default=3600.0, metavar="SECONDS",
+    p.add_argument("--setup-timeout", type=float_in(0.0, MAX_S), default=3600.0, metavar="SECONDS",
                    help="limit before a trial's training starts: data preparation at a new "
                    "reduce ratio and start-up (default 3600)")
     p.add_argument("--steps-per-trial", type=int, default=50, metavar="K",

@@ -8,25 +8,12 @@ means infeasible, and its size tells the sampler how far outside the region a po
 """
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 from autotune.records import MemoryFit
 from autotune.settings import Settings
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "t": 1e12, "tb": 1e12, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """'12GiB', '16GB', '800M', '1e9' -> bytes. ValueError naming the text otherwise."""
-    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (use e.g. 12GiB, 16GB, 800MiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
 
 class MemoryPredictor(ABC):
     """One method: predicted peak bytes for a trial's settings, or None when unknowable."""

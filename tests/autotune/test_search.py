@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from autotune.records import MemoryFit, ModelTrial
 from autotune.search import cli
-from autotune.search.memory import Feasibility, FitPredictor, fit_line, fits_from_profile, parse_size
+from autotune.search.memory import Feasibility, FitPredictor, fit_line, fits_from_profile
+from autotune.units import parse_size
 from autotune.search.objectives import make_objective
 from autotune.search.runner import ProgressReader
 from autotune.search.space import SEARCHED, make_point, space_for
@@ -351,6 +352,12 @@ def test_memory_fit_from_probe_trials_and_area_scaling():
                                         ("800M", 800 * 10**6), ("1e9", 10**9)])
 def test_parse_size(text, size):
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["0", "0GiB", "nan", "-1GB", "12 parsecs"])
+def test_parse_size_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
 
 
 def test_progress_reader_reads_jsonl_and_lightning_csv(tmp_path):
