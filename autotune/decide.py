@@ -484,6 +484,9 @@ class BatchRule(Rule):
                 caps["oom"] = oom_floor - 1
             if top_ok is not None:
                 caps["extrapolation"] = 2 * top_ok      # a line trusted to 2x its last point
+            fast = self._fastest_batch(ctx, ratio, kind)
+            if fast is not None:
+                caps["speed"] = fast
             batch = max(1, min(caps.values()))
             if oom_floor is not None and batch >= oom_floor:
                 skipped.append(f"{ratio:g} (OOM at batch {oom_floor})")
@@ -504,10 +507,14 @@ class BatchRule(Rule):
                    "limit": "the batch-size cap",
                    "oom": f"below the OOM the probe hit at batch {oom_floor}",
                    "extrapolation": f"at most 2x the largest batch measured ({top_ok})",
+                   "speed": "the smallest batch within 5% of the best samples/s measured "
+                            "(larger batches stopped paying)",
                    "accumulation": f"the smallest batch reaching the effective batch "
                                    f"{target} in {steps} accumulation step(s) (up to "
                                    f"{caps['memory']} would fit)"}[bound]
             peak = fit.predict(batch)
+            if oom_floor is not None and bound != "oom":
+                why += f"; the probe hit OOM at batch {oom_floor}"
             ctx.choose("batch_size", batch,
                        f"predicted peak {fb(peak)} of {budget_txt}: memory = "
                        f"{fb(fit.fixed_bytes)} + {fb(fit.per_sample_bytes)}/sample ({how}); "
@@ -602,13 +609,30 @@ class BatchRule(Rule):
         return max(1.0, max(ratios)) if ratios else 1.0
 
     @staticmethod
-    def _speed(ctx: Context, ratio: float, batch: int, kind: str) -> str:
-        rates = {t.batch_size: t.samples_per_s for t in ctx.m.model_trials
-                 if math.isclose(t.reduce_ratio, ratio) and t.samples_per_s and not t.oom
-                 and t.device.split(":")[0] == kind}
+    def _rates(ctx: Context, ratio: float, kind: str) -> dict[int, float]:
+        return {t.batch_size: t.samples_per_s for t in ctx.m.model_trials
+                if math.isclose(t.reduce_ratio, ratio) and t.samples_per_s and not t.oom
+                and t.device.split(":")[0] == kind}
+
+    @classmethod
+    def _fastest_batch(cls, ctx: Context, ratio: float, kind: str) -> int | None:
+        """Where throughput peaked inside the measured batches, the smallest batch within 5% of
+        that peak: a bigger one costs memory and buys nothing (on a CPU it is often slower).
+        None while the largest batch measured was also the fastest (it may keep rising)."""
+        rates = cls._rates(ctx, ratio, kind)
+        if len(rates) < 2:
+            return None
+        best = max(rates, key=lambda b: rates[b])
+        if best == max(rates):
+            return None
+        return min(b for b, r in rates.items() if r >= 0.95 * rates[best])
+
+    @classmethod
+    def _speed(cls, ctx: Context, ratio: float, batch: int, kind: str) -> str:
+        rates = cls._rates(ctx, ratio, kind)
         if not rates:
             return ""
-        return "; samples/s by batch: " + ", ".join(f"{b}: {r:.1f}" for b, r in sorted(rates.items()))
+        return "; samples/s by batch: " + ", ".join(f"{b}: {r:.3g}" for b, r in sorted(rates.items()))
 
 
 class AccumulateRule(Rule):

@@ -233,3 +233,22 @@ def test_planned_decisions_are_never_marked_measured() -> None:
     assert "measured" not in d.sources.values()
     assert d.settings.num_proc > 4          # scaled to the target's 16 cores from 4 measured
     assert "predicted for 16 core(s)" in d.reasons["num_proc"]
+
+
+@pytest.mark.parametrize("rates, expected", [
+    # Throughput peaks at 4 and falls at 8: the batch stops where speed stopped paying.
+    ({1: 1.0, 2: 1.8, 4: 2.0, 8: 1.7}, 4),
+    # 2 is within 5% of the peak at 4: the smaller batch, less memory, the same speed.
+    ({1: 1.0, 2: 1.95, 4: 2.0, 8: 1.5}, 2),
+    # Still rising at the largest batch measured: memory, the target and the 2x extrapolation cap decide.
+    ({1: 1.0, 2: 1.8, 4: 2.5, 8: 3.0}, 16),
+])
+def test_batch_stops_where_measured_speed_stops_rising(rates: dict[int, float],
+                                                       expected: int) -> None:
+    trials = [replace(t, samples_per_s=rates[t.batch_size])
+              for t in model_trials("cuda:0", 2 * GIB, 1 * GIB, (1, 2, 4, 8))]
+    d = decide(hw(8, 64, [A100]), meas(trials=trials), Budgets())
+    assert d.settings.batch_size == expected
+    assert d.settings.effective_batch_size >= 16
+    if expected < 16:
+        assert "5% of the best samples/s" in d.reasons["batch_size"]
