@@ -544,6 +544,7 @@ def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> Any
     import lightning.pytorch as pl
 
     from smt.checkpoint import AtomicCheckpointIO
+    from smt.distributed import make_strategy
 
     s = plan.settings
     kwargs: dict[str, Any] = {}
@@ -554,7 +555,8 @@ def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> Any
     if max_epochs is None and plan.max_steps == -1 and plan.max_time_s is None:
         max_epochs = 1000  # the full recipe ends on early stopping, this is a backstop
     return pl.Trainer(
-        accelerator="auto", devices=s.devices, num_nodes=plan.num_nodes, strategy=s.strategy,
+        accelerator="auto", devices=s.devices, num_nodes=plan.num_nodes,
+        strategy=make_strategy(s.strategy, s.devices, plan.num_nodes, plan.out),
         precision=s.precision, max_steps=plan.max_steps, max_epochs=max_epochs or -1,
         max_time=dt.timedelta(seconds=plan.max_time_s) if plan.max_time_s else None,
         limit_val_batches=None, num_sanity_val_steps=0, callbacks=callbacks, logger=loggers,

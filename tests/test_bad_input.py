@@ -298,10 +298,6 @@ def _listening(pid: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "TRAIN: Lightning's env:// rendezvous starts torch's TCPStore, which listens on '::' "
-    "(every interface) whatever MASTER_ADDR says; a single-node run should rendezvous through "
-    "init_method='file://RUN/ddp.store' (only gloo's 127.0.0.1 socket remains)"))
 def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path) -> None:
     from tiny_scores import FAST, tiny_dataset_dict
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=2, n_val=1, n_test=1)
