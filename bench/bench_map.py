@@ -111,6 +111,7 @@ def main() -> int:
     from rich.table import Table
 
     from smt.data.synth import build
+    load0 = f"{os.getloadavg()[0]:.1f}"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=20, help="synthetic pages (all splits)")
     p.add_argument("--render-proc", type=int, default=2)
@@ -152,7 +153,8 @@ def main() -> int:
                           f"{rate / ref_rate:.1f}", f"{r['peak'] / ref['peak']:.2f}",
                           f"{growth / ref_growth:.3f}")
         console.print(table)
-        console.print(f"cpus: {os.cpu_count()} (shared with other work while this ran)")
+        console.print(f"cpus: {os.cpu_count()}, load average before/after: {load0} / "
+                      f"{os.getloadavg()[0]:.1f} (a busy machine makes every row noisier)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -16,8 +16,8 @@ real on this machine, in one run.
    cell of the grid.
 
 Prints one table per grid (the chosen cell marked) and the ratios chosen/best. Goal: >= 0.95,
-and no OOM or stall in the chosen cells. The CPU is shared with other work while it runs, so
-single cells carry noise of several percent.
+and no OOM or stall in the chosen cells. Single cells carry noise of
+several percent (more on a busy machine: the closing line prints the load average).
 """
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def main() -> int:
                              ("training OOM", chosen_train["oom"])) if bad_]
     console.print(f"chosen/best: map {map_ratio:.2f}, training {train_ratio:.2f} (goal >= 0.95); "
                   f"OOM/stall among chosen: {', '.join(bad) or 'none'}; "
-                  f"bench took {time.monotonic() - t0:.0f} s on a CPU shared with other work")
+                  f"bench took {time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 
