@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -49,7 +49,63 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     return int(total)
 
 
-class RssSampler:
+_P = TypeVar("_P", bound="_PollingThread")
+
+
+class _PollingThread:
+    """A daemon thread that calls `_tick()` every `_period_s` until stopped; the start/stop
+    and context-manager lifecycle shared by the sampler and the watchdog. Subclasses set
+    `_period_s` and may hook `_on_start` (before the thread starts) and `_on_stop` (after it
+    joined)."""
+
+    _thread_name = "polling-thread"
+    _period_s: float
+
+    def _init_thread(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _on_start(self) -> None:
+        pass
+
+    def _on_stop(self) -> None:
+        pass
+
+    def _tick(self) -> bool:
+        """One poll; return False to end the loop."""
+        raise NotImplementedError
+
+    def start(self: _P) -> _P:
+        if self._thread is not None:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        self._stop.clear()
+        self._on_start()
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._on_stop()
+
+    def __enter__(self: _P) -> _P:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            if not self._tick():
+                return
+
+
+class RssSampler(_PollingThread):
     """Sample the process tree's RSS every `interval_ms` on a background thread.
 
     Use as a context manager around the work to measure::
@@ -83,37 +139,21 @@ class RssSampler:
         self.peak_rss_bytes: int | None = None
         self.limit_hit = False
         self._t0 = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._period_s = self.interval_s
+        self._init_thread()
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "RssSampler":
-        if self._thread is not None:
-            raise RuntimeError("RssSampler already started")
+    _thread_name = "rss-sampler"
+
+    def _on_start(self) -> None:
         self._t0 = time.perf_counter()
-        self._stop.clear()
         first = tree_rss_bytes(self.pid)
         self.base_rss_bytes = first
         self._record(first)
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
+    def _on_stop(self) -> None:
         self._record(tree_rss_bytes(self.pid))      # the state at the end counts too
-
-    def __enter__(self) -> "RssSampler":
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # -- figures ----------------------------------------------------------------------------
     @property
@@ -143,12 +183,12 @@ class RssSampler:
         if fire and self.on_limit is not None:
             self.on_limit(rss)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._record(tree_rss_bytes(self.pid))
+    def _tick(self) -> bool:
+        self._record(tree_rss_bytes(self.pid))
+        return True
 
 
-class ProgressWatchdog:
+class ProgressWatchdog(_PollingThread):
     """Notice when work stops making progress.
 
     The work calls `.beat()` whenever it advances (a row mapped, a batch loaded). A thread
@@ -172,8 +212,8 @@ class ProgressWatchdog:
         self.stalled = False
         self.stalled_after_s: float | None = None   # seconds since the last beat when detected
         self._last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._period_s = self.poll_s
+        self._init_thread()
 
     def beat(self, n: int = 1) -> None:
         self.beats += n
@@ -183,38 +223,20 @@ class ProgressWatchdog:
     def seconds_since_beat(self) -> float:
         return time.monotonic() - self._last
 
-    def start(self) -> "ProgressWatchdog":
-        if self._thread is not None:
-            raise RuntimeError("ProgressWatchdog already started")
+    _thread_name = "progress-watchdog"
+
+    def _on_start(self) -> None:
         self._last = time.monotonic()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="progress-watchdog", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-
-    def __enter__(self) -> "ProgressWatchdog":
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            idle = self.seconds_since_beat
-            if idle >= self.timeout_s:
-                self.stalled = True
-                self.stalled_after_s = round(idle, 3)
-                if self.on_stall is not None:
-                    self.on_stall(idle)
-                return
+    def _tick(self) -> bool:
+        idle = self.seconds_since_beat
+        if idle < self.timeout_s:
+            return True
+        self.stalled = True
+        self.stalled_after_s = round(idle, 3)
+        if self.on_stall is not None:
+            self.on_stall(idle)
+        return False
 
 
 def is_oom_error(exc: BaseException | None) -> bool:
