@@ -15,8 +15,21 @@ from autotune.records import MapTrial, ModelTrial
 from workload_fakes import FakeWorkload
 
 
+_BASELINE_PIDS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before_the_test():
+    # Processes that outlive any one test by design (multiprocessing's fork server and
+    # resource tracker, started by an earlier preparation in the same session) are not ours.
+    _BASELINE_PIDS.clear()
+    _BASELINE_PIDS.update(c.pid for c in psutil.Process().children(recursive=True))
+    yield
+
+
 def _no_children_left() -> bool:
-    return not [c for c in psutil.Process().children(recursive=True) if c.is_running()
+    return not [c for c in psutil.Process().children(recursive=True)
+                if c.pid not in _BASELINE_PIDS and c.is_running()
                 and c.status() != psutil.STATUS_ZOMBIE]
 
 
