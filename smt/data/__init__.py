@@ -10,11 +10,11 @@ from typing import Any
 
 _EXPORTS = {
     # preparation
-    "PrepareConfig": "smt.data.prepare", "PrepareResult": "smt.data.prepare",
-    "WatchdogAction": "smt.data.prepare", "prepare": "smt.data.prepare",
-    "load_prepared": "smt.data.prepare", "map_function": "smt.data.prepare",
-    "map_spec": "smt.data.prepare", "prepare_example": "smt.data.prepare",
-    "output_features": "smt.data.prepare", "decode_gray": "smt.data.prepare",
+    "PrepareConfig": "smt.data.records", "PrepareResult": "smt.data.records",
+    "WatchdogAction": "smt.data.records", "prepare": "smt.data.prepare",
+    "load_prepared": "smt.data.layout", "map_function": "smt.data.rows",
+    "map_spec": "smt.data.rows", "prepare_example": "smt.data.rows",
+    "output_features": "smt.data.rows", "decode_gray": "smt.data.rows",
     # sources
     "load_source": "smt.data.sources", "open_source": "smt.data.sources",
     "Source": "smt.data.sources", "ensure_default_dataset": "smt.data.default",

@@ -1,0 +1,167 @@
+"""One raw row -> one prepared row: decode to grayscale, resize, normalise and check the kern.
+
+Why PNG bytes (not pixels) come out of the map: returning a numpy array in the `Image` column
+makes datasets turn the writer batch into Python lists and int64 arrays, ~40x the image in
+RAM per buffered row; PNG bytes cost their own size (tens of KB for a clean score).
+
+Row problems (undecodable image, missing/empty/non-kern/untokenisable/over-long
+transcription) are skipped and counted per reason, never fatal.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from smt.data.records import PrepareConfig
+from smt.tokenizer import TokenizeError, normalize_kern, tokenize
+
+# Reasons a row is skipped (the keys of PrepareResult.skipped).
+R_IMAGE = "undecodable image"
+R_NO_TEXT = "transcription missing or unreadable"
+R_EMPTY = "empty transcription"
+R_NOT_KERN = "not kern (no **kern header)"
+R_TOKENS = "untokenizable transcription"
+R_LONG = "transcription too long"
+
+# The map function runs in datasets' worker processes; it is module-level so it pickles by name.
+_COUNTER: Any = None             # shared rows-done counter, set in the shard child
+_FAULT: dict[str, Any] = {}      # fault injection for tests and bench_faults (see _load_fault)
+
+
+def set_counter(counter: Any) -> None:
+    """Count rows into `counter` (a shared `multiprocessing.Value`), or stop counting (None)."""
+    global _COUNTER
+    _COUNTER = counter
+
+
+def decode_gray(image: Any) -> np.ndarray:
+    """A raw `image` value (undecoded dict, bytes, path, PIL or array) -> uint8 HxW, with any
+    transparency composited onto white (a transparent PNG would otherwise turn black)."""
+    from PIL import Image
+    if isinstance(image, dict):
+        data, path = image.get("bytes"), image.get("path")
+        image = data if data else path
+    if image is None:
+        raise ValueError("no image")
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    elif isinstance(image, (str, os.PathLike)):
+        image = Image.open(image)
+    if isinstance(image, Image.Image):
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=2)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"image array of shape {arr.shape}")
+    return arr.astype(np.uint8)
+
+
+def check_transcription(text: Any, fmt: str, max_tokens: int | None) -> tuple[str, str]:
+    """(normalised kern, "") for a usable transcription, else ("", reason)."""
+    if not isinstance(text, str):
+        return "", R_NO_TEXT
+    if not text.strip():
+        return "", R_EMPTY
+    kern = normalize_kern(text)
+    head = kern.split("\n", 50)[:50]
+    if not any(tok.startswith("**kern") for line in head for tok in line.split("\t")):
+        return "", R_NOT_KERN
+    try:
+        n = len(tokenize(kern, fmt))
+    except TokenizeError:
+        return "", R_TOKENS
+    if max_tokens is not None and n + 2 > max_tokens:          # + <bos>, <eos>
+        return "", R_LONG
+    return kern, ""
+
+
+def prepare_example(example: dict[str, Any], reduce_ratio: float, fmt: str,
+                    max_tokens: int | None) -> dict[str, Any]:
+    """One raw row -> {"image": PNG bytes dict or None, "transcription", "skip": reason}."""
+    if _FAULT:
+        _fault_hook()
+    kern, reason = check_transcription(example.get("transcription"), fmt, max_tokens)
+    if reason:
+        out = {"image": None, "transcription": "", "skip": reason}
+    else:
+        try:
+            img = decode_gray(example.get("image"))
+        except Exception:  # noqa: BLE001 - any decode failure is a skipped row
+            out = {"image": None, "transcription": "", "skip": R_IMAGE}
+        else:
+            if reduce_ratio != 1.0:
+                import cv2
+                h, w = img.shape
+                size = (max(1, round(w * reduce_ratio)), max(1, round(h * reduce_ratio)))
+                img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            from smt.data.render import encode_png
+            out = {"image": {"bytes": encode_png(img), "path": None}, "transcription": kern,
+                   "skip": ""}
+    if _COUNTER is not None:
+        with _COUNTER.get_lock():
+            _COUNTER.value += 1
+    return out
+
+
+def output_features() -> Any:
+    import datasets
+    return datasets.Features({"image": datasets.Image(), "transcription": datasets.Value("string"),
+                              "skip": datasets.Value("string")})
+
+
+def map_function(reduce_ratio: float = 0.5, fmt: str = "bekern",
+                 max_tokens: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(function, fn_kwargs) exactly as the preparation maps raw rows from `load_source`:
+    `ds.map(fn, fn_kwargs=kw, features=output_features(), num_proc=..., writer_batch_size=...)`."""
+    PrepareConfig(reduce_ratio=reduce_ratio, fmt=fmt, max_tokens=max_tokens)   # validates
+    return prepare_example, {"reduce_ratio": float(reduce_ratio), "fmt": fmt,
+                             "max_tokens": max_tokens}
+
+
+def map_spec(reduce_ratio: float = 0.5, fmt: str = "bekern", max_tokens: int | None = None,
+             remove_columns: tuple[str, ...] = ()) -> Any:
+    """The same as an `autotune.workload.MapSpec` (the workload interface's form)."""
+    from autotune.workload import MapSpec
+    fn, kw = map_function(reduce_ratio, fmt, max_tokens)
+    return MapSpec(function=fn, fn_kwargs=kw, features=output_features(),
+                   remove_columns=tuple(remove_columns))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection: SMT_PREPARE_FAULT="stall_after=N" | "ram_mb=M" (each optionally with
+# ";above_wbs=W" so it only fires while writer_batch_size > W) | "sleep_ms=S". Real process
+# faults for tests and bench/bench_faults.py; unset, it costs one dict check per row.
+
+def _load_fault(writer_batch_size: int, spec: str | None = None) -> None:
+    spec = os.environ.get("SMT_PREPARE_FAULT", "") if spec is None else spec
+    _FAULT.clear()
+    if not spec:
+        return
+    kv = dict(p.split("=", 1) for p in spec.split(";") if "=" in p)
+    if "above_wbs" in kv and writer_batch_size <= int(kv["above_wbs"]):
+        return
+    _FAULT.update({k: int(v) for k, v in kv.items()})
+    _FAULT["rows"] = 0
+
+
+def _fault_hook() -> None:
+    _FAULT["rows"] += 1
+    if "sleep_ms" in _FAULT:
+        time.sleep(_FAULT["sleep_ms"] / 1000)
+    if "stall_after" in _FAULT and _FAULT["rows"] > _FAULT["stall_after"]:
+        time.sleep(3600)
+    if "ram_mb" in _FAULT and "_ballast" not in _FAULT:
+        ballast = np.ones(_FAULT["ram_mb"] * 2**20, dtype=np.uint8)    # touched: real RSS
+        _FAULT["_ballast"] = ballast
+
+
