@@ -1,12 +1,13 @@
-"""`python -m autotune cache`: list and remove the dataset caches our preparation created.
+"""`python -m autotune cache`: list and remove the dataset caches the workload created.
 
 A prepared dataset is tens of GB for real page images, and a changed setting (reduce_ratio,
-format) writes a new one beside the old, so disks on Kaggle and Colab fill up. The only folders
-this command considers are those our preparation marked: a direct child of
-`smt.paths.prepared_root()` or of `cache_root()/default/` holding a `meta.json` whose
-`creator` is `"smt-autotune"`. Everything else under those roots (the user's own folders,
-datasets' hub cache, a folder whose marker is missing or unreadable) is never touched: a
-cache tool that deletes a user's data once is never run again.
+format) writes a new one beside the old, so disks on Kaggle and Colab fill up. The workload
+declares where its caches live and how it marks them (`Workload.cache_layout()`; for SMT:
+children of `prepared/` and `default/` under its cache root holding a `meta.json` whose
+`creator` is `"smt-autotune"`). Only folders carrying that marker are considered. Everything
+else under those roots (the user's own folders, datasets' hub cache, a folder whose marker is
+missing or unreadable) is never touched: a cache tool that deletes a user's data once is never
+run again.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,13 +24,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autotune.errors import UserError
+from autotune.disk import dir_size_bytes
+from autotune.errors import UserError, float_in
 from autotune.units import format_bytes
-from smt.paths import cache_root, prepared_root
+from autotune.workload import CacheLayout, load_workload
 
-CREATOR = "smt-autotune"
-META_FILE = "meta.json"
 DAY_S = 86400.0
+# Far past any cache's age; inf or nan would select everything or nothing by accident.
+MAX_DAYS = 36500.0
 
 
 @dataclass
@@ -45,40 +46,27 @@ class CacheEntry:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-def _roots() -> list[tuple[str, Path]]:
-    return [("prepared", prepared_root()), ("default", cache_root() / "default")]
+def default_layout(workload: str = "smt") -> CacheLayout:
+    return load_workload(workload).cache_layout()
 
 
-def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The folder's meta.json if it says we created the folder, else None.
+def read_marker(folder: Path, layout: CacheLayout | None = None) -> dict[str, Any] | None:
+    """The folder's marker (meta.json) if it says the workload created the folder, else None.
 
     A symlinked folder or marker is not ours even when its target is: deleting through a link
     could reach data outside the cache root.
     """
-    meta_path = folder / META_FILE
+    layout = layout or default_layout()
+    meta_path = folder / layout.marker_file
     try:
         if folder.is_symlink() or not folder.is_dir() or meta_path.is_symlink():
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(meta, dict) or meta.get("creator") != CREATOR:
+    if not isinstance(meta, dict) or meta.get("creator") != layout.creator:
         return None
     return meta
-
-
-def folder_size_bytes(folder: Path) -> int:
-    """Bytes of the regular files below `folder`, not following symlinks."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder, followlinks=False):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
 
 
 def _created_epoch(meta: dict[str, Any], meta_path: Path) -> float:
@@ -121,31 +109,33 @@ def _state(meta: dict[str, Any]) -> str:
     return "complete" if meta["complete"] else "partial"
 
 
-def find_caches(now: float | None = None) -> tuple[list[CacheEntry], list[Path]]:
+def find_caches(now: float | None = None, layout: CacheLayout | None = None
+                ) -> tuple[list[CacheEntry], list[Path]]:
     """Our caches (oldest first) and the folders left alone because they carry no marker."""
     now = time.time() if now is None else now
+    layout = layout or default_layout()
     ours: list[CacheEntry] = []
     foreign: list[Path] = []
-    for kind, root in _roots():
+    for kind, root in layout.folders:
         if not root.is_dir():
             continue
         for folder in sorted(root.iterdir()):
             if not folder.is_dir() or folder.is_symlink():
                 continue
-            meta = read_marker(folder)
+            meta = read_marker(folder, layout)
             if meta is None:
                 foreign.append(folder)
                 continue
-            created = _created_epoch(meta, folder / META_FILE)
+            created = _created_epoch(meta, folder / layout.marker_file)
             ours.append(CacheEntry(
-                path=folder, kind=kind, size_bytes=folder_size_bytes(folder),
+                path=folder, kind=kind, size_bytes=dir_size_bytes(folder),
                 age_s=max(0.0, now - created), source=_describe_source(meta.get("source")),
                 settings=_describe_settings(meta), state=_state(meta), meta=meta))
     ours.sort(key=lambda e: -e.age_s)
     return ours, foreign
 
 
-def remove_cache(entry: CacheEntry) -> int:
+def remove_cache(entry: CacheEntry, layout: CacheLayout | None = None) -> int:
     """Delete one of our caches; returns the bytes freed.
 
     The marker is checked again right before deleting (the folder may have changed since it
@@ -153,9 +143,10 @@ def remove_cache(entry: CacheEntry) -> int:
     deletion cut short never leaves a half-cache that a later run would take as complete.
     """
     folder = entry.path
-    if read_marker(folder) is None:
-        raise UserError(f"{folder}: {META_FILE} no longer marks it as created by {CREATOR}; "
-                        "left alone")
+    layout = layout or default_layout()
+    if read_marker(folder, layout) is None:
+        raise UserError(f"{folder}: {layout.marker_file} no longer marks it as created by "
+                        f"{layout.creator}; left alone")
     doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
     os.rename(folder, doomed)
     shutil.rmtree(doomed)
@@ -170,16 +161,6 @@ def format_age(seconds: float) -> str:
     return f"{seconds / DAY_S:.1f} d"
 
 
-def _days(text: str) -> float:
-    try:
-        days = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--older-than takes a number of days, got {text!r}")
-    if not days >= 0:
-        raise argparse.ArgumentTypeError(f"--older-than must be >= 0 days, got {text!r}")
-    return days
-
-
 def add_parser(subparsers: Any) -> None:
     """Register `cache` on the `autotune` CLI (called by autotune/cli.py)."""
     parser = subparsers.add_parser(
@@ -189,26 +170,30 @@ def add_parser(subparsers: Any) -> None:
                     "meta.json marker are never touched.")
     parser.add_argument("--clear", action="store_true",
                         help="remove the listed caches (all of ours, or those --older-than)")
-    parser.add_argument("--older-than", type=_days, default=None, metavar="DAYS",
+    parser.add_argument("--older-than", type=float_in(0.0, MAX_DAYS, lo_open=False),
+                        default=None, metavar="DAYS",
                         help="only caches created more than DAYS days ago")
+    parser.add_argument("--workload", default="smt", metavar="NAME",
+                        help="workload whose caches to list (default smt)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.set_defaults(func=run_cache)
 
 
 def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or Console()
-    entries, foreign = find_caches()
+    layout = default_layout(getattr(args, "workload", "smt"))
+    entries, foreign = find_caches(layout=layout)
     older = getattr(args, "older_than", None)
     if older is not None:
         entries = [e for e in entries if e.age_s > older * DAY_S]
-    roots = ", ".join(str(root) for _, root in _roots())
+    roots = ", ".join(str(root) for _, root in layout.folders)
     if not entries:
-        what = "no smt-autotune caches" + (f" older than {older:g} days" if older else "")
+        what = f"no {layout.creator} caches" + (f" older than {older:g} days" if older else "")
         console.print(f"{what} under {roots}", soft_wrap=True)
-        _mention_foreign(console, foreign)
+        _mention_foreign(console, foreign, layout)
         return 0
 
-    table = Table(title="smt-autotune dataset caches" + (" (removing)" if args.clear else ""))
+    table = Table(title=f"{layout.creator} dataset caches" + (" (removing)" if args.clear else ""))
     table.add_column("cache", overflow="fold")
     table.add_column("kind")
     table.add_column("size", justify="right")
@@ -224,19 +209,19 @@ def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     if not args.clear:
         console.print(f"{len(entries)} cache(s), {format_bytes(total)} under {roots}; "
                       "add --clear to remove them", soft_wrap=True)
-        _mention_foreign(console, foreign)
+        _mention_foreign(console, foreign, layout)
         return 0
 
     freed = 0
     for e in entries:
-        freed += remove_cache(e)
+        freed += remove_cache(e, layout)
     console.print(f"removed {len(entries)} cache(s), freed {format_bytes(freed)}")
-    _mention_foreign(console, foreign)
+    _mention_foreign(console, foreign, layout)
     return 0
 
 
-def _mention_foreign(console: Console, foreign: list[Path]) -> None:
+def _mention_foreign(console: Console, foreign: list[Path], layout: CacheLayout) -> None:
     if foreign:
-        console.print(f"left alone: {len(foreign)} folder(s) without the {CREATOR} marker "
+        console.print(f"left alone: {len(foreign)} folder(s) without the {layout.creator} marker "
                       f"({', '.join(p.name for p in foreign[:5])}"
                       f"{', ...' if len(foreign) > 5 else ''})")

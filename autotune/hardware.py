@@ -22,7 +22,9 @@ from typing import Any
 
 import psutil
 
+from autotune.disk import disk_free_bytes
 from autotune.records import GpuInfo, HardwareInfo
+from autotune.workload import default_cache_root
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PROC_ROOT = "/proc"
@@ -241,25 +243,11 @@ def _visible(gpus: list[tuple[str | None, GpuInfo]], visible: str | None) -> lis
     return chosen
 
 
-def default_cache_dir() -> Path:
-    """Where prepared datasets go (the project cache root); imported lazily so autotune does
-    not need the workload package to inventory a machine."""
-    try:
-        from smt.paths import cache_root
-        return cache_root()
-    except ImportError:
-        import platformdirs
-        return Path(platformdirs.user_cache_dir("smt-autotune"))
-
-
-def _disk_free(path: Path) -> int | None:
-    current = path
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    try:
-        return int(shutil.disk_usage(current).free)
-    except OSError:
-        return None
+def _disk_free(cache_dir: str | os.PathLike[str] | None) -> int | None:
+    """Free disk where prepared data goes: `cache_dir`, else the default workload's cache
+    root (asked through the workload interface; None when no workload is installed)."""
+    root = cache_dir if cache_dir is not None else default_cache_root()
+    return None if root is None else disk_free_bytes(root)
 
 
 def _shm_bytes(path: str) -> int | None:
@@ -308,7 +296,7 @@ def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
         ram_bytes=ram_total,
         ram_available_bytes=ram_avail,
         shm_bytes=_shm_bytes(shm_path),
-        disk_free_bytes=_disk_free(Path(cache_dir) if cache_dir else default_cache_dir()),
+        disk_free_bytes=_disk_free(cache_dir),
         gpus=gpu_inventory(nvml),
     )
     info.fingerprint = fingerprint(info)

@@ -5,15 +5,24 @@ ConvNeXt block is. A workload (SMT is the only one today) implements `Workload` 
 autotune finds it by name: `load_workload("smt")` imports `smt.workload` and calls its
 `make_workload(**kwargs)`. Anything the probes need from the workload goes through these
 methods, so a second workload only has to write one module.
+
+Three things cross this door besides the probes' measurements, each as a declared record:
+where the workload caches what it builds (`CacheLayout`, which `autotune cache` lists and
+clears), how a search trial is launched (`TrialRequest` in, `TrialLaunch` out: a child
+process's argv, environment and the files it leaves) and what a finished trial reports
+(`TrialReport`). The import contract in pyproject.toml (checked by `make test`) forbids
+`autotune` from importing `smt` any other way.
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from autotune.errors import UserError
+from autotune.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,75 @@ class ModelShape:
     height: int
     width: int
     seq_len: int
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Where a workload keeps what it builds, and how it marks the folders it made.
+
+    `autotune cache` considers only direct children of the `folders` whose `marker_file` is a
+    JSON object with `"creator": creator`; everything else there is left alone.
+    """
+    root: Path                                  # everything the workload builds is below this
+    folders: tuple[tuple[str, Path], ...]       # (kind, parent folder): each child is one cache
+    marker_file: str
+    creator: str
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """One search trial in autotune's terms: the settings, how long, and where it writes."""
+    settings: Settings
+    max_steps: int
+    out_dir: Path
+    seed: int = 0
+    lr: float | None = None                     # None: the trainer's default
+    preset: str | None = None                   # model preset (None: the trainer's default)
+    data: str | None = None                     # dataset source (None: the default data)
+    val_every_steps: int | None = None          # validate this often (the pruner's values)
+    val_batches: int | None = None              # cap the final validation (throughput trials)
+
+
+@dataclass(frozen=True)
+class TrialLaunch:
+    """How the workload runs one trial: a child process and the files it leaves in out_dir.
+
+    `command` is the program and `args` the flags for the request; `autotune search --trainer`
+    replaces `command` and keeps `args`, so a stand-in trainer must take the same flags.
+    """
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)   # added to the child's environment
+    start_marker: str = "run.json"      # written once data is ready and training begins
+    progress_file: str = "progress.jsonl"   # optional JSON lines: step, samples, metrics
+
+    def with_command(self, command: tuple[str, ...] | None) -> TrialLaunch:
+        if not command:
+            return self
+        return TrialLaunch(tuple(command), self.args, self.env, self.start_marker,
+                           self.progress_file)
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """What a finished trial reports; None where the trainer did not measure it."""
+    samples_per_s: float | None                 # over the whole training, loading included
+    steady_samples_per_s: float | None          # after the trainer's warm-up batches
+    val_loss: float | None
+    val_ser: float | None                       # symbol error rate, percent
+    train_loss: float | None
+    peak_memory_bytes: int | None
+    oom_events: int                             # OOMs the trainer survived by shrinking
+    micro_batch_size: int | None                # what it shrank to (None: never shrank)
+    interrupted: bool                           # stopped early (signal, Ctrl-C)
+
+    def metric(self, name: str) -> Any:
+        """A reported figure by name (objectives and the study's records use names)."""
+        return getattr(self, name, None)
 
 
 @runtime_checkable
@@ -89,6 +167,19 @@ class Workload(Protocol):
                     rows: int) -> Iterable[Any]:
         """A DataLoader over `rows` prepared rows, as the real training builds it."""
 
+    # -- caches and search trials (what autotune's cache and search commands use) ------------
+    def cache_layout(self) -> CacheLayout:
+        """Where the workload caches prepared data, and the marker on the folders it made."""
+
+    def trial_launch(self, request: TrialRequest) -> TrialLaunch:
+        """The child process that trains one search trial as `request` says."""
+
+    def trial_report(self, out_dir: Path) -> TrialReport | None:
+        """What the trial that wrote `out_dir` reports; None when it wrote no summary."""
+
+    def trial_warmup_batches(self) -> int:
+        """Loader batches the trainer's steady samples/s leaves out (a trial must run more)."""
+
 
 def load_workload(name: str = "smt", **kwargs: Any) -> Workload:
     """Import `<name>.workload` (or `name` itself when it names a module with a dot) and call
@@ -115,4 +206,17 @@ def load_workload(name: str = "smt", **kwargs: Any) -> Workload:
 
 _REQUIRED = ("name", "describe", "fingerprint", "dataset_rows", "raw_sample", "map_spec",
              "largest_shape", "build_model", "make_batch", "training_loss", "make_optimizer",
-             "estimate_memory", "num_params", "make_loader")
+             "estimate_memory", "num_params", "make_loader", "cache_layout", "trial_launch",
+             "trial_report", "trial_warmup_batches")
+
+
+def default_cache_root(name: str = "smt") -> Path | None:
+    """The cache root of workload `name`, None when that workload is not installed here.
+
+    The machine inventory reports free disk where prepared data will go; it asks the workload
+    rather than guessing its layout.
+    """
+    try:
+        return load_workload(name).cache_layout().root
+    except (UserError, ImportError):
+        return None

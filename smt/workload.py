@@ -230,6 +230,23 @@ class SMTWorkload:
                           collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
+    # -- caches and search trials (smt.paths and smt.trial declare them) ---------------------
+    def cache_layout(self) -> Any:
+        from smt.paths import cache_layout
+        return cache_layout()
+
+    def trial_launch(self, request: Any) -> Any:
+        from smt.trial import launch
+        return launch(request)
+
+    def trial_report(self, out_dir: Path) -> Any:
+        from smt.trial import read_report
+        return read_report(out_dir)
+
+    def trial_warmup_batches(self) -> int:
+        from smt.trial import warmup_batches
+        return warmup_batches()
+
 
 def _round16(x: int) -> int:
     return -(-x // 16) * 16

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import functools
 import io
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from autotune.workload import MapSpec, ModelShape
+from autotune.workload import (CacheLayout, MapSpec, ModelShape, TrialLaunch, TrialReport,
+                               TrialRequest)
 
 
 def shrink(example: dict[str, Any], reduce_ratio: float, stall_after: int | None,
@@ -131,3 +134,17 @@ class FakeWorkload:
         data = torch.rand(rows, 1, shape.height, shape.width)
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data),
                                            batch_size=batch_size, num_workers=num_workers)
+
+    # -- caches and trials: the fake builds no cache and runs no search trial -------------------
+    def cache_layout(self) -> CacheLayout:
+        root = Path(tempfile.gettempdir()) / "fake-workload-cache"
+        return CacheLayout(root=root, folders=(), marker_file="meta.json", creator="fake")
+
+    def trial_launch(self, request: TrialRequest) -> TrialLaunch:
+        raise NotImplementedError("the fake workload runs no search trials")
+
+    def trial_report(self, out_dir: Path) -> TrialReport | None:
+        return None
+
+    def trial_warmup_batches(self) -> int:
+        return 0
