@@ -27,17 +27,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autotune.decide import Budgets, EstimateFn, decide, estimate_from_table
+from autotune.decide import Budgets, EstimateFn, decide, estimate_from_table, estimate_table
 from autotune.errors import UserError
 from autotune.hardware import fingerprint
 from autotune.profile import Profile, ProfileError, parse_json_file
-from autotune.records import GpuInfo, HardwareInfo, Measurements, MemoryEstimate
+from autotune.records import GpuInfo, HardwareInfo, Measurements
 from autotune.units import parse_size
-
-# The estimate grid a plan records when it asks the workload itself (mirrors the probe's).
-PLAN_BATCHES = (1, 2, 4, 8, 16, 32, 64)
-PLAN_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25, 0.2)
-PLAN_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 _SPEC_KEYS = {"name", "cpu_count", "usable_cpus", "ram", "ram_bytes", "ram_available",
               "ram_available_bytes", "shm", "shm_bytes", "disk_free", "disk_free_bytes", "gpus",
@@ -114,21 +109,6 @@ def load_spec(path: str | os.PathLike[str]) -> tuple[HardwareInfo, str | None]:
     return hardware_from_spec(data, str(path)), name
 
 
-def workload_estimates(workload: Any, batches: tuple[int, ...] = PLAN_BATCHES,
-                       ratios: tuple[float, ...] = PLAN_RATIOS,
-                       precisions: tuple[str, ...] = PLAN_PRECISIONS) -> list[MemoryEstimate]:
-    """The workload's own memory estimate on a grid (the table a profile carries)."""
-    out: list[MemoryEstimate] = []
-    for ratio in ratios:
-        shape = workload.largest_shape(ratio)
-        for precision in precisions:
-            for batch in batches:
-                value = workload.estimate_memory(batch, shape, precision)
-                out.append(MemoryEstimate(ratio, batch, shape.height, shape.width, shape.seq_len,
-                                          precision, None if value is None else int(value)))
-    return out
-
-
 def plan_profile(hardware: HardwareInfo, *, source: Profile | None = None,
                  workload: Any = None, budgets: Budgets | None = None,
                  name: str | None = None) -> Profile:
@@ -140,7 +120,7 @@ def plan_profile(hardware: HardwareInfo, *, source: Profile | None = None,
     measurements = Measurements.from_dict(source.measurements.to_dict()) if source else \
         Measurements()
     if workload is not None and not measurements.estimates:
-        measurements.estimates = workload_estimates(workload)
+        measurements.estimates = estimate_table(workload)
         if measurements.num_params is None:
             try:
                 measurements.num_params = int(workload.num_params())

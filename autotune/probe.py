@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.decide import Budgets, Context, Decision, DevicesRule, PrecisionRule, decide
+from autotune.decide import (Budgets, Context, Decision, DevicesRule, PrecisionRule, decide,
+                             estimate_table)
 from autotune.errors import UserError
 from autotune.hardware import describe as describe_hardware
 from autotune.hardware import inventory
@@ -27,17 +28,13 @@ from autotune.probes.loader import LoaderProbeResult, probe_loader
 from autotune.probes.map import MapProbeResult, probe_map
 from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
 from autotune.profile import Profile, profiles_dir, save_profile
-from autotune.records import HardwareInfo, Measurements, MemoryEstimate
+from autotune.records import HardwareInfo, Measurements
 from autotune.units import format_bytes, parse_size
 from autotune.workload import Workload, load_workload
 
 DEFAULT_TIME_BUDGET_S = 90.0
 # Shares of the time budget each stage may use, cumulative (map ends by 30%, model by 80%).
 MAP_SHARE, MODEL_SHARE, LOADER_SHARE = 0.30, 0.80, 0.97
-# Batch sizes and precisions of the estimate table a profile carries for `autotune plan`.
-ESTIMATE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
-ESTIMATE_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
-ESTIMATE_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 @dataclass
@@ -85,22 +82,6 @@ def _precision_for(hardware: HardwareInfo, budgets: Budgets) -> str:
     DevicesRule().apply(ctx)
     PrecisionRule().apply(ctx)
     return str(ctx.chosen["precision"])
-
-
-def estimate_table(workload: Workload) -> list[MemoryEstimate]:
-    """The model's own memory estimate on a grid, so `plan` can size batches for any GPU."""
-    out: list[MemoryEstimate] = []
-    for ratio in ESTIMATE_RATIOS:
-        shape = workload.largest_shape(ratio)
-        for precision in ESTIMATE_PRECISIONS:
-            for batch in ESTIMATE_BATCHES:
-                try:
-                    value = workload.estimate_memory(batch, shape, precision)
-                except (NotImplementedError, ValueError):
-                    return []
-                out.append(MemoryEstimate(ratio, batch, shape.height, shape.width, shape.seq_len,
-                                          precision, int(value) if value is not None else None))
-    return out
 
 
 def probe_profile(*, data: str | None = None, preset: str = "paper", devices: int | None = None,

@@ -26,13 +26,12 @@ from typing import Any
 
 import psutil
 
+from autotune.decide.map import MIN_WRITER_BATCH
+from autotune.fits import MapCostModel, fit_map_peak, map_ok
 from autotune.measure import ProgressWatchdog, tree_rss_bytes
 from autotune.records import MapTrial
 from autotune.workload import MapSpec, Workload
 
-# The smallest writer batch worth running: below it the Arrow writer's per-flush overhead
-# dominates (smt.data.prepare and the decision rules use the same floor).
-MIN_WRITER_BATCH = 10
 # How often the parent looks at progress and RSS: fine enough to catch a short peak of a
 # 1-2 s trial, coarse enough that sampling (a /proc walk) costs under 1% of a core.
 POLL_S = 0.05
@@ -76,14 +75,13 @@ class MapProbeResult:
                 + self.full_rows / rate
         peak = None
         if None not in (self.base_rss_bytes, self.worker_rss_bytes, self.bytes_per_buffered_row):
-            shard = math.ceil(self.full_rows / num_proc)
-            peak = (self.base_rss_bytes + num_proc * (  # type: ignore[operator]
-                self.worker_rss_bytes + min(writer_batch_size, shard)
-                * self.bytes_per_buffered_row))
+            cost = MapCostModel(self.base_rss_bytes, self.worker_rss_bytes,  # type: ignore[arg-type]
+                                self.bytes_per_buffered_row)  # type: ignore[arg-type]
+            peak = cost.peak(num_proc, writer_batch_size, rows=self.full_rows)
         cache = self.cache_bytes_per_row * self.full_rows \
             if self.cache_bytes_per_row is not None else None
         measured = any(t.num_proc == num_proc and t.writer_batch_size == writer_batch_size
-                       and _ok(t) for t in self.trials)
+                       and map_ok(t) for t in self.trials)
         return MapPrediction(num_proc, writer_batch_size, seconds, peak, cache, measured)
 
 
@@ -263,47 +261,17 @@ def _run_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int
     return trial, (first_row_at - start) if first_row_at else None
 
 
-def _ok(trial: MapTrial) -> bool:
-    return not trial.stalled and trial.error is None and trial.rows_per_s is not None
-
-
 def _rate_for(trials: Sequence[MapTrial], num_proc: int) -> float | None:
     """Best steady rate measured at `num_proc`; unmeasured counts scale the nearest lower one
     no better than linearly (an optimistic bound would pick too many workers)."""
-    rates = [t.rows_per_s for t in trials if t.num_proc == num_proc and _ok(t)]
+    rates = [t.rows_per_s for t in trials if t.num_proc == num_proc and map_ok(t)]
     if rates:
         return max(rates)  # type: ignore[type-var]
-    lower = [t for t in trials if t.num_proc < num_proc and _ok(t)]
+    lower = [t for t in trials if t.num_proc < num_proc and map_ok(t)]
     if not lower:
         return None
     near = max(lower, key=lambda t: (t.num_proc, t.rows_per_s or 0))
     return near.rows_per_s  # more processes than measured: assume no speed-up
-
-
-def fit_peak_model(trials: Sequence[MapTrial]) -> tuple[float | None, float | None, float | None]:
-    """peak = base + num_proc x (worker + buffered rows x row_cost), term by term.
-
-    base: RSS of the process that runs the map, before it starts (measured in each trial).
-    row_cost: growth per buffered row between two writer_batch_size values at num_proc=1
-    (None when only one was measured; the caller bounds it below by the cached row size).
-    worker: what is left per process, the largest over the trials. Forked workers share the
-    parent's pages but RSS counts them in each worker, so this errs high, on the safe side.
-    """
-    good = [t for t in trials if _ok(t) and t.peak_rss_bytes and t.base_rss_bytes]
-    if not good:
-        return None, None, None
-    base = float(sorted(t.base_rss_bytes for t in good)[len(good) // 2])  # type: ignore[misc]
-    row_cost = None
-    single = sorted((min(t.writer_batch_size, t.rows), t.peak_rss_bytes - t.base_rss_bytes)
-                    for t in good if t.num_proc == 1)  # type: ignore[operator]
-    if len({b for b, _ in single}) >= 2:
-        (b0, g0), (b1, g1) = single[0], single[-1]
-        row_cost = max(0.0, (g1 - g0) / (b1 - b0))
-    worker = max(
-        (t.peak_rss_bytes - t.base_rss_bytes  # type: ignore[operator]
-         - t.num_proc * min(t.writer_batch_size, math.ceil(t.rows / t.num_proc)) * (row_cost or 0.0))
-        / t.num_proc for t in good)
-    return base, max(0.0, worker), row_cost
 
 
 def trial_grid(usable_cpus: float, sample_rows: int,
@@ -357,12 +325,12 @@ def probe_map(workload: Workload, *, usable_cpus: float, reduce_ratio: float = 1
         trial, startup_s = _run_trial(sample, spec, num_proc, wbs, stall_s=stall_s,
                                       timeout_s=timeout)
         trials.append(trial)
-        if startup_s is not None and _ok(trial):
+        if startup_s is not None and map_ok(trial):
             startup[num_proc] = min(startup.get(num_proc, math.inf), startup_s)
         if on_trial:
             on_trial(trial)
-    base, worker, row_cost = fit_peak_model(trials)
-    cache_rows = [t.cache_bytes_per_row for t in trials if _ok(t) and t.cache_bytes_per_row]
+    base, worker, row_cost = fit_map_peak(trials)
+    cache_rows = [t.cache_bytes_per_row for t in trials if map_ok(t) and t.cache_bytes_per_row]
     cache_per_row = max(cache_rows) if cache_rows else None
     if row_cost is not None and cache_per_row is not None:
         # A buffered row holds at least its encoded bytes; below that the fit is RSS noise.

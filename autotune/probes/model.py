@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autotune.decide.batch import REDUCE_LADDER
+from autotune.fits import bound_memory
 from autotune.measure import cuda_peak_bytes, cuda_peak_reset, free_memory, is_oom_error
 from autotune.records import MemoryFit, ModelTrial
 from autotune.workload import ModelShape, Workload
 
-# Largest-first: full resolution is what the user wants when it fits; each step down costs
-# accuracy on small symbols, so the probe only walks down when batch 1 does not fit.
-REDUCE_LADDER = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)
 BATCH_LADDER = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -155,21 +154,14 @@ def _sync(device_type: str) -> None:
         torch.cuda.synchronize()
 
 
-def fit_memory(trials: Sequence[ModelTrial], reduce_ratio: float) -> MemoryFit | None:
-    """Least-squares line through the successful trials of one ratio (one point: all fixed)."""
-    pts = [(t.batch_size, t.peak_memory_bytes) for t in trials
+def fit_trials(trials: Sequence[ModelTrial], reduce_ratio: float) -> MemoryFit | None:
+    """The memory line through the successful trials of one ratio (autotune.fits.bound_memory:
+    one batch size measured gives a line through the origin, the safe reading for anyone who
+    extrapolates the stored fit, e.g. the search)."""
+    pts = [(t.batch_size, float(t.peak_memory_bytes)) for t in trials
            if math.isclose(t.reduce_ratio, reduce_ratio) and not t.oom and t.error is None
            and t.peak_memory_bytes is not None]
-    if not pts:
-        return None
-    if len({b for b, _ in pts}) == 1:
-        return MemoryFit(reduce_ratio, float(pts[0][1]), 0.0, len(pts))
-    n = len(pts)
-    mean_b = sum(b for b, _ in pts) / n
-    mean_m = sum(m for _, m in pts) / n
-    slope = sum((b - mean_b) * (m - mean_m) for b, m in pts) / sum((b - mean_b) ** 2 for b, _ in pts)
-    slope = max(0.0, slope)
-    return MemoryFit(reduce_ratio, mean_m - slope * mean_b, slope, n)
+    return bound_memory(pts, reduce_ratio)
 
 
 def _predict_next(fit: MemoryFit | None, estimate: int | None, batch: int) -> float | None:
@@ -211,7 +203,7 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
                                memory_budget_bytes, batch_sizes, timed_steps, warmup_steps,
                                deadline, on_trial, notes)
         trials.extend(ratio_trials)
-        fit = fit_memory(ratio_trials, ratio)
+        fit = fit_trials(ratio_trials, ratio)
         if fit is not None:
             fits.append(fit)
             fitted_ratios += 1
@@ -249,7 +241,7 @@ def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, de
         warmed = False
         for batch_size in batch_sizes:
             estimate = _safe_estimate(workload, batch_size, shape, precision)
-            fit = fit_memory(out, ratio)
+            fit = fit_trials(out, ratio)
             predicted = _predict_next(fit, estimate, batch_size)
             # On a GPU the first batch is always tried: an OOM there is an exception we catch,
             # and a measurement beats the estimate. On CPU the OOM killer answers instead.

@@ -112,16 +112,14 @@ def offset_from_profile(profile: dict[str, Any]) -> float:
 
 
 def fit_line(ratio: float, points: list[tuple[int, int]]) -> MemoryFit | None:
-    """memory = fixed + per_sample x batch (the probe's own fit); one batch size measured
-    gives a line through the origin, which overstates small batches (the safe side)."""
-    from autotune.decide import fit_memory
-    if not points:
+    """memory = fixed + per_sample x batch, the probe's own line (autotune.fits.bound_memory:
+    one batch size measured gives a line through the origin, the safe side); a negative
+    fixed part from noisy points is read as 0."""
+    from autotune.fits import bound_memory
+    fit = bound_memory([(b, float(m)) for b, m in points], ratio)
+    if fit is None:
         return None
-    fit = fit_memory([(b, float(m)) for b, m in points], ratio)
-    if fit is not None:
-        return MemoryFit(ratio, max(0.0, fit.fixed_bytes), fit.per_sample_bytes, fit.points)
-    b, m = max(points, key=lambda p: p[1])
-    return MemoryFit(ratio, 0.0, m / b, len(points))
+    return MemoryFit(ratio, max(0.0, fit.fixed_bytes), fit.per_sample_bytes, fit.points)
 
 
 class WorkloadPredictor(MemoryPredictor):

@@ -8,9 +8,10 @@ import time
 import psutil
 import pytest
 
+from autotune.fits import fit_map_peak
 from autotune.probes.loader import probe_loader, worker_counts
-from autotune.probes.map import fit_peak_model, probe_map, run_map_trial, trial_grid
-from autotune.probes.model import fit_memory, probe_model
+from autotune.probes.map import probe_map, run_map_trial, trial_grid
+from autotune.probes.model import fit_trials, probe_model
 from autotune.records import MapTrial, ModelTrial
 from workload_fakes import FakeWorkload
 
@@ -98,7 +99,7 @@ def _mt(num_proc: int, wbs: int, peak_mib: float, rows: int = 48,
                                 stalled=True)], 200, 100, None),
 ])
 def test_peak_model_fit(trials, base, worker, row):
-    b, w, r = fit_peak_model(trials)
+    b, w, r = fit_map_peak(trials)
     assert b == pytest.approx(base * 2**20)
     assert w == pytest.approx(worker * 2**20, rel=1e-6)
     assert (r is None) == (row is None)
@@ -189,13 +190,15 @@ def test_cpu_memory_grows_with_batch_and_fits_a_line():
 
 @pytest.mark.parametrize("trials, fixed, per_sample", [
     ([(1, 110), (2, 120), (4, 140)], 100, 10),
-    ([(1, 110)], 110, 0),
+    # One batch size cannot split fixed from per-sample memory: the safe reading, through the
+    # origin (an all-fixed line would predict 110 at any batch).
+    ([(1, 110)], 0, 110),
     ([(1, 110), (2, 100)], 105, 0),        # noise: a negative slope is clamped to 0
 ])
 def test_memory_fit(trials, fixed, per_sample):
     records = [ModelTrial(1.0, b, 8, 8, 4, "cpu", "32-true", 0.1, 10.0, m, None)
                for b, m in trials]
-    fit = fit_memory(records, 1.0)
+    fit = fit_trials(records, 1.0)
     assert fit.per_sample_bytes == pytest.approx(per_sample)
     assert fit.predict(1) == pytest.approx(fixed + per_sample) if per_sample else True
     if per_sample:

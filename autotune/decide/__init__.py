@@ -1,0 +1,71 @@
+"""Measurements + budgets -> settings, each with the numbers behind it.
+
+Pure functions of records: no probing, no clock, no machine access, so a table of recorded
+measurements tests every rule, and `autotune plan` re-decides for a machine described by a
+spec. Each setting group is a small rule class (one module each) registered in `RULES`; they
+run in order and later rules read what earlier ones chose (accumulation needs the batch,
+workers need the batch's RAM).
+
+Safety: a setting is chosen only when its *predicted* cost, with a margin, is under the
+budget. RSS sampling misses spikes shorter than its interval and a fit is only as good as its
+points, hence the margins; an OOM seen during the probe caps a batch below it regardless of
+what the fit says.
+
+Layout: `context` (Budgets, Context, Rule, Decision, NothingFitsError), one module per rule
+(`devices`, `precision`, `strategy`, `map`, `batch`, `accumulate`, `workers`), `memory` (the
+memory-line strategies the batch rule reads), `estimates` (the workload's estimate grid and
+its reading). The fitted cost models are autotune.fits'.
+"""
+from __future__ import annotations
+
+from autotune.decide.accumulate import AccumulateRule
+from autotune.decide.batch import REDUCE_LADDER, BatchRule
+from autotune.decide.context import (Budgets, Context, Decision, EstimateFn, NothingFitsError,
+                                     Rule)
+from autotune.decide.devices import DevicesRule
+from autotune.decide.map import MIN_WRITER_BATCH, WRITER_LADDER, MapRule, fit_map_cost
+from autotune.decide.estimates import estimate_from_table, estimate_table
+from autotune.decide.precision import PrecisionRule
+from autotune.decide.strategy import StrategyRule
+from autotune.decide.workers import WorkersRule
+from autotune.fits import MapCostModel, fit_memory
+from autotune.records import HardwareInfo, Measurements
+from autotune.settings import Settings
+
+RULES: dict[str, type[Rule]] = {
+    "devices": DevicesRule,
+    "precision": PrecisionRule,
+    "strategy": StrategyRule,
+    "map": MapRule,
+    "batch": BatchRule,
+    "accumulate": AccumulateRule,
+    "workers": WorkersRule,
+}
+
+__all__ = ["AccumulateRule", "BatchRule", "Budgets", "Context", "Decision", "DevicesRule",
+           "EstimateFn", "MIN_WRITER_BATCH", "MapCostModel", "MapRule", "NothingFitsError",
+           "PrecisionRule", "REDUCE_LADDER", "RULES", "Rule", "StrategyRule", "WRITER_LADDER",
+           "WorkersRule", "decide", "estimate_from_table", "estimate_table", "fit_map_cost", "fit_memory"]
+
+
+def decide(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None = None, *,
+           estimate: EstimateFn | None = None, predicted: bool = False) -> Decision:
+    """Run every rule in order; returns the settings with a reason and a source for each.
+
+    `estimate`: the workload's memory estimate (default: the profile's estimate table).
+    `predicted`: the measurements were taken on another machine (`autotune plan`).
+    Raises NothingFitsError (a UserError) when even the smallest setting exceeds a budget.
+    """
+    budgets = budgets or Budgets()
+    ctx = Context(hw=hw, m=measurements, budgets=budgets,
+                  estimate=estimate or estimate_from_table(measurements.estimates),
+                  predicted=predicted)
+    for rule in RULES.values():
+        rule().apply(ctx)
+    settings = Settings(**{k: ctx.chosen[k] for k in Settings.__dataclass_fields__})
+    ctx.details["budgets"] = {"ram_budget_bytes": ctx.ram_budget,
+                              "vram_margin": budgets.vram_margin,
+                              "ram_margin": budgets.ram_margin,
+                              "effective_batch_size": budgets.effective_batch_size}
+    return Decision(settings=settings, reasons=dict(ctx.reasons), sources=dict(ctx.sources),
+                    details=ctx.details)
