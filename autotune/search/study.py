@@ -28,9 +28,10 @@ from autotune.search.objectives import Objective, TrialFailed
 from autotune.search.runner import DEFAULT_TRAINER, TrialRunner
 from autotune.search.space import SearchSpace, TrialPoint
 from autotune.search.storage import (GRACE_S, HEARTBEAT_S, OUTCOME_COMPLETE, OUTCOME_FAILED,
-                                     OUTCOME_PRUNED, OUTCOME_REJECTED, StudyCounts,
-                                     count_trials, default_storage_url, fail_stale, mask_url,
-                                     open_storage, wait_for_running)
+                                     OUTCOME_PRUNED, OUTCOME_REJECTED, OUTCOME_SURPLUS,
+                                     StudyCounts, count_trials, default_storage_url,
+                                     fail_stale, is_surplus, mask_url, open_storage,
+                                     retry_point, storage_errors, wait_for_running)
 
 
 @dataclass
@@ -162,6 +163,7 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
                 optuna.trial.Trial(study, t._trial_id).set_user_attr(
                     "error", "its search process died mid-trial")
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                retry_point(study, t)
                 failed.append(t.number)
             except Exception:  # another worker got there first
                 pass
@@ -206,6 +208,10 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
     budget = config.memory_budget_bytes
 
     def objective(trial: optuna.trial.Trial) -> float | list[float]:
+        if is_surplus(trial.study, trial.number, config.trials):
+            # Another worker took the last slot first: drop this one before launching.
+            trial.set_user_attr("outcome", OUTCOME_SURPLUS)
+            raise optuna.TrialPruned("other workers' trials already make up --trials")
         trial.set_user_attr("worker", _worker_id())
         trial.set_user_attr("worker_started", psutil.Process().create_time())
         point = config.space.suggest(trial)
@@ -298,6 +304,11 @@ def run_study(config: SearchConfig, console: Console | None = None,
     runner = runner or TrialRunner(config.trainer)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(logging.ERROR)  # we print our own line per trial
+    with storage_errors(config.storage_url):
+        return _run_loop(config, console, runner)
+
+
+def _run_loop(config: SearchConfig, console: Console, runner: TrialRunner) -> SearchOutcome:
     study = open_study(config)
     fn = make_objective_fn(config, runner, console)
     start = time.monotonic()

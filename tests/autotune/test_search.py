@@ -277,7 +277,7 @@ def test_two_processes_share_one_study(tmp_path, fake_env):
         assert p.returncode == 0, err.decode()[-2000:]
     study = load(tmp_path)
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    assert 6 <= len(done) <= 7        # two workers may both start the last trial
+    assert len(done) == 6             # a worker late for the last slot drops its trial
     assert len({t.user_attrs["worker"] for t in done}) == 2
     assert len({t.number for t in done}) == len(done)
 
