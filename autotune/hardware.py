@@ -18,7 +18,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -176,71 +176,107 @@ def usable_cpus(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
     return max(1.0, round(value, 2))
 
 
-def gpu_inventory(nvml: Any = None) -> list[GpuInfo]:
-    """GPUs through NVML: name, total memory, compute capability, in CUDA's visible order.
+class NvmlDevice(NamedTuple):
+    index: int                          # NVML's index: every GPU of the machine, in bus order
+    uuid: str | None
+    handle: Any
 
-    No driver (`NVMLError_LibraryNotFound`), no nvidia-ml-py, or any NVML failure means no
-    GPUs, never a crash: a CPU box is a normal machine here. `CUDA_VISIBLE_DEVICES` is
-    honoured (indices or UUIDs), because that is what a training run will see.
-    """
+
+def nvml_open(nvml: Any = None) -> tuple[Any, str | None]:
+    """(pynvml, initialised) or (None, why not). No driver (`NVMLError_LibraryNotFound`) or
+    no nvidia-ml-py is normal on a CPU box: callers read no GPU, never crash."""
     if nvml is None:
         try:
             import pynvml as nvml  # type: ignore[no-redef]
         except ImportError:
-            return []
+            return None, "nvidia-ml-py is not installed"
     try:
         nvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends: no GPU here
-        return []
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends
+        return None, f"NVML unavailable ({exc})"
+    return nvml, None
+
+
+def nvml_close(nvml: Any) -> None:
     try:
-        count = int(nvml.nvmlDeviceGetCount())
-        all_gpus: list[tuple[str | None, GpuInfo]] = []
-        for i in range(count):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            name = nvml.nvmlDeviceGetName(handle)
-            if isinstance(name, bytes):
-                name = name.decode("utf-8", "replace")
-            memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-            try:
-                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-                capability = [int(major), int(minor)]
-            except Exception:  # noqa: BLE001 - very old drivers lack the call
-                capability = [0, 0]
-            try:
-                uuid = nvml.nvmlDeviceGetUUID(handle)
-                uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-            except Exception:  # noqa: BLE001
-                uuid = None
-            all_gpus.append((uuid, GpuInfo(name=str(name), memory_bytes=memory,
-                                           capability=capability, index=i)))
-    except Exception:  # noqa: BLE001 - a half-working driver is treated as no GPU
-        return []
-    finally:
+        nvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - shutting down a half-working driver is best effort
+        pass
+
+
+def nvml_devices(nvml: Any, indices: Sequence[int] | None = None) -> list[NvmlDevice]:
+    """Every GPU NVML enumerates (or those of `indices` it has), with its UUID when the
+    driver gives one; `nvml` must be open."""
+    count = int(nvml.nvmlDeviceGetCount())
+    wanted = range(count) if indices is None else [i for i in indices if 0 <= i < count]
+    out = []
+    for i in wanted:
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
         try:
-            nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
-    return _visible(all_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        except Exception:  # noqa: BLE001 - old drivers, fakes: the index still works
+            uuid = None
+        out.append(NvmlDevice(i, uuid, handle))
+    return out
 
 
-def _visible(gpus: list[tuple[str | None, GpuInfo]], visible: str | None) -> list[GpuInfo]:
+def visible_order(devices: Sequence[tuple[Any, ...]], visible: str | None) -> list[int]:
+    """NVML indices of the GPUs CUDA shows, in CUDA's order (CUDA ordinal i is entry i).
+
+    `CUDA_VISIBLE_DEVICES` holds indices or UUID prefixes ("GPU-4f3a..."); like CUDA, the
+    list stops at the first entry that names no device (a negative index, an unknown UUID),
+    and an empty value hides every GPU. Unset: every device, in NVML's order.
+    """
+    known = [(int(d[0]), d[1]) for d in devices]       # (index, uuid), e.g. NvmlDevice
     if visible is None:
-        return [g for _, g in gpus]
-    chosen: list[GpuInfo] = []
+        return [index for index, _ in known]
+    chosen: list[int] = []
     for token in (t.strip() for t in visible.split(",")):
         if not token:
             continue
         if token.lstrip("-").isdigit():
-            idx = int(token)
-            if idx < 0:
-                break          # CUDA stops at the first invalid index
-            match = next((g for _, g in gpus if g.index == idx), None)
+            match = next((i for i, _ in known if i == int(token)), None)
         else:
-            match = next((g for u, g in gpus if u and u.startswith(token)), None)
+            match = next((i for i, u in known if u and u.startswith(token)), None)
         if match is None:
             break
         chosen.append(match)
     return chosen
+
+
+def gpu_inventory(nvml: Any = None) -> list[GpuInfo]:
+    """GPUs through NVML: name, total memory, compute capability, in CUDA's visible order.
+
+    Any NVML failure means no GPUs, never a crash: a CPU box is a normal machine here.
+    `CUDA_VISIBLE_DEVICES` is honoured (indices or UUIDs, `visible_order`), because that is
+    what a training run will see.
+    """
+    nvml, _why = nvml_open(nvml)
+    if nvml is None:
+        return []
+    try:
+        devices = nvml_devices(nvml)
+        gpus = {d.index: _gpu_info(nvml, d) for d in devices}
+    except Exception:  # noqa: BLE001 - a half-working driver is treated as no GPU
+        return []
+    finally:
+        nvml_close(nvml)
+    return [gpus[i] for i in visible_order(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))]
+
+
+def _gpu_info(nvml: Any, device: NvmlDevice) -> GpuInfo:
+    name = nvml.nvmlDeviceGetName(device.handle)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    memory = int(nvml.nvmlDeviceGetMemoryInfo(device.handle).total)
+    try:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(device.handle)
+        capability = [int(major), int(minor)]
+    except Exception:  # noqa: BLE001 - very old drivers lack the call
+        capability = [0, 0]
+    return GpuInfo(name=str(name), memory_bytes=memory, capability=capability,
+                   index=device.index)
 
 
 def _disk_free(cache_dir: str | os.PathLike[str] | None) -> int | None:
@@ -276,20 +312,25 @@ def fingerprint(info: HardwareInfo) -> str:
     return digest[:16]
 
 
-def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
-              proc_root: str | os.PathLike[str] = PROC_ROOT,
-              cache_dir: str | os.PathLike[str] | None = None,
-              shm_path: str = SHM_PATH, nvml: Any = None) -> HardwareInfo:
-    """Inventory this machine; every figure that cannot be read is None (GPUs: empty list)."""
+def ram_now(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
+            proc_root: str | os.PathLike[str] = PROC_ROOT) -> tuple[int, int]:
+    """(total, available) RAM as this process's cgroup sees it: in a container (Kaggle,
+    Docker) the cgroup limit, not the host's RAM, is what OOM-kills."""
     vm = psutil.virtual_memory()
     ram_total, ram_avail = int(vm.total), int(vm.available)
     limit, usage = cgroup_memory(cgroup_root, proc_root)
     if limit is not None and limit < ram_total:
         ram_total = limit
-        if usage is not None:
-            ram_avail = min(ram_avail, max(0, limit - usage))
-        else:
-            ram_avail = min(ram_avail, limit)
+        ram_avail = min(ram_avail, max(0, limit - usage) if usage is not None else limit)
+    return ram_total, ram_avail
+
+
+def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
+              proc_root: str | os.PathLike[str] = PROC_ROOT,
+              cache_dir: str | os.PathLike[str] | None = None,
+              shm_path: str = SHM_PATH, nvml: Any = None) -> HardwareInfo:
+    """Inventory this machine; every figure that cannot be read is None (GPUs: empty list)."""
+    ram_total, ram_avail = ram_now(cgroup_root, proc_root)
     info = HardwareInfo(
         cpu_count=os.cpu_count() or 1,
         usable_cpus=usable_cpus(cgroup_root, proc_root),

@@ -49,10 +49,10 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     return int(total)
 
 
-_P = TypeVar("_P", bound="_PollingThread")
+_P = TypeVar("_P", bound="PollingThread")
 
 
-class _PollingThread:
+class PollingThread:
     """A daemon thread that calls `_tick()` every `_period_s` until stopped; the start/stop
     and context-manager lifecycle shared by the sampler and the watchdog. Subclasses set
     `_period_s` and may hook `_on_start` (before the thread starts) and `_on_stop` (after it
@@ -105,7 +105,7 @@ class _PollingThread:
                 return
 
 
-class RssSampler(_PollingThread):
+class RssSampler(PollingThread):
     """Sample the process tree's RSS every `interval_ms` on a background thread.
 
     Use as a context manager around the work to measure::
@@ -188,7 +188,7 @@ class RssSampler(_PollingThread):
         return True
 
 
-class ProgressWatchdog(_PollingThread):
+class ProgressWatchdog(PollingThread):
     """Notice when work stops making progress.
 
     The work calls `.beat()` whenever it advances (a row mapped, a batch loaded). A thread

@@ -285,3 +285,12 @@ def test_callback_pickles_and_is_reusable_across_fits(tmp_path) -> None:
     _fit(tmp_path / "b", monitor, steps=8)
     assert monitor.samples[-1].step == 8 and monitor.samples[0].step == 0
     assert (tmp_path / "b" / "resources.png").exists()
+
+
+def test_cuda_ordinals_map_to_nvml_by_uuid(fake_nvml: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same mapping as the hardware inventory: a UUID in CUDA_VISIBLE_DEVICES names GPU 1,
+    # so CUDA's device 0 is NVML's 1 and only that GPU is read.
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: f"GPU-{h[1]:04d}-abcd")
+    reader = GpuReader(cuda_ids=[0], visible="GPU-0001")
+    assert [g.index for g in reader.read()] == [1]
+    reader.close()
