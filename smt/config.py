@@ -16,6 +16,8 @@ from typing import Any
 # A fixed number of stages keeps the feature grid (and so the 2D positional grid) at /16.
 ENCODER_STAGES = 3
 DOWNSAMPLE = 16
+POSITIONAL_KINDS = ("ours", "reference")
+GRID_ROUNDINGS = ("ceil", "floor")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,19 @@ class SMTConfig:
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
+    # The options below exist so that checkpoints converted from the reference implementations
+    # (smt.convert) compute exactly what they were trained with; our own runs keep the defaults.
+    # Fixed sin/cos tables (derived, never saved): "ours" or "reference" (smt.model.positional
+    # says how they differ). A model decodes correctly only with the tables it was trained with.
+    positional: str = "ours"
+    # Feature-grid cells that only partly cover an image whose side is not a multiple of 16:
+    # "ceil" keeps them (no pixel is lost); "floor" drops them, as the reference's unpadded
+    # strided convolutions do.
+    grid_rounding: str = "ceil"
+    # Attention logit scale; None is 1/sqrt(head_dim). SMT++ checkpoints were trained unscaled (1.0).
+    attention_scale: float | None = None
+    # SMT++ applies a ReLU to the decoder output before the vocabulary projection.
+    head_relu: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep tuples so the frozen config stays hashable.
@@ -112,6 +127,18 @@ class SMTConfig:
                 )
         if len(set(ids.values())) != 3:
             raise ValueError(f"SMTConfig pad_id, bos_id, eos_id must be distinct, got {ids}")
+        self._validate_reference_options()
+
+    def _validate_reference_options(self) -> None:
+        for name, allowed in (("positional", POSITIONAL_KINDS), ("grid_rounding", GRID_ROUNDINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SMTConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        scale = self.attention_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not 0.0 < float(scale) < float("inf")):
+            raise ValueError(f"SMTConfig.attention_scale must be a positive number or null, got {scale!r}")
+        if not isinstance(self.head_relu, bool):
+            raise ValueError(f"SMTConfig.head_relu must be true or false, got {self.head_relu!r}")
 
     # ------------------------------------------------------------------ derived sizes
     @property

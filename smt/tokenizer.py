@@ -201,15 +201,23 @@ def normalize_kern(text: str) -> str:
 
 class Vocab:
     """Token <-> id. Specials first (`<pad>`=0, `<bos>`=1, `<eos>`=2, `<b>`, `<t>`, `<s>`), then
-    every other token sorted, so the same corpus always gives the same ids."""
+    every other token sorted, so the same corpus always gives the same ids.
 
-    def __init__(self, tokens: Sequence[str], fmt: str | None = None) -> None:
-        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+    `given_ids=True` keeps an order fixed elsewhere (a converted checkpoint's output rows):
+    `<pad>`, `<bos>` and `<eos>` may then sit at any id, and are looked up."""
+
+    def __init__(self, tokens: Sequence[str], fmt: str | None = None, *, given_ids: bool = False) -> None:
+        if given_ids:
+            missing = [t for t in (PAD, BOS, EOS) if t not in tokens]
+            if missing:
+                raise ValueError(f"vocabulary lacks the special token(s) {missing}")
+        elif tuple(tokens[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"vocabulary must start with {SPECIALS}")
         if len(set(tokens)) != len(tokens):
             raise ValueError("vocabulary has duplicate tokens")
         self.tokens: list[str] = list(tokens)
         self.fmt = fmt
+        self.given_ids = given_ids
         self._ids = {t: i for i, t in enumerate(self.tokens)}
 
     # -- construction --------------------------------------------------------------------
@@ -224,16 +232,24 @@ class Vocab:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Vocab":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(data["tokens"], fmt=data.get("format"))
+        return cls(data["tokens"], fmt=data.get("format"), given_ids=bool(data.get("given_ids", False)))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(path, {"format": self.fmt, "size": len(self), "tokens": self.tokens},
-                                 indent=1)
+        data: dict[str, object] = {"format": self.fmt, "size": len(self), "tokens": self.tokens}
+        if self.given_ids:
+            data["given_ids"] = True
+        return atomic_write_json(path, data, indent=1)
+
+    def extended(self, tokens: Iterable[str]) -> "Vocab":
+        """This vocabulary with `tokens` it lacks appended (sorted) after its last id, so every
+        existing id keeps its meaning (the model's rows for them stay valid)."""
+        new = sorted(set(tokens) - set(self.tokens))
+        return Vocab(self.tokens + new, fmt=self.fmt, given_ids=True)
 
     # -- lookups -------------------------------------------------------------------------
-    pad_id = property(lambda self: 0)
-    bos_id = property(lambda self: 1)
-    eos_id = property(lambda self: 2)
+    pad_id = property(lambda self: self._ids[PAD])
+    bos_id = property(lambda self: self._ids[BOS])
+    eos_id = property(lambda self: self._ids[EOS])
 
     def __len__(self) -> int:
         return len(self.tokens)

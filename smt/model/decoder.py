@@ -35,9 +35,10 @@ class LayerCache:
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    def __init__(self, d_model: int, n_heads: int, scale: float | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.scale = scale          # None: SDPA's 1/sqrt(head_dim)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -54,16 +55,18 @@ class MultiHeadAttention(nn.Module):
     def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         q = self.heads(self.q_proj(query))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             scale=self.scale)
         b, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float,
+                 attention_scale: float | None = None) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_scale)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, attention_scale)
         self.ff1 = nn.Linear(d_model, ff_dim)
         self.ff2 = nn.Linear(ff_dim, d_model)
         self.norm1 = nn.LayerNorm(d_model)

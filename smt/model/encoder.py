@@ -17,15 +17,20 @@ STEM_STRIDE = 4
 STAGE_STRIDE = 2
 
 
-def valid_extent(sizes: torch.Tensor, stride: int) -> torch.Tensor:
-    """Rows/columns of a feature map at `stride` that overlap the image: ceil(size / stride)."""
+def valid_extent(sizes: torch.Tensor, stride: int, rounding: str = "ceil") -> torch.Tensor:
+    """Rows/columns of a feature map at `stride` that belong to the image: those that overlap
+    it, ceil(size / stride), or with rounding "floor" only those that lie wholly inside it,
+    as an unpadded strided convolution computes (floor(floor(s / 4) / 2) = floor(s / 8), so
+    one division per stride matches the reference stage by stage)."""
+    if rounding == "floor":
+        return torch.div(sizes, stride, rounding_mode="floor")
     return torch.div(sizes + (stride - 1), stride, rounding_mode="floor")
 
 
 def grid_mask(sizes: torch.Tensor, stride: int, height: int, width: int,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, rounding: str = "ceil") -> torch.Tensor:
     """[B, 1, height, width] with 1 where the feature map at `stride` lies on the image."""
-    extent = valid_extent(sizes, stride)
+    extent = valid_extent(sizes, stride, rounding)
     rows = torch.arange(height, device=sizes.device)[None, :] < extent[:, 0:1]
     cols = torch.arange(width, device=sizes.device)[None, :] < extent[:, 1:2]
     return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1).to(dtype)
@@ -62,6 +67,7 @@ class ConvNeXtEncoder(nn.Module):
     def __init__(self, config: SMTConfig) -> None:
         super().__init__()
         widths, depths = config.encoder_widths, config.encoder_depths
+        self.rounding = config.grid_rounding
         self.stem = nn.Conv2d(config.in_channels, widths[0], kernel_size=STEM_STRIDE, stride=STEM_STRIDE)
         self.stem_norm = LayerNorm2d(widths[0], eps=1e-6)
         self.down_norms = nn.ModuleList()
@@ -89,10 +95,11 @@ class ConvNeXtEncoder(nn.Module):
             if i > 0:
                 x = self.down_norms[i - 1](x)
                 if sizes is not None:
-                    x = x * grid_mask(sizes, stride, x.shape[2], x.shape[3], x.dtype)
+                    x = x * grid_mask(sizes, stride, x.shape[2], x.shape[3], x.dtype, self.rounding)
                 x = self.down_convs[i - 1](x)
                 stride *= STAGE_STRIDE
-            mask = None if sizes is None else grid_mask(sizes, stride, x.shape[2], x.shape[3], x.dtype)
+            mask = None if sizes is None else grid_mask(sizes, stride, x.shape[2], x.shape[3],
+                                                        x.dtype, self.rounding)
             for block in blocks:
                 x = block(x, mask)
         return x

@@ -14,7 +14,7 @@ from smt.config import SMTConfig
 from smt.model.decoder import DecoderLayer, LayerCache
 from smt.model.encoder import ConvNeXtEncoder, valid_extent
 from smt.model.estimate import MemoryEstimate, estimate_flops, estimate_memory
-from smt.model.positional import sincos_1d, sincos_2d
+from smt.model.positional import TABLES_1D, TABLES_2D
 
 # Padding for images whose sides are not multiples of 16: paper white, like the collate's.
 PAD_VALUE = 1.0
@@ -48,13 +48,15 @@ class SMTModel(nn.Module):
         self.encoder = ConvNeXtEncoder(config)
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(
-            DecoderLayer(config.d_model, config.n_heads, config.ff_dim, config.dropout)
+            DecoderLayer(config.d_model, config.n_heads, config.ff_dim, config.dropout,
+                         None if config.attention_scale is None else float(config.attention_scale))
             for _ in range(config.n_layers)
         )
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_model, config.vocab_size)
         # Not persistent: derived from the config, so checkpoints stay small and exact.
-        self.register_buffer("positions", sincos_1d(config.max_seq_len, config.d_model), persistent=False)
+        table = TABLES_1D[config.positional]
+        self.register_buffer("positions", table(config.max_seq_len, config.d_model), persistent=False)
 
     # ------------------------------------------------------------------ inputs
     def _check_images(self, images: torch.Tensor, image_sizes: torch.Tensor | None
@@ -83,6 +85,9 @@ class SMTModel(nn.Module):
             if (sizes < 1).any() or (sizes[:, 0] > h).any() or (sizes[:, 1] > w).any():
                 raise ValueError(f"image_sizes must lie within the {h}x{w} batch tensor, got {sizes.tolist()}")
         stride = self.encoder.downsample
+        if cfg.grid_rounding == "floor" and bool((sizes < stride).any()):
+            raise ValueError(f"with grid_rounding='floor' every image needs at least {stride} px "
+                             f"per side (a smaller one has no whole feature cell), got {sizes.tolist()}")
         ph, pw = -h % stride, -w % stride
         if ph or pw:
             images = F.pad(images, (0, pw, 0, ph), value=PAD_VALUE)
@@ -105,10 +110,11 @@ class SMTModel(nn.Module):
         features = self.encoder(images, sizes)                      # [B, d, H/16, W/16]
         b, d, gh, gw = features.shape
         values = features.flatten(2).transpose(1, 2)                # [B, S, d]
-        keys = values + sincos_2d(gh, gw, d, device=values.device, dtype=values.dtype)
+        table = TABLES_2D[self.config.positional]
+        keys = values + table(gh, gw, d, device=values.device, dtype=values.dtype)
         mask = None
         if sizes is not None:
-            extent = valid_extent(sizes, self.encoder.downsample)
+            extent = valid_extent(sizes, self.encoder.downsample, self.config.grid_rounding)
             rows = torch.arange(gh, device=sizes.device)[None, :] < extent[:, 0:1]
             cols = torch.arange(gw, device=sizes.device)[None, :] < extent[:, 1:2]
             mask = (rows[:, :, None] & cols[:, None, :]).reshape(b, 1, 1, gh * gw)
@@ -120,6 +126,12 @@ class SMTModel(nn.Module):
         x = self.embedding(input_ids) + self.positions[: input_ids.shape[1]]
         for layer in self.layers:
             x = layer(x, memory.keys, memory.values, memory.mask)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output [..., d] -> vocabulary logits [..., V]."""
+        if self.config.head_relu:
+            x = F.relu(x)
         return self.head(self.dropout(x))
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
@@ -176,7 +188,7 @@ class SMTModel(nn.Module):
             x = (self.embedding(tokens) + self.positions[position])[:, None, :]
             for layer, cache in zip(self.layers, caches):
                 x = layer.step(x, position, cache, mask)
-            tokens = self.head(x[:, 0]).argmax(dim=-1)
+            tokens = self.logits(x[:, 0]).argmax(dim=-1)
             done = tokens == self.config.eos_id
             for row, token, finished in zip(rows.tolist(), tokens.tolist(), done.tolist()):
                 if not finished:
