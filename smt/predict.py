@@ -9,6 +9,7 @@ decoded in batches of similar size with the cached greedy decoder, on the GPU wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -44,7 +45,8 @@ def _ratio(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = UserErrorParser(prog=PROG, description="Transcribe score images to **kern with a trained SMT.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by smt.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .ckpt written by smt.train, or a folder written by smt.convert")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write IMAGE_STEM.krn files here instead of printing")
@@ -65,6 +67,8 @@ class Predictor:
     fmt: str
     reduce_ratio: float
     device: Any
+    # How images are scaled (smt.convert.ImageConvention); None: ours, by reduce_ratio.
+    convention: Any = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
@@ -73,9 +77,12 @@ class Predictor:
 
         from smt import checkpoint as ck
         from smt.config import SMTConfig
+        from smt.convert import CHECKPOINT_NAME, read_image_convention
         from smt.model import SMTModel
         from smt.tokenizer import Vocab
 
+        if Path(path).is_dir() and (Path(path) / CHECKPOINT_NAME).is_file():
+            path = Path(path) / CHECKPOINT_NAME          # a folder written by smt.convert
         ckpt = ck.load_checkpoint(path)
         config_path = ck.find_metadata(path, ck.CONFIG_NAME)
         vocab_path = ck.find_metadata(path, ck.VOCAB_NAME)
@@ -92,6 +99,14 @@ class Predictor:
             fmt = run.get("fmt", fmt)
             if ratio is None:
                 ratio = float(run.get("settings", {}).get("reduce_ratio", 1.0))
+        # A converted model scales images the way the reference did (recorded by smt.convert).
+        convention = None
+        recorded = read_image_convention(config_path.parent)
+        if recorded is not None:
+            convention, fmt = recorded[0], recorded[1] or fmt
+            if ratio is not None:
+                convention = dataclasses.replace(convention, reduce_ratio=ratio)
+            ratio = convention.reduce_ratio
         model = SMTModel(config)
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         try:
@@ -101,22 +116,20 @@ class Predictor:
                             f"{str(exc).splitlines()[0]}") from None
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(dev).eval()
-        return cls(model, vocab, fmt, ratio if ratio is not None else 1.0, dev)
+        return cls(model, vocab, fmt, ratio if ratio is not None else 1.0, dev, convention)
 
     def load_image(self, path: str | Path) -> Any:
-        """Grayscale, scaled by the training reduce ratio, as float [1, H, W] in [0, 1]."""
-        import numpy as np
+        """Grayscale, scaled as in training (the run's reduce ratio, or a converted model's
+        recorded convention), as float [1, H, W] in [0, 1]."""
         import torch
         from PIL import Image, UnidentifiedImageError
 
+        from smt.convert import ImageConvention
+
+        convention = self.convention or ImageConvention(self.reduce_ratio)
         try:
             with Image.open(path) as im:
-                im = im.convert("L")
-                if self.reduce_ratio != 1.0:
-                    w, h = im.size
-                    im = im.resize((max(1, round(w * self.reduce_ratio)),
-                                    max(1, round(h * self.reduce_ratio))), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = convention.apply(im)
         except FileNotFoundError:
             raise UserError(f"image not found: {path}") from None
         except (UnidentifiedImageError, OSError) as exc:
