@@ -22,7 +22,7 @@ from typing import Any
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
 from autotune.records import HardwareInfo, Measurements
-from autotune.settings import Settings
+from autotune.settings import OPTIONAL_KEYS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Profile:
         if "fingerprint" not in data["workload"]:
             raise ProfileError(f"{where}: missing key 'workload.fingerprint'")
         known = {f.name for f in fields(Settings)}
-        lacking = [k for k in sorted(known) if k not in data["settings"]]
+        lacking = [k for k in sorted(known - OPTIONAL_KEYS) if k not in data["settings"]]
         if lacking:
             raise ProfileError(f"{where}: missing key 'settings.{lacking[0]}'")
         try:

@@ -89,6 +89,32 @@ class ModelTrial:
 
 
 @dataclass
+class StepTrial:
+    """The training step timed at one (precision, threads, batch, shape) cell: warm-up steps
+    untimed, then `step_times_s`; `step_s` is their median (None when it did not run)."""
+    precision: str
+    num_threads: int | None             # torch intra-op threads (None: torch's own)
+    batch_size: int
+    height: int
+    width: int
+    seq_len: int
+    device: str
+    step_s: float | None
+    samples_per_s: float | None
+    peak_memory_bytes: int | None       # CUDA allocator peak; None on CPU
+    step_times_s: list[float] = field(default_factory=list)
+    warmup_steps: int = 1
+    oom: bool = False
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StepTrial":
+        trial = _from_dict(cls, data)
+        trial.step_times_s = list(trial.step_times_s or [])
+        return trial
+
+
+@dataclass
 class LoaderTrial:
     num_workers: int
     batch_size: int
@@ -163,6 +189,11 @@ class Measurements:
     loader_batch_size: int | None = None
     loader_reduce_ratio: float | None = None
     model_base_rss_bytes: int | None = None  # training process RSS before the first step
+    precision_trials: list[StepTrial] = field(default_factory=list)  # one per candidate
+    thread_trials: list[StepTrial] = field(default_factory=list)     # at the chosen precision
+    staff_space_px: float | None = None      # run-length mode over a sample of images
+    staff_line_thickness_px: float | None = None
+    staff_images: int | None = None          # images the staff figures rest on
     probe_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -182,6 +213,13 @@ class Measurements:
         m.model_trials = [ModelTrial.from_dict(t) for t in model_s.get("trials", [])]
         m.loader_trials = [LoaderTrial.from_dict(t) for t in loader_s.get("trials", [])]
         m.estimates = [MemoryEstimate.from_dict(e) for e in data.pop("estimates", []) or []]
+        step_s = _section(data.pop("step", None))
+        m.precision_trials = [StepTrial.from_dict(t) for t in step_s.get("precision_trials", [])]
+        m.thread_trials = [StepTrial.from_dict(t) for t in step_s.get("thread_trials", [])]
+        staff_s = _section(data.pop("staff", None))
+        m.staff_space_px = staff_s.get("staff_space_px")
+        m.staff_line_thickness_px = staff_s.get("line_thickness_px")
+        m.staff_images = staff_s.get("images")
         for key, attr in cls._MAP_KEYS.items():
             if map_s.get(key) is not None:
                 setattr(m, attr, map_s[key])
@@ -200,6 +238,8 @@ class Measurements:
                              if k not in ("trials", "num_params", "base_rss_bytes")},
                    "loader": {k: v for k, v in loader_s.items()
                               if k not in ("trials", "batch_size", "reduce_ratio")},
+                   "step": {k: v for k, v in step_s.items()
+                            if k not in ("precision_trials", "thread_trials")},
                    **data}
         return m
 
@@ -217,6 +257,13 @@ class Measurements:
                     "trials": [asdict(t) for t in self.loader_trials],
                     "batch_size": self.loader_batch_size,
                     "reduce_ratio": self.loader_reduce_ratio}
+        step_s = {**_section(extra.pop("step", None)),
+                  "precision_trials": [asdict(t) for t in self.precision_trials],
+                  "thread_trials": [asdict(t) for t in self.thread_trials]}
+        staff_s = {"staff_space_px": self.staff_space_px,
+                   "line_thickness_px": self.staff_line_thickness_px,
+                   "images": self.staff_images}
         return {**extra, "dataset_rows": self.dataset_rows, "num_params": self.num_params,
                 "probe_seconds": self.probe_seconds, "map": map_s, "model": model_s,
-                "loader": loader_s, "estimates": [asdict(e) for e in self.estimates]}
+                "loader": loader_s, "estimates": [asdict(e) for e in self.estimates],
+                "step": step_s, "staff": staff_s}

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+# Keys a profile may lack: added after schema 1 shipped, with a default that means "as before".
+OPTIONAL_KEYS = frozenset({"num_threads"})
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device",
               "fsdp", "deepspeed")
 
@@ -34,6 +36,9 @@ class Settings:
     devices: int = 1
     # The effective batch the user aims for; accumulation is derived from it.
     effective_batch_size: int = 1
+    # torch intra-op threads of the training process (loader workers get 1 each). None:
+    # torch's own choice; profiles written before the key existed load with it.
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_proc", "writer_batch_size", "batch_size", "accumulate_grad_batches",
@@ -51,6 +56,11 @@ class Settings:
         if not isinstance(self.reduce_ratio, (int, float)) or isinstance(self.reduce_ratio, bool) \
                 or not math.isfinite(self.reduce_ratio) or not 0.05 <= self.reduce_ratio <= 1.0:
             raise ValueError(f"reduce_ratio must be in [0.05, 1.0], got {self.reduce_ratio!r}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool)
+                                             or not isinstance(self.num_threads, int)
+                                             or not 1 <= self.num_threads <= 4096):
+            raise ValueError(f"num_threads must be None or an integer in [1, 4096], "
+                             f"got {self.num_threads!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:

@@ -27,6 +27,7 @@ from autotune.decide.map import MIN_WRITER_BATCH, WRITER_LADDER, MapRule, fit_ma
 from autotune.decide.estimates import estimate_from_table, estimate_table
 from autotune.decide.precision import PrecisionRule
 from autotune.decide.strategy import StrategyRule
+from autotune.decide.threads import ThreadsRule
 from autotune.decide.workers import WorkersRule
 from autotune.fits import MapCostModel, fit_memory
 from autotune.records import HardwareInfo, Measurements
@@ -36,6 +37,7 @@ RULES: dict[str, type[Rule]] = {
     "devices": DevicesRule,
     "precision": PrecisionRule,
     "strategy": StrategyRule,
+    "threads": ThreadsRule,
     "map": MapRule,
     "batch": BatchRule,
     "accumulate": AccumulateRule,
@@ -44,7 +46,7 @@ RULES: dict[str, type[Rule]] = {
 
 __all__ = ["AccumulateRule", "BatchRule", "Budgets", "Context", "Decision", "DevicesRule",
            "EstimateFn", "MIN_WRITER_BATCH", "MapCostModel", "MapRule", "NothingFitsError",
-           "PrecisionRule", "REDUCE_LADDER", "RULES", "Rule", "StrategyRule", "WRITER_LADDER",
+           "PrecisionRule", "REDUCE_LADDER", "RULES", "Rule", "StrategyRule", "ThreadsRule", "WRITER_LADDER",
            "WorkersRule", "decide", "estimate_from_table", "estimate_table", "fit_map_cost", "fit_memory"]
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from autotune.decide.context import Context, NothingFitsError, Rule, loader_worker_rss, shape_for
 from autotune.decide.memory import MemoryLine, memory_line
 from autotune.settings import accumulation_for
+from autotune.staff import ratio_for_staff_space
 from autotune.units import format_bytes as fb
 
 # Largest first: full resolution is what the user wants; each step down costs small symbols.
@@ -44,14 +45,40 @@ def model_budget(ctx: Context) -> tuple[int, str]:
                     + (f", {fb(worker)} for a loader worker" if worker else "") + ")")
 
 
+def staff_ratio(ctx: Context) -> float | None:
+    """The ratio that brings the measured staff space to the legibility target (<= 1.0);
+    None when the staff space was not measured."""
+    return ratio_for_staff_space(ctx.m.staff_space_px, ctx.budgets.staff_space_px)
+
+
 def candidate_ratios(ctx: Context) -> list[float]:
-    """The ladder and every ratio measured or estimated, up to the user's maximum, largest
-    first."""
-    top = ctx.budgets.max_reduce_ratio + 1e-9
+    """The ladder and every ratio measured or estimated, up to the user's maximum and the
+    staff-space ratio (itself a candidate), largest first."""
+    legible = staff_ratio(ctx)
+    top = min(ctx.budgets.max_reduce_ratio, legible or 1.0) + 1e-9
     return sorted({r for r in REDUCE_LADDER if r <= top}
                   | {t.reduce_ratio for t in ctx.m.model_trials if t.reduce_ratio <= top}
-                  | {e.reduce_ratio for e in ctx.m.estimates if e.reduce_ratio <= top},
+                  | {e.reduce_ratio for e in ctx.m.estimates if e.reduce_ratio <= top}
+                  | ({legible} if legible is not None and legible <= top else set()),
                   reverse=True)
+
+
+def ratio_reason(ctx: Context, ratio: float, skipped: list[str]) -> tuple[str, str | None]:
+    """Why `ratio`, and the source when the staff space decided it (None: the ladder did)."""
+    legible = staff_ratio(ctx)
+    shape = shape_for(ctx.m, ratio)
+    size = f" ({shape[0]}x{shape[1]} px largest image)" if shape else ""
+    lower = f"; lowered from {', '.join(skipped)}" if skipped else ""
+    if legible is None:
+        return f"the highest resolution on the ladder where a batch fits{size}{lower}", None
+    why = (f"staff space {ctx.m.staff_space_px:.1f} px measured on {ctx.m.staff_images or '?'} "
+           f"image(s), target {ctx.budgets.staff_space_px:g} px: ratio {legible:.3g}")
+    if ctx.budgets.max_reduce_ratio < legible:
+        why += f", capped at the maximum {ctx.budgets.max_reduce_ratio:g}"
+    if ratio < min(legible, ctx.budgets.max_reduce_ratio) - 1e-9:
+        why += f"; {ratio:g} is the highest below it where a batch fits" if skipped else \
+            f"; {ratio:g} is the nearest below it with a memory figure"
+    return why + size + lower, "measured"
 
 
 def measured_rates(ctx: Context, ratio: float) -> dict[int, float]:
@@ -156,12 +183,9 @@ class BatchRule(Rule):
                    f"predicted peak {fb(peak)} of {budget_txt}: memory = "
                    f"{fb(fit.fixed_bytes)} + {fb(fit.per_sample_bytes)}/sample ({line.how}); "
                    f"{self._why(ctx, line, pick)}{speed}", line.source)
-        lower = f"; lowered from {', '.join(skipped)}" if skipped else ""
-        shape = shape_for(ctx.m, ratio)
-        size = f" ({shape[0]}x{shape[1]} px largest image)" if shape else ""
-        ctx.choose("reduce_ratio", ratio,
-                   f"the highest resolution on the ladder where a batch fits{size}{lower}",
-                   line.source if skipped else "rule")
+        why, staff_source = ratio_reason(ctx, ratio, skipped)
+        ctx.choose("reduce_ratio", ratio, why,
+                   line.source if skipped else staff_source or "rule")
         ctx.details.update(model_predicted_peak_bytes=peak, memory_fit={
             "reduce_ratio": ratio, "fixed_bytes": fit.fixed_bytes,
             "per_sample_bytes": fit.per_sample_bytes, "points": fit.points,

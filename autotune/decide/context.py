@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from autotune.errors import UserError
 from autotune.records import HardwareInfo, LoaderTrial, Measurements, ModelTrial
 from autotune.settings import Settings
+from autotune.staff import DEFAULT_STAFF_SPACE_PX
 
 # (batch_size, reduce_ratio, precision) -> the workload's estimate of a step's peak bytes.
 EstimateFn = Callable[[int, float, str], "int | None"]
@@ -43,6 +44,8 @@ class Budgets:
     prefetch_factor: int = 2
     # Share of /dev/shm the loader may fill.
     shm_fraction: float = 0.5
+    # Legibility target: the reduce ratio brings the measured staff space to this (px).
+    staff_space_px: float = DEFAULT_STAFF_SPACE_PX
 
     def __post_init__(self) -> None:
         for name in ("ram_fraction", "vram_margin", "ram_margin", "shm_fraction"):
@@ -59,6 +62,8 @@ class Budgets:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.staff_space_px, (int, float)) and 1.0 <= self.staff_space_px <= 200):
+            raise ValueError(f"staff_space_px must be in [1, 200] px, got {self.staff_space_px!r}")
         if not 0.05 <= self.max_reduce_ratio <= 1.0:
             raise ValueError(f"max_reduce_ratio must be in [0.05, 1], got {self.max_reduce_ratio!r}")
 

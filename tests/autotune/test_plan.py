@@ -68,7 +68,7 @@ def test_spec_file_errors(tmp_path: Path) -> None:
     ("kaggle-t4x2", {"devices": 2, "strategy": "ddp", "precision": "16-mixed"}),
     ("kaggle-p100", {"devices": 1, "strategy": "auto", "precision": "16-mixed"}),
     ("colab-t4", {"devices": 1, "precision": "16-mixed"}),
-    ("cpu-2core", {"devices": 1, "precision": "bf16-mixed", "strategy": "auto"}),
+    ("cpu-2core", {"devices": 1, "precision": "32-true", "strategy": "auto"}),
 ])
 def test_plan_shipped_specs_from_a_recorded_probe(recorded: Any, spec: str,
                                                   expect: dict) -> None:
