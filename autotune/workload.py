@@ -118,6 +118,18 @@ class TrialReport:
 
 
 @runtime_checkable
+class TrainingStep(Protocol):
+    """What `Workload.make_step` returns (also a context manager that closes it)."""
+
+    def step(self) -> float:
+        """One full optimizer step (forward, loss, backward, clipping, optimizer and
+        scheduler step); returns the loss."""
+
+    def close(self) -> None:
+        """Drop the model, optimizer and batch and give their memory back."""
+
+
+@runtime_checkable
 class Workload(Protocol):
     """What a trainable workload tells autotune. All sizes are in pixels, tokens and bytes."""
 
@@ -144,11 +156,28 @@ class Workload(Protocol):
     def largest_shape(self, reduce_ratio: float) -> ModelShape:
         """The largest image (after reduction) and longest target sequence the data gives."""
 
+    def typical_shape(self, reduce_ratio: float) -> ModelShape:
+        """The median image (each side on its own, after reduction) and median target length."""
+
     def build_model(self, shape: ModelShape) -> Any:
         """A fresh `torch.nn.Module` able to take inputs of `shape` (on CPU; the probe moves it)."""
 
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> Any:
         """A synthetic training batch of `shape` on `device` (worst case: every row full size)."""
+
+    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
+                      seed: int = 0) -> Any:
+        """`batch_size` real prepared rows drawn at random from the data (its size
+        distribution, not its maximum), batched as the training loader batches them: what
+        a step's speed is measured on."""
+
+    def make_step(self, batch_size: int, shape: ModelShape, precision: str, device: Any,
+                  batch: Any = None) -> "TrainingStep":
+        """The training step exactly as training runs it (its loss, autocast for `precision`,
+        the real optimizer and scheduler, gradient clipping), for a model sized as training
+        sizes it for data whose largest input is `shape`. It steps on `batch` (e.g.
+        `typical_batch`) or, when None, on the worst-case batch of `batch_size` at `shape`.
+        Built once, called repeatedly (time warm calls); memory is freed by `close()`."""
 
     def training_loss(self, model: Any, batch: Any) -> Any:
         """Forward pass and loss (a scalar tensor) for `batch`."""
@@ -205,9 +234,10 @@ def load_workload(name: str = "smt", **kwargs: Any) -> Workload:
 
 
 _REQUIRED = ("name", "describe", "fingerprint", "dataset_rows", "raw_sample", "map_spec",
-             "largest_shape", "build_model", "make_batch", "training_loss", "make_optimizer",
-             "estimate_memory", "num_params", "make_loader", "cache_layout", "trial_launch",
-             "trial_report", "trial_warmup_batches")
+             "largest_shape", "typical_shape", "build_model", "make_batch", "typical_batch",
+             "make_step", "training_loss", "make_optimizer", "estimate_memory", "num_params",
+             "make_loader", "cache_layout", "trial_launch", "trial_report",
+             "trial_warmup_batches")
 
 
 def default_cache_root(name: str = "smt") -> Path | None:

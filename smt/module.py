@@ -70,6 +70,21 @@ class TrainHParams:
             raise ValueError(f"val_decode_batches must be >= 0, got {self.val_decode_batches!r}")
 
 
+def token_loss(model: Any, batch: dict[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over the non-<pad> targets, their count) of `model` on `batch`:
+    the training loss before its division by the tokens of the whole loader batch."""
+    logits = model(batch["images"], batch["input_ids"], batch.get("image_sizes"))
+    targets = batch["target_ids"]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=pad_id, reduction="sum")
+    return loss, (targets != pad_id).sum()
+
+
+def make_optimizer(params: Any, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of the reference recipe (its state is part of a step's memory)."""
+    return torch.optim.Adam(params, lr=lr)
+
+
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -121,11 +136,7 @@ class SMTModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- loss
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["images"], batch["input_ids"], batch.get("image_sizes"))
-        targets = batch["target_ids"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               ignore_index=self.pad_id, reduction="sum")
-        return loss, (targets != self.pad_id).sum()
+        return token_loss(self.model, batch, self.pad_id)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
                 image_sizes: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,10 +232,7 @@ class SMTModule(pl.LightningModule):
         self.samples_seen += rows * _world()
         if self._window >= self.hp.accumulate or self.trainer.is_last_batch:
             self._sync_grads()
-            if self.hp.grad_clip:
-                self.clip_gradients(opt, gradient_clip_val=self.hp.grad_clip,
-                                    gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()          # clips in on_before_optimizer_step
             opt.zero_grad(set_to_none=True)
             sched = self.lr_schedulers()
             if sched is not None:
@@ -291,8 +299,16 @@ class SMTModule(pl.LightningModule):
                   flush=True)
 
     # ------------------------------------------------------------------------ optimizer
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Lightning calls this inside opt.step(), after the fp16 grad scaler unscaled the
+        # gradients: clipping here bounds the true norm (before opt.step() it would clip the
+        # scaled gradients, and shrink every fp16 step by the loss scale).
+        if self.hp.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hp.grad_clip,
+                                gradient_clip_algorithm="norm")
+
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.parameters(), lr=self.hp.lr)
+        opt = make_optimizer(self.parameters(), self.hp.lr)
         warmup = self.hp.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)

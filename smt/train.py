@@ -413,34 +413,15 @@ def load_data(plan: RunPlan, vocab_path: Path | None) -> RunData:
     for split in ("train", "val"):
         if split not in dataset or len(dataset[split]) == 0:
             raise UserError(f"the prepared data has no '{split}' rows (source {plan.data or 'default'})")
-    h, w, t = _extent(dataset, vocab, plan.fmt)
+    h, w, t = _extent(dataset, plan.fmt)
     return RunData(dataset["train"], dataset["val"], vocab, h, w, t)
 
 
-def _extent(dataset: Any, vocab: Any, fmt: str) -> tuple[int, int, int]:
-    """Largest height, width and token count over all splits, read from PNG headers.
-    `dataset` is a DatasetDict or a dict of splits that may also be lists of row dicts."""
-    import io
-
-    from PIL import Image
-
-    from smt.tokenizer import tokenize
-
-    hmax = wmax = tmax = 0
-    for split in dataset.values():
-        if isinstance(split, list):
-            rows = split
-        else:
-            rows = split.cast_column("image", _undecoded_image()).select_columns(
-                ["image", "transcription"])
-        for row in rows:
-            img = row["image"]
-            src = io.BytesIO(img["bytes"]) if img.get("bytes") else img["path"]
-            with Image.open(src) as im:
-                w, h = im.size
-            hmax, wmax = max(hmax, h), max(wmax, w)
-            tmax = max(tmax, len(tokenize(row["transcription"], fmt)) + 2)
-    return hmax, wmax, tmax
+def _extent(splits: Any, fmt: str) -> tuple[int, int, int]:
+    """Largest height, width and token count over all splits (`smt.builder.scan_extent`)."""
+    from smt.builder import scan_extent
+    ext = scan_extent(splits, fmt)
+    return ext.max_height_px, ext.max_width_px, ext.max_seq_len_tokens
 
 
 def _prepare_source(plan: RunPlan, source: str | None) -> Any:
@@ -490,52 +471,25 @@ def load_curriculum(plan: RunPlan, vocab_path: Path | None) -> tuple[RunData, An
     splits = {"systems": systems["train"], "val": val}
     if pages is not None:
         splits.update({f"pages_{k}": v for k, v in pages.items()})
-    h, w, t = _extent(splits, vocab, plan.fmt)
+    h, w, t = _extent(splits, plan.fmt)
     # Synthetic pages may come out taller than any measured one: allow an A4 page's height.
     h = max(h, int(w * 1.414))
     return RunData(source, val, vocab, h, w, t), source
 
 
-def _undecoded_image() -> Any:
-    import datasets
-    return datasets.Image(decode=False)
-
-
-def _round_up(x: int, to: int) -> int:
-    return -(-x // to) * to
-
-
 def model_config(plan: RunPlan, data: RunData) -> Any:
-    from smt.config import SMTConfig
-    # Room for somewhat larger images and longer scores at prediction time than in training.
-    return SMTConfig.preset(plan.preset, vocab_size=len(data.vocab),
-                            max_height=_round_up(int(data.max_height * 1.25) + 16, 16),
-                            max_width=_round_up(int(data.max_width * 1.25) + 16, 16),
-                            max_seq_len=max(64, int(data.max_seq_len * 1.25) + 16))
+    from smt.builder import model_config as build_config
+    return build_config(plan.preset, len(data.vocab), data.max_height, data.max_width,
+                        data.max_seq_len)
 
 
 def make_loaders(plan: RunPlan, data: RunData) -> tuple[Any, Any]:
-    import functools
-
-    import torch
-    from torch.utils.data import DataLoader
-
-    from smt.data.loader import ScoreDataset, collate
-
-    augment = None
-    if plan.augment != "none":
-        from smt.data.augment import Augment
-        augment = Augment(plan.augment, seed=plan.seed)
+    from smt.builder import make_loader
     s = plan.settings
-    collate_fn = functools.partial(collate, pad_id=data.vocab.pad_id)
-    common = dict(num_workers=s.num_workers, collate_fn=collate_fn,
-                  pin_memory=torch.cuda.is_available(),
-                  persistent_workers=s.num_workers > 0)
-    train = DataLoader(ScoreDataset(data.train, data.vocab, plan.fmt, augment=augment,
-                                    teacher_noise=plan.teacher_noise),
-                       batch_size=s.batch_size, shuffle=True, drop_last=False, **common)
-    val = DataLoader(ScoreDataset(data.val, data.vocab, plan.fmt), batch_size=s.batch_size,
-                     shuffle=False, **common)
+    common = dict(batch_size=s.batch_size, num_workers=s.num_workers)
+    train = make_loader(data.train, data.vocab, plan.fmt, shuffle=True, augment=plan.augment,
+                        teacher_noise=plan.teacher_noise, seed=plan.seed, **common)
+    val = make_loader(data.val, data.vocab, plan.fmt, shuffle=False, **common)
     return train, val
 
 
@@ -609,13 +563,13 @@ def make_callbacks(plan: RunPlan) -> tuple[list[Any], Any]:
 def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     """Run (or continue) a training run; returns the summary written to OUT/summary.json."""
     import lightning.pytorch as pl
-    import torch
 
     from smt import checkpoint as ck
+    from smt.builder import configure_torch
     from smt.config import SMTConfig
     from smt.module import SMTModule, TrainHParams
 
-    torch.set_float32_matmul_precision("high")
+    configure_torch()
     pl.seed_everything(plan.seed, workers=True, verbose=False)
     rank0 = _is_rank_zero()
     if rank0:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ WORKLOAD_VERSION = 1
 # is scanned whole (1,200 rows in about a second); a hub set of 100k pages is sampled evenly,
 # and the probe says so, because the map's memory and the model's both follow the largest image.
 SCAN_ROWS = 5000
+# Prepared rows a typical batch is drawn from (mapped once per reduce ratio, then reused).
+TYPICAL_ROWS = 64
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,7 +47,8 @@ class SMTWorkload:
         self.fmt = fmt
         self.max_tokens = max_tokens
         self.lr = lr
-        self._scan: dict[str, Any] | None = None
+        self._extent: Any = None
+        self._vocab: Any = None
         self._prepared: dict[float, Any] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -79,56 +80,47 @@ class SMTWorkload:
         return sum(len(dd[s]) for s in dd)
 
     # -- the worst case the data gives ------------------------------------------------------
-    def scan(self) -> dict[str, Any]:
-        """Largest image (each side), longest token sequence and the token set, over all
-        splits (evenly sampled past SCAN_ROWS); rows the preparation would skip are skipped."""
-        if self._scan is not None:
-            return self._scan
-        from PIL import Image
+    def extent(self) -> Any:
+        """`smt.builder.Extent` of the source: largest image (each side), longest token
+        sequence, the token set and the size distribution, over all splits (evenly sampled
+        past SCAN_ROWS); rows the preparation would skip are skipped."""
+        if self._extent is None:
+            from smt.builder import scan_extent
+            ext = scan_extent(self.source.dataset, self.fmt, max_tokens=self.max_tokens,
+                              max_rows=SCAN_ROWS)
+            if ext.rows == 0:
+                from autotune.errors import UserError
+                raise UserError(f"{self.source.spec}: no usable rows (every image or "
+                                "transcription was rejected)")
+            self._extent = ext
+        return self._extent
 
-        from smt.data.prepare import check_transcription
-        from smt.tokenizer import tokenize
-        dd = self.source.dataset
-        total = sum(len(dd[s]) for s in dd)
-        step = max(1, math.ceil(total / SCAN_ROWS))
-        hmax = wmax = tmax = rows = 0
-        tokens: set[str] = set()
-        for split in dd:
-            ds = dd[split]
-            if step > 1:
-                ds = ds.select(range(0, len(ds), step))
-            for batch in ds.select_columns(["image", "transcription"]).iter(batch_size=64):
-                for image, text in zip(batch["image"], batch["transcription"]):
-                    kern, reason = check_transcription(text, self.fmt, self.max_tokens)
-                    if reason or not image:
-                        continue
-                    src = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-                    try:
-                        with Image.open(src) as im:
-                            w, h = im.size
-                    except Exception:  # noqa: BLE001 - an undecodable image is a skipped row
-                        continue
-                    toks = tokenize(kern, self.fmt)
-                    tokens.update(toks)
-                    hmax, wmax, tmax = max(hmax, h), max(wmax, w), max(tmax, len(toks) + 2)
-                    rows += 1
-        if rows == 0:
-            from autotune.errors import UserError
-            raise UserError(f"{self.source.spec}: no usable rows (every image or transcription "
-                            "was rejected)")
-        from smt.tokenizer import Vocab
-        vocab = Vocab.build([sorted(tokens)], fmt=self.fmt)
-        self._scan = {"max_height": hmax, "max_width": wmax, "max_seq_len": tmax,
-                      "rows": rows, "sampled_every": step, "vocab": vocab,
-                      "vocab_size": len(vocab)}
-        return self._scan
+    @property
+    def vocab(self) -> Any:
+        if self._vocab is None:
+            from smt.tokenizer import Vocab
+            self._vocab = Vocab.build([sorted(self.extent().tokens)], fmt=self.fmt)
+        return self._vocab
+
+    def scan(self) -> dict[str, Any]:
+        """The extent as a plain dict (the keys `describe` reports)."""
+        ext = self.extent()
+        return {"max_height": ext.max_height_px, "max_width": ext.max_width_px,
+                "max_seq_len": ext.max_seq_len_tokens, "rows": ext.rows,
+                "sampled_every": ext.sampled_every, "vocab": self.vocab,
+                "vocab_size": len(self.vocab)}
 
     def largest_shape(self, reduce_ratio: float) -> ModelShape:
-        scan = self.scan()
-        # The same rounding as smt.data.prepare's resize.
-        return ModelShape(max(1, round(scan["max_height"] * reduce_ratio)),
-                          max(1, round(scan["max_width"] * reduce_ratio)),
-                          scan["max_seq_len"])
+        from smt.builder import reduced
+        ext = self.extent()
+        return ModelShape(reduced(ext.max_height_px, reduce_ratio),
+                          reduced(ext.max_width_px, reduce_ratio), ext.max_seq_len_tokens)
+
+    def typical_shape(self, reduce_ratio: float) -> ModelShape:
+        """The median image (each side on its own) and median target length of the scan."""
+        from smt.builder import reduced
+        h, w, t = self.extent().median_size()
+        return ModelShape(reduced(h, reduce_ratio), reduced(w, reduce_ratio), t)
 
     # -- the map ----------------------------------------------------------------------------
     def raw_sample(self, rows: int, seed: int = 0) -> Any:
@@ -146,15 +138,32 @@ class SMTWorkload:
 
     # -- the model --------------------------------------------------------------------------
     def config(self, shape: ModelShape | None = None) -> Any:
+        """The model training builds for data whose largest input is `shape`
+        (`smt.builder.model_config`); without a shape, the preset at this vocabulary."""
+        from smt.builder import model_config
         from smt.config import SMTConfig
-        scan = self.scan()
-        base = SMTConfig.preset(self.preset)
-        changes: dict[str, Any] = {"vocab_size": scan["vocab_size"]}
-        if shape is not None:
-            changes.update(max_height=max(base.max_height, _round16(shape.height)),
-                           max_width=max(base.max_width, _round16(shape.width)),
-                           max_seq_len=max(base.max_seq_len, shape.seq_len))
-        return SMTConfig.preset(self.preset, **changes)
+        if shape is None:
+            return SMTConfig.preset(self.preset, vocab_size=len(self.vocab))
+        return model_config(self.preset, len(self.vocab), shape.height, shape.width,
+                            shape.seq_len)
+
+    def hparams(self) -> Any:
+        """Training's hyper-parameters at their defaults, one optimizer step per call."""
+        from smt.module import TrainHParams
+        return TrainHParams(lr=self.lr)
+
+    def make_step(self, batch_size: int, shape: ModelShape, precision: str, device: Any,
+                  batch: Any = None) -> Any:
+        """`smt.step.TrainStep`: the LightningModule's own training step (see
+        `autotune.workload.Workload.make_step`) of a model sized for `shape`, on `batch` or
+        the worst-case batch of `batch_size` at `shape`."""
+        from smt.step import make_train_step
+        if batch is None:
+            batch = self.make_batch(batch_size, shape, "cpu")
+        elif int(batch["images"].shape[0]) != batch_size:
+            raise ValueError(f"batch has {int(batch['images'].shape[0])} rows, not {batch_size}")
+        return make_train_step(self.config(shape), self.vocab, self.fmt, batch, precision,
+                               str(device), self.hparams())
 
     def build_model(self, shape: ModelShape) -> Any:
         from smt.model import SMTModel
@@ -162,26 +171,33 @@ class SMTWorkload:
 
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> dict[str, Any]:
         """Every row at the largest image and the longest sequence: the step's worst case."""
-        import torch
-        from smt.tokenizer import SPECIALS
-        vocab = self.scan()["vocab_size"]
-        gen = torch.Generator().manual_seed(batch_size)
-        t = max(1, shape.seq_len - 1)
-        images = torch.rand(batch_size, 1, shape.height, shape.width, generator=gen)
-        ids = torch.randint(len(SPECIALS), max(len(SPECIALS) + 1, vocab), (batch_size, t + 1),
-                            generator=gen)
-        sizes = torch.tensor([[shape.height, shape.width]] * batch_size, dtype=torch.long)
-        return {"images": images.to(device), "image_sizes": sizes.to(device),
-                "input_ids": ids[:, :-1].contiguous().to(device),
-                "target_ids": ids[:, 1:].contiguous().to(device)}
+        from smt.builder import batch_to, synthetic_batch
+        return batch_to(synthetic_batch(batch_size, shape.height, shape.width, shape.seq_len,
+                                        len(self.vocab), seed=batch_size), device)
+
+    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
+                      seed: int = 0) -> dict[str, Any]:
+        """`batch_size` prepared training rows drawn at random (seeded), collated as the
+        training loader collates them: padded to the largest of the draw, so its cost follows
+        the dataset's size distribution rather than its maximum."""
+        import random
+
+        from smt.builder import DEFAULT_TEACHER_NOISE, batch_to, collate_rows
+        rows = self.prepared_sample(reduce_ratio, TYPICAL_ROWS)
+        rng = random.Random(seed)
+        picked = [rng.randrange(len(rows)) for _ in range(batch_size)]
+        return batch_to(collate_rows(rows, picked, self.vocab, self.fmt,
+                                     teacher_noise=DEFAULT_TEACHER_NOISE), device)
 
     def training_loss(self, model: Any, batch: dict[str, Any]) -> Any:
-        logits = model(batch["images"], batch["input_ids"], batch["image_sizes"])
-        return model.loss(logits, batch["target_ids"])
+        """Mean cross-entropy per target token, as `smt.module.SMTModule` computes it."""
+        from smt.module import token_loss
+        loss_sum, tokens = token_loss(model, batch, self.vocab.pad_id)
+        return loss_sum / tokens.clamp(min=1)
 
     def make_optimizer(self, model: Any) -> Any:
-        import torch
-        return torch.optim.Adam(model.parameters(), lr=self.lr)
+        from smt.module import make_optimizer
+        return make_optimizer(model.parameters(), self.lr)
 
     def estimate_memory(self, batch_size: int, shape: ModelShape, precision: str) -> int | None:
         from smt.model import estimate_memory
@@ -218,17 +234,12 @@ class SMTWorkload:
 
     def make_loader(self, batch_size: int, num_workers: int, reduce_ratio: float,
                     rows: int) -> Any:
-        """The training DataLoader (smt.train.make_loaders' arguments) over prepared rows."""
-        import torch
-        from torch.utils.data import DataLoader
-
-        from smt.data.loader import ScoreDataset, collate
-        vocab = self.scan()["vocab"]
-        data = ScoreDataset(self.prepared_sample(reduce_ratio, rows), vocab, self.fmt)
-        return DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=False,
-                          num_workers=num_workers,
-                          collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        """The training DataLoader (`smt.builder.make_loader`, as `smt.train` builds it)
+        over `rows` prepared rows; workers end with the loader."""
+        from smt.builder import DEFAULT_TEACHER_NOISE, make_loader
+        return make_loader(self.prepared_sample(reduce_ratio, rows), self.vocab, self.fmt,
+                           batch_size=batch_size, num_workers=num_workers, shuffle=True,
+                           teacher_noise=DEFAULT_TEACHER_NOISE, persistent_workers=False)
 
     # -- caches and search trials (smt.paths and smt.trial declare them) ---------------------
     def cache_layout(self) -> Any:
@@ -246,10 +257,6 @@ class SMTWorkload:
     def trial_warmup_batches(self) -> int:
         from smt.trial import warmup_batches
         return warmup_batches()
-
-
-def _round16(x: int) -> int:
-    return -(-x // 16) * 16
 
 
 def make_workload(data: str | None = None, preset: str = "paper", **kwargs: Any) -> SMTWorkload:

@@ -130,3 +130,40 @@ def test_smt_loader_is_the_training_loader(smt_work):
     assert [b["images"].shape[0] for b in batches] == [3, 3, 1]
     assert batches[0]["images"].shape[-1] <= smt_work.largest_shape(0.5).width
     assert set(batches[0]) >= {"images", "image_sizes", "input_ids", "target_ids"}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_smt_make_step_is_the_modules_training_step(smt_work, precision):
+    """The step the probe times: SMTModule.training_step under the precision's autocast, with
+    the optimizer from configure_optimizers (the weights move), freed on close."""
+    import gc
+    import weakref
+
+    import torch
+    shape = smt_work.largest_shape(0.5)
+    step = smt_work.make_step(2, shape, precision, "cpu")
+    module = weakref.ref(step.module)
+    assert type(step.module).__name__ == "SMTModule"
+    assert step.trainer.precision_plugin.precision == precision
+    before = [p.detach().clone() for p in step.module.parameters()]
+    losses = [step() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.module.parameters()))
+    step.close()
+    gc.collect()
+    assert module() is None
+
+
+@pytest.mark.timeout(120)
+def test_smt_typical_batch_is_real_rows_batched_like_training(smt_work):
+    shape = smt_work.largest_shape(0.5)
+    median = smt_work.typical_shape(0.5)
+    assert 0 < median.height <= shape.height and 0 < median.width <= shape.width
+    assert 0 < median.seq_len <= shape.seq_len
+    batch = smt_work.typical_batch(3, 0.5, "cpu", seed=1)
+    assert batch["images"].shape[0] == 3
+    assert batch["images"].shape[-2] <= shape.height and batch["images"].shape[-1] <= shape.width
+    assert batch["input_ids"].shape[1] <= shape.seq_len - 1
+    with smt_work.make_step(3, shape, "32-true", "cpu", batch=batch) as step:
+        assert step() > 0

@@ -98,6 +98,10 @@ class FakeWorkload:
         return ModelShape(max(16, int(self.height * reduce_ratio)),
                           max(16, int(self.width * reduce_ratio)), 8)
 
+    def typical_shape(self, reduce_ratio: float) -> ModelShape:
+        shape = self.largest_shape(reduce_ratio)
+        return ModelShape(max(16, shape.height // 2), max(16, shape.width // 2), 8)
+
     def build_model(self, shape: ModelShape) -> Any:
         import torch
         return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
@@ -108,6 +112,14 @@ class FakeWorkload:
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> Any:
         import torch
         return torch.rand(batch_size, 1, shape.height, shape.width, device=device)
+
+    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
+                      seed: int = 0) -> Any:
+        return self.make_batch(batch_size, self.typical_shape(reduce_ratio), device)
+
+    def make_step(self, batch_size: int, shape: ModelShape, precision: str, device: Any,
+                  batch: Any = None) -> Any:
+        return _FakeStep(self, shape, batch_size, device, batch)
 
     def training_loss(self, model: Any, batch: Any) -> Any:
         if self.oom_above_batch is not None and batch.shape[0] > self.oom_above_batch:
@@ -148,3 +160,32 @@ class FakeWorkload:
 
     def trial_warmup_batches(self) -> int:
         return 0
+
+
+class _FakeStep:
+    """FakeWorkload's training step: its model, Adam, and its loss, one optimizer step a call."""
+
+    def __init__(self, work: FakeWorkload, shape: ModelShape, batch_size: int, device: Any,
+                 batch: Any) -> None:
+        self.work = work
+        self.model: Any = work.build_model(shape).to(device)
+        self.optimizer: Any = work.make_optimizer(self.model)
+        self.batch: Any = batch if batch is not None else work.make_batch(batch_size, shape, device)
+
+    def step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.work.training_loss(self.model, self.batch)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    __call__ = step
+
+    def close(self) -> None:
+        self.model = self.optimizer = self.batch = None
+
+    def __enter__(self) -> "_FakeStep":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
