@@ -19,8 +19,10 @@ from typing import Any
 
 from autotune.atomic import atomic_write_text
 from autotune.errors import UserError, UserErrorParser, run_cli
+from autotune.outdir import check_out_dir, replace_dir
 
 PROG = "smt.predict"
+PREDICT_COMMAND = "smt.predict"            # the --out marker's command (autotune.outdir)
 
 
 def _positive_int(text: str) -> int:
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write IMAGE_STEM.krn files here instead of printing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder that an earlier predict did not write")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--reduce-ratio", type=_ratio, default=None,
                    help="image scale used in training (default: from run.json, else 1.0)")
@@ -173,16 +177,20 @@ class Predictor:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    inputs = [args.checkpoint, *args.images]
+    if args.out:                               # before loading anything: one line, exit 2
+        check_out_dir(args.out, PREDICT_COMMAND, inputs, args.overwrite)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           reduce_ratio=args.reduce_ratio)
     tensors = [predictor.load_image(p) for p in args.images]
     texts = predictor.predict(tensors, batch_size=args.batch_size, max_len=args.max_len)
     if args.out:
         out = Path(args.out)
-        for path, text in zip(args.images, texts):
-            target = out / (Path(path).stem + ".krn")
-            atomic_write_text(target, text + "\n")
-            print(f"{path} -> {target}")
+        with replace_dir(out, PREDICT_COMMAND, inputs, args.overwrite) as tmp:
+            for path, text in zip(args.images, texts):
+                atomic_write_text(tmp / (Path(path).stem + ".krn"), text + "\n")
+        for path in args.images:
+            print(f"{path} -> {out / (Path(path).stem + '.krn')}")
         return 0
     for path, text in zip(args.images, texts):
         if len(args.images) > 1:

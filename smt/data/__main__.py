@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kern-dir", default=None, help="render these .krn files instead of generated music")
     s.add_argument("--val", type=int_in(0, 10_000_000), default=None, help="validation rows (default 10%%)")
     s.add_argument("--test", type=int_in(0, 10_000_000), default=None, help="test rows (default 10%%)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder that an earlier synth did not write")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     q = sub.add_parser("prepare", help="load, resize and tokenise a dataset; cache the result")
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=int_in(1, MAX_ROWS), default=None,
                    help="skip rows whose transcription is longer (default: no limit)")
     q.add_argument("--out", default=None, help="also save the prepared DatasetDict here")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder that an earlier prepare did not write")
     q.add_argument("--shard-rows", type=int_in(1, MAX_ROWS), default=None,
                    help="rows per resumable shard (default: chosen from the split size)")
     q.add_argument("--stall-timeout", type=float_in(0.0, 7 * 86400.0), default=None,
@@ -55,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "synth":
         from smt.data.synth import build
         r = build(args.out, count=args.count, kind=args.kind, seed=args.seed,
-                  num_proc=args.num_proc, kern_dir=args.kern_dir, val=args.val, test=args.test)
+                  num_proc=args.num_proc, kern_dir=args.kern_dir, val=args.val, test=args.test,
+                  overwrite=args.overwrite)
         rows = ", ".join(f"{k} {v}" for k, v in r.rows.items())
         print(f"wrote {args.out}: {rows} in {r.seconds:.1f} s ({r.rows_per_s:.1f} {args.kind}s/s)")
         if r.failed:
@@ -71,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               if args.ram_budget_gb is not None else None))
     except ValueError as exc:        # the flags above already bound each value; this is the net
         raise UserError(str(exc)) from None
-    result = prepare(args.data, cfg, out=args.out)
+    result = prepare(args.data, cfg, out=args.out, overwrite=args.overwrite)
     print(result.summary())
     return 0
 

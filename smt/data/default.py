@@ -8,8 +8,10 @@ row looks like: a new folder is built and old caches are simply not used.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
+from autotune.atomic import atomic_write_json
 from smt.paths import default_dataset_dir
 
 VERSION = "synth-system-v1"
@@ -28,12 +30,22 @@ def ensure_default_dataset(quiet: bool = False) -> Path:
     """The default dataset's folder, rendering it first if this machine has none yet."""
     path = default_dataset_dir(VERSION)
     if (path / "dataset_dict.json").is_file():
+        if not (path / "meta.json").is_file():        # built before the marker existed
+            atomic_write_json(path / "meta.json", _marker())
         return path
     from smt.data.synth import build
     if not quiet:
         print(f"building the embedded default dataset ({sum(COUNTS.values())} synthetic "
               f"systems) into {path} (once)")
     total = sum(COUNTS.values())
+    # overwrite: a folder here without dataset_dict.json is our own interrupted build.
     build(path, count=total, kind="system", seed=SEED, num_proc=usable_cpus(),
-          val=COUNTS["val"], test=COUNTS["test"], quiet=quiet)
+          val=COUNTS["val"], test=COUNTS["test"], quiet=quiet, overwrite=True, meta=_marker())
     return path
+
+
+def _marker() -> dict[str, object]:
+    """The cache marker (`autotune cache` lists and removes only folders that carry one)."""
+    return {"creator": "smt-autotune", "kind": "default", "source": "embedded synthetic",
+            "params": {"version": VERSION, "seed": SEED, **COUNTS},
+            "created": datetime.now(timezone.utc).isoformat(), "complete": True}

@@ -30,6 +30,7 @@ from typing import Any
 
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
+from autotune.outdir import check_out_dir, replace_dir
 from smt.data.layout import cache_key, disk_free_bytes, load_prepared, read_json, shard_plan
 from smt.data.records import PREP_VERSION, PrepareConfig, PrepareResult, WatchdogAction
 from smt.data.render import quiet_datasets
@@ -37,7 +38,7 @@ from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TO
                            check_transcription, decode_gray, map_function, map_spec,
                            output_features, prepare_example)
 from smt.data.shard import MIN_WRITER_BATCH, ShardJob, attempt, lower, run_shard
-from smt.paths import prepared_root
+from smt.paths import cache_root, prepared_root
 from smt.tokenizer import Vocab, tokenize
 
 __all__ = ["MIN_WRITER_BATCH", "PREP_VERSION", "PrepareConfig", "PrepareResult", "R_EMPTY",
@@ -68,13 +69,35 @@ class _Plan:
         return sum(self.bounds[s][i][1] - self.bounds[s][i][0] for s, i in self.todo)
 
 
+PREPARE_COMMAND = "smt.data prepare"       # the --out marker's command (autotune.outdir)
+
+
+@dataclass(frozen=True)
+class _Out:
+    """Where a copy of the prepared data goes, and what it must not overlap."""
+    path: str | os.PathLike[str]
+    inputs: tuple[Any, ...]
+    overwrite: bool
+
+    def check(self) -> None:
+        check_out_dir(self.path, PREPARE_COMMAND, self.inputs, self.overwrite)
+
+
 def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | None = None,
-            out: str | os.PathLike[str] | None = None, quiet: bool = False) -> PrepareResult:
-    """Prepare `data` (see `sources.open_source`) with `config`; reuse or resume the cache."""
+            out: str | os.PathLike[str] | None = None, quiet: bool = False,
+            overwrite: bool = False) -> PrepareResult:
+    """Prepare `data` (see `sources.open_source`) with `config`; reuse or resume the cache.
+    With `out`, also save the prepared DatasetDict there (see `autotune.outdir`: the folder
+    is checked before any work, never overlaps `data` or the cache, and an existing one is
+    replaced only if an earlier prepare wrote it, or with `overwrite`)."""
     from smt.data.sources import open_source
 
     cfg = config or PrepareConfig()
     start = time.perf_counter()
+    target = None
+    if out is not None:
+        target = _Out(out, (data, cache_root()), overwrite)
+        target.check()
     src = open_source(data)
     root = prepared_root() / cache_key(src.fingerprint, cfg)
     raw = src.dataset
@@ -82,7 +105,7 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
 
     meta = read_json(root / "meta.json")
     if meta and meta.get("complete"):
-        return _finish(root, meta, src.spec, rows_in, start, cached=True, out=out,
+        return _finish(root, meta, src.spec, rows_in, start, cached=True, out=target,
                        mapped_rows=0, map_seconds=0.0, reused=meta["shards_total"],
                        actions=[], num_proc=cfg.num_proc, wbs=cfg.writer_batch_size)
 
@@ -92,7 +115,7 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
         _check_disk(raw, cfg, root, todo_rows)
     map_t0 = time.perf_counter()
     actions, num_proc, wbs = _map_shards(plan, raw, cfg, src.spec, quiet)
-    return _finish(root, plan.meta, src.spec, rows_in, start, cached=False, out=out,
+    return _finish(root, plan.meta, src.spec, rows_in, start, cached=False, out=target,
                    mapped_rows=todo_rows, map_seconds=time.perf_counter() - map_t0,
                    reused=plan.meta["shards_total"] - len(plan.todo),
                    actions=actions, num_proc=num_proc, wbs=wbs)
@@ -207,7 +230,7 @@ def _skips(root: Path, meta: dict[str, Any]) -> tuple[Counter, dict[str, list[st
 
 
 def _finish(root: Path, meta: dict[str, Any], spec: str, rows_in: int, start: float, cached: bool,
-            out: Any, mapped_rows: int, map_seconds: float, reused: int,
+            out: _Out | None, mapped_rows: int, map_seconds: float, reused: int,
             actions: list[WatchdogAction], num_proc: int, wbs: int) -> PrepareResult:
     skipped, examples = _skips(root, meta)
     dd = load_prepared(root)
@@ -234,13 +257,9 @@ def _finish(root: Path, meta: dict[str, Any], spec: str, rows_in: int, start: fl
         vocab_size=len(vocab), out=out_str, dataset=dd)
 
 
-def _save_out(dd: Any, vocab_path: Path, out: Any) -> str:
-    out_path = Path(out)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with quiet_datasets():
-        dd.save_to_disk(str(tmp))
-    shutil.copyfile(vocab_path, tmp / "vocab.json")
-    shutil.rmtree(out_path, ignore_errors=True)
-    os.replace(tmp, out_path)
-    return str(out_path)
+def _save_out(dd: Any, vocab_path: Path, out: _Out) -> str:
+    with replace_dir(out.path, PREPARE_COMMAND, out.inputs, out.overwrite) as tmp:
+        with quiet_datasets():
+            dd.save_to_disk(str(tmp))
+        shutil.copyfile(vocab_path, tmp / "vocab.json")
+    return str(out.path)

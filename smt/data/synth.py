@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
+from autotune.outdir import check_out_dir, replace_dir
 from smt.data.kern_gen import generate
 from smt.data.render import KINDS, quiet_datasets, render
 from smt.tokenizer import normalize_kern
@@ -111,51 +113,64 @@ def _pool_rows(jobs: Sequence[_Job], pool: Any, failed: Counter, progress: Any,
             yield res
 
 
+SYNTH_COMMAND = "smt.data synth"         # the --out marker's command (autotune.outdir)
+
+
 def build(out: str | os.PathLike[str], count: int = 100, kind: str = "system", seed: int = 0,
           num_proc: int = 1, kern_dir: str | os.PathLike[str] | None = None,
-          val: int | None = None, test: int | None = None, quiet: bool = False) -> SynthResult:
-    """Render `count` rows (or every .krn under `kern_dir`) into `out` (save_to_disk)."""
-    import datasets
-    from rich.progress import Progress
+          val: int | None = None, test: int | None = None, quiet: bool = False,
+          overwrite: bool = False, meta: dict[str, Any] | None = None) -> SynthResult:
+    """Render `count` rows (or every .krn under `kern_dir`) into `out` (save_to_disk).
 
+    `out` is checked before any rendering and written through `autotune.outdir.replace_dir`:
+    never over `kern_dir`, an existing folder only if an earlier synth wrote it (or with
+    `overwrite`). `meta`, when given, is written as the folder's `meta.json` (the cache
+    marker of the embedded default dataset)."""
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if num_proc < 1:
         raise UserError(f"--num-proc must be at least 1, got {num_proc}")
-    out_dir = Path(out)
+    inputs = [kern_dir]
+    check_out_dir(out, SYNTH_COMMAND, inputs, overwrite)
+    out_dir = Path(out).expanduser()
     jobs = _jobs(count, kind, seed, Path(kern_dir) if kern_dir else None, val, test)
-    total = sum(len(j) for j in jobs.values())
     failed: Counter = Counter()
     start = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Arrow files go to a scratch folder beside the output, then save_to_disk writes the
-    # final copy (atomically renamed into place) and the scratch is removed: nothing is left
-    # in datasets' global cache and a killed build leaves no half dataset under `out`.
-    scratch = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir.parent))
-    try:
-        pool = (mp.get_context("fork" if os.name == "posix" else "spawn").Pool(num_proc)
-                if num_proc > 1 else None)
-        with pool or _nullcontext(), Progress(disable=quiet, transient=False) as progress:
-            task = progress.add_task(f"rendering {kind}s", total=total)
-            splits = {}
-            for name, split_jobs in jobs.items():
-                progress.update(task, description=f"rendering {kind}s ({name})")
-                ds = _write_split(_pool_rows(split_jobs, pool, failed, progress, task),
-                                  scratch / f"{name}.arrow")
-                splits[name] = ds
-            dd = datasets.DatasetDict(splits)
-            tmp_out = out_dir.with_name(out_dir.name + ".tmp")
-            shutil.rmtree(tmp_out, ignore_errors=True)
-            with quiet_datasets():
-                dd.save_to_disk(str(tmp_out))
-            shutil.rmtree(out_dir, ignore_errors=True)
-            os.replace(tmp_out, out_dir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with replace_dir(out_dir, SYNTH_COMMAND, inputs, overwrite) as tmp_out:
+        # Arrow files go to a scratch folder beside the output, then save_to_disk writes the
+        # final copy: nothing is left in datasets' global cache.
+        scratch = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir.parent))
+        try:
+            rows = _render_into(tmp_out, scratch, jobs, kind, num_proc, failed, quiet)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if meta is not None:
+            atomic_write_json(tmp_out / "meta.json", meta)
     seconds = time.perf_counter() - start
-    rows = {k: len(v) for k, v in dd.items()}
     kept = sum(rows.values())
     return SynthResult(str(out_dir), rows, seconds, kept / seconds if seconds else 0.0, dict(failed))
+
+
+def _render_into(dest: Path, scratch: Path, jobs: dict[str, list[_Job]], kind: str,
+                 num_proc: int, failed: Counter, quiet: bool) -> dict[str, int]:
+    """Render every job and save the DatasetDict into `dest`; rows per split."""
+    import datasets
+    from rich.progress import Progress
+
+    total = sum(len(j) for j in jobs.values())
+    pool = (mp.get_context("fork" if os.name == "posix" else "spawn").Pool(num_proc)
+            if num_proc > 1 else None)
+    with pool or _nullcontext(), Progress(disable=quiet, transient=False) as progress:
+        task = progress.add_task(f"rendering {kind}s", total=total)
+        splits = {}
+        for name, split_jobs in jobs.items():
+            progress.update(task, description=f"rendering {kind}s ({name})")
+            splits[name] = _write_split(_pool_rows(split_jobs, pool, failed, progress, task),
+                                        scratch / f"{name}.arrow")
+        dd = datasets.DatasetDict(splits)
+        with quiet_datasets():
+            dd.save_to_disk(str(dest))
+    return {k: len(v) for k, v in dd.items()}
 
 
 def _write_split(rows: Iterator[dict[str, Any]], path: Path) -> Any:

@@ -1,0 +1,129 @@
+"""Output folders that never destroy what was there: one rule for every CLI that writes one.
+
+A folder given as `--out` is written into a new temporary sibling and renamed into place at
+the end, so a killed run leaves the old folder (or nothing) and never half of a new one. An
+existing folder is replaced only when it carries our marker from an earlier run of the same
+command, or when the user says `--overwrite`; an `--out` that is, contains or lies inside any
+input of the command is refused outright (replacing it would delete the input). Every check
+runs before any expensive work, and each failure is one `UserError` line naming the flag.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from autotune.atomic import atomic_write_json
+from autotune.errors import UserError
+
+OUT_MARKER = ".smt-autotune-out.json"      # {"creator", "command", "created"} in the folder
+CREATOR = "smt-autotune"
+
+PathLike = str | os.PathLike[str]
+
+
+def read_out_marker(folder: Path) -> dict[str, object] | None:
+    """The marker an earlier run left in `folder`, or None when it is not ours."""
+    import json
+    path = folder / OUT_MARKER
+    try:
+        if path.is_symlink():
+            return None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("creator") != CREATOR:
+        return None
+    return meta
+
+
+def _overlap(out: Path, item: Path) -> str:
+    """How `out` relates to the input `item` ("" when they are apart); both resolved."""
+    if out == item:
+        return "is"
+    if item in out.parents:
+        return "lies inside"
+    if out in item.parents:
+        return "contains"
+    return ""
+
+
+def _writable_parent(target: Path, flag: str) -> None:
+    """Create the parent if needed and prove we can make a folder in it (the real test: as
+    root, permission bits say yes on a read-only mount)."""
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserError(f"{flag} {target}: cannot write in {parent} "
+                        f"({exc.strerror or type(exc).__name__})") from None
+
+
+def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None] = (),
+                  overwrite: bool = False, flag: str = "--out") -> Path:
+    """The output folder `out` of `command`, checked (see the module docstring); raises a
+    one-line UserError naming `flag` when it may not be written. Creates nothing but the
+    parent folder."""
+    target = Path(out).expanduser()
+    if target.is_symlink():
+        raise UserError(f"{flag} {out}: is a symbolic link; pass a real folder")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{flag} {out}: is an existing file; pass a folder")
+    resolved = target.resolve()
+    for item in inputs:
+        if item is None or not Path(item).expanduser().exists():
+            continue
+        how = _overlap(resolved, Path(item).expanduser().resolve())
+        if how:
+            raise UserError(f"{flag} {out} {how} the input {item}; writing there would replace "
+                            f"it: choose a folder outside the input")
+    if target.is_dir() and any(target.iterdir()):
+        marker = read_out_marker(target)
+        if not overwrite and (marker is None or marker.get("command") != command):
+            raise UserError(f"{flag} {out} already exists and was not written by `{command}`; "
+                            f"pass --overwrite to replace it, or choose another folder")
+    _writable_parent(target, flag)
+    return target
+
+
+@contextmanager
+def replace_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None] = (),
+                overwrite: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Yield an empty temporary sibling of `out` to write into; on success mark it and rename
+    it into place (replacing the old folder only as `check_out_dir` allows); on any error
+    remove it and leave `out` as it was."""
+    inputs = list(inputs)
+    target = check_out_dir(out, command, inputs, overwrite, flag)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        atomic_write_json(tmp / OUT_MARKER, {"creator": CREATOR, "command": command,
+                                             "created": datetime.now(timezone.utc).isoformat()})
+        check_out_dir(out, command, inputs, overwrite, flag)     # nothing changed meanwhile
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`; an old `target` is moved aside first and removed after, so
+    at every moment one complete folder holds the name or is one rename away."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
