@@ -24,6 +24,7 @@ import psutil
 
 from autotune.disk import disk_free_bytes
 from autotune.records import GpuInfo, HardwareInfo
+from autotune.units import GIB
 from autotune.workload import default_cache_root
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -299,11 +300,10 @@ def fingerprint(info: HardwareInfo) -> str:
     Free RAM and disk are left out: they change between sessions on the same machine.
     RAM is rounded to whole GiB because the kernel's total moves by a few MiB between boots.
     """
-    gib = 1024 ** 3
     key = {
         "cpu_count": int(info.cpu_count),
         "usable_cpus": round(float(info.usable_cpus), 1),
-        "ram_gib": int(round(info.ram_bytes / gib)),
+        "ram_gib": int(round(info.ram_bytes / GIB)),
         "gpus": sorted([g.name, int(round(g.memory_bytes / 2 ** 28)),  # 256 MiB steps
                         [int(c) for c in g.capability]] for g in info.gpus),
         "gpu_count": len(info.gpus),

@@ -1,5 +1,6 @@
 """Measuring tools shared by the probes, the preparation and the training: process-tree RSS,
-a background RSS sampler, a progress watchdog, and the one definition of an OOM.
+a background RSS sampler, a progress watchdog, the one definition of an OOM, stopping a
+process tree, and this process's peak RSS during a block (`PeakRssMeter`).
 
 Why a process tree: `datasets.map(num_proc=N)` and DataLoader workers run in child processes;
 the parent's RSS alone misses most of the memory that gets a run OOM-killed. Forked children
@@ -8,15 +9,17 @@ the safe side for a budget.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
+
+from autotune.polling import PollingThread
 
 # Messages that mean "an allocation failed", not "the program is wrong". The list mirrors what
 # torch raises on CUDA (caching allocator, cuBLAS handles) and on CPU (DefaultCPUAllocator).
@@ -47,62 +50,6 @@ def tree_rss_bytes(pid: int | None = None) -> int:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return int(total)
-
-
-_P = TypeVar("_P", bound="PollingThread")
-
-
-class PollingThread:
-    """A daemon thread that calls `_tick()` every `_period_s` until stopped; the start/stop
-    and context-manager lifecycle shared by the sampler and the watchdog. Subclasses set
-    `_period_s` and may hook `_on_start` (before the thread starts) and `_on_stop` (after it
-    joined)."""
-
-    _thread_name = "polling-thread"
-    _period_s: float
-
-    def _init_thread(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _on_start(self) -> None:
-        pass
-
-    def _on_stop(self) -> None:
-        pass
-
-    def _tick(self) -> bool:
-        """One poll; return False to end the loop."""
-        raise NotImplementedError
-
-    def start(self: _P) -> _P:
-        if self._thread is not None:
-            raise RuntimeError(f"{type(self).__name__} already started")
-        self._stop.clear()
-        self._on_start()
-        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        self._on_stop()
-
-    def __enter__(self: _P) -> _P:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._period_s):
-            if not self._tick():
-                return
 
 
 class RssSampler(PollingThread):
@@ -305,23 +252,114 @@ def cuda_peak_bytes(device: Any = None) -> int | None:
     return int(torch.cuda.max_memory_allocated(device))
 
 
-def kill_tree(pid: int, grace_s: float = 5.0) -> list[int]:
-    """Terminate a process and all its descendants; SIGKILL what survives the grace time."""
+def kill_tree(pid: int, grace_s: float = 5.0, *, include_root: bool = True,
+              wait: bool = True) -> list[int]:
+    """Stop a process and all its descendants (children first, so none is re-parented and
+    left running); returns the pids signalled.
+
+    `grace_s` > 0: SIGTERM, then SIGKILL what survives the grace time. `grace_s` = 0: SIGKILL
+    at once, for a process stuck in C code that cannot be asked politely (a stalled map).
+    `include_root=False` spares `pid` itself (a process stopping its own workers);
+    `wait=False` does not reap them, for children whose owner (a DataLoader) joins them.
+    """
     try:
         root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
+        procs = root.children(recursive=True) + ([root] if include_root else [])
     except psutil.NoSuchProcess:
         return []
+    alive = procs
+    if grace_s > 0:
+        _signal(procs, psutil.Process.terminate)
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    _signal(alive, psutil.Process.kill)
+    if wait:
+        psutil.wait_procs(alive, timeout=max(grace_s, 5.0))
+    return [p.pid for p in procs]
+
+
+def _signal(procs: list[psutil.Process], send: Callable[[psutil.Process], None]) -> None:
     for p in procs:
         try:
-            p.terminate()
+            send(p)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
+
+
+# -- peak RSS of this process ------------------------------------------------------------------
+
+_STATUS = "/proc/self/status"
+_libc: Any = None
+
+
+def current_rss_bytes() -> int:
+    """This process's RSS now (not its tree: see `tree_rss_bytes`)."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process by writing 5 to
+    /proc/self/clear_refs (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return peak_rss_bytes() is not None
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of this process in bytes; None where /proc does not give it."""
+    try:
+        with open(_STATUS) as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def trim_heap() -> None:
+    """Give freed C-heap pages back to the OS (glibc keeps them otherwise, and the next
+    measurement's RSS baseline would include memory nobody uses)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+        name = ctypes.util.find_library("c")
         try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
-    return [p.pid for p in procs]
+            _libc = ctypes.CDLL(name) if name else False
+        except OSError:
+            _libc = False
+    if _libc and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+
+
+class PeakRssMeter:
+    """Peak RSS of this process during a block::
+
+        meter = PeakRssMeter()
+        with meter.measure():
+            step()
+        meter.peak_bytes
+
+    Exact and free while the block runs where the kernel's high-water mark can be reset
+    (`reset_peak_rss`); elsewhere an RssSampler every 5 ms stands in and may miss a spike
+    shorter than that.
+    """
+
+    def __init__(self) -> None:
+        self.peak_bytes: int | None = None
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator["PeakRssMeter"]:
+        if reset_peak_rss():
+            try:
+                yield self
+            finally:
+                self.peak_bytes = peak_rss_bytes()
+            return
+        sampler = RssSampler(interval_ms=5, pid=None, keep_samples=False)
+        with sampler:
+            yield self
+        self.peak_bytes = sampler.peak_rss_bytes

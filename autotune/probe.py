@@ -24,11 +24,13 @@ from autotune.decide import (Budgets, Context, Decision, DevicesRule, PrecisionR
 from autotune.errors import UserError
 from autotune.hardware import describe as describe_hardware
 from autotune.hardware import inventory
+from autotune.measure import current_rss_bytes
 from autotune.probes.loader import LoaderProbeResult, probe_loader
 from autotune.probes.map import MapProbeResult, probe_map
 from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
 from autotune.profile import Profile, profiles_dir, save_profile
 from autotune.records import HardwareInfo, Measurements
+from autotune.show import profile_table
 from autotune.units import format_bytes, parse_size
 from autotune.workload import Workload, load_workload
 
@@ -134,9 +136,8 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
         memory_budget = budgets.vram_budget(hardware.gpus[0].memory_bytes) \
             if hardware.gpus else None
     else:
-        from autotune.probes.model import CpuPeakMeter
         memory_budget = int(budgets.ram_budget(hardware) * (1 - budgets.ram_margin)) \
-            - CpuPeakMeter.current_bytes()
+            - current_rss_bytes()
     say(f"model: training steps on {device} ({precision}) at the largest image, "
         f"growing batch sizes")
     model_result: ModelProbeResult = probe_model(
@@ -236,19 +237,6 @@ def options_from_args(args: argparse.Namespace) -> ProbeOptions:
         name=getattr(args, "name", None))
 
 
-def render_table(profile: Profile) -> Any:
-    from rich.table import Table
-    table = Table(title=f"profile {profile.name}", show_lines=False, expand=False)
-    table.add_column("setting", style="bold")
-    table.add_column("value", justify="right")
-    table.add_column("source", style="dim")
-    table.add_column("reason", overflow="fold")
-    for key, value in profile.settings.to_dict().items():
-        table.add_row(key, str(value), profile.sources.get(key, ""),
-                      profile.reasons.get(key, ""))
-    return table
-
-
 def run_probe(args: argparse.Namespace) -> int:
     """Entry for `python -m autotune probe`: measure, decide, save, print. Returns 0."""
     from rich.console import Console
@@ -264,7 +252,7 @@ def run_probe(args: argparse.Namespace) -> int:
     out = Path(args.out) if getattr(args, "out", None) else \
         profiles_dir() / f"{profile.name}.json"
     path = save_profile(profile, out)
-    console.print(render_table(profile))
+    console.print(profile_table(profile))
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in outcome.stage_seconds.items())
     setup = f" (+{outcome.setup_seconds:.1f} s setting up the workload)" \
         if outcome.setup_seconds >= 1 else ""

@@ -16,9 +16,8 @@ from typing import Any
 
 from autotune.hardware import describe
 from autotune.profile import Profile
-from autotune.units import format_bytes
+from autotune.units import GIB, format_bytes
 
-GIB = 1024 ** 3
 _STYLE = {"measured": "green", "predicted": "yellow", "rule": "cyan", "flag": "magenta",
           "default": "red"}
 

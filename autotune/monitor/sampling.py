@@ -18,7 +18,8 @@ from typing import Any
 import psutil
 
 from autotune.hardware import SHM_PATH, nvml_close, nvml_devices, nvml_open, ram_now, visible_order
-from autotune.measure import PollingThread, tree_rss_bytes
+from autotune.measure import tree_rss_bytes
+from autotune.polling import PollingThread
 from autotune.monitor.records import GpuSample, ResourceSample
 
 log = logging.getLogger(__name__)

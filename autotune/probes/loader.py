@@ -9,14 +9,13 @@ an error instead of hanging the probe.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psutil
-
-from autotune.measure import ProgressWatchdog, RssSampler
+from autotune.measure import ProgressWatchdog, RssSampler, kill_tree
 from autotune.records import LoaderTrial
 from autotune.workload import Workload
 
@@ -50,12 +49,9 @@ def worker_counts(usable_cpus: float, cap: int = 8) -> list[int]:
 
 
 def _kill_children() -> None:
-    """Kill this process's DataLoader workers so that a blocked `next()` raises."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+    """Kill this process's DataLoader workers so that a blocked `next()` raises (the loader
+    joins its own workers, so they are not reaped here)."""
+    kill_tree(os.getpid(), grace_s=0, include_root=False, wait=False)
 
 
 def run_loader_trial(workload: Workload, batch_size: int, num_workers: int, reduce_ratio: float,

@@ -1,8 +1,8 @@
 """Map probe: how fast and how memory-hungry the workload's `datasets.map` preparation is.
 
 Each trial maps a small sample of raw rows at one (num_proc, writer_batch_size) in a forked
-child process, so that a trial that stalls or blows up can be abandoned (killed with its
-whole process tree) without taking the probe down. The parent watches two progress signals,
+child process under autotune.supervise, so that a trial that stalls or blows up can be
+abandoned (killed with its whole process tree) without taking the probe down. The parent watches two progress signals,
 rows handed back by the map function (counted through a file every worker appends to) and
 bytes written to the cache, and samples the RSS of the child's process tree. No progress for
 `stall_s` seconds ends the trial as stalled: the failure mode of the reference pipeline.
@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from autotune.decide.map import MIN_WRITER_BATCH
+from autotune.disk import dir_size_bytes
 from autotune.fits import MapCostModel, fit_map_peak, map_ok
-from autotune.measure import ProgressWatchdog, tree_rss_bytes
+from autotune.measure import tree_rss_bytes
 from autotune.records import MapTrial
+from autotune.supervise import ChildOutcome, Supervision, supervise
 from autotune.workload import MapSpec, Workload
 
 # How often the parent looks at progress and RSS: fine enough to catch a short peak of a
@@ -142,33 +142,6 @@ def _child(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int,
     (Path(trial_dir) / "result.json").write_text(json.dumps(result))
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (children first, so none is re-parented and
-    left running). A stalled map cannot be asked politely: it is stuck in C code."""
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
-
-
 def run_map_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int, *,
                   stall_s: float = 5.0, timeout_s: float = 60.0,
                   workdir: str | os.PathLike[str] | None = None) -> MapTrial:
@@ -186,7 +159,6 @@ def _run_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int
                stall_s: float, timeout_s: float,
                workdir: str | os.PathLike[str] | None = None) -> tuple[MapTrial, float | None]:
     """The trial and its start-up seconds (fork, pool, first row), kept for extrapolation."""
-    rows = len(sample)
     trial_dir = Path(tempfile.mkdtemp(prefix=f"map-np{num_proc}-wb{writer_batch_size}-",
                                       dir=workdir))
     progress = trial_dir / "progress"
@@ -194,71 +166,63 @@ def _run_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int
     proc = ctx.Process(target=_child, args=(sample, spec, num_proc, writer_batch_size,
                                             str(trial_dir)), daemon=False)
     start = time.monotonic()
-    proc.start()
-    assert proc.pid is not None
-    peak = 0
-    last_signal = (-1, -1)
-    first_row_at: float | None = None
-    first_rows = 0
-    timed_out = False
-    watchdog = ProgressWatchdog(stall_s, poll_s=min(POLL_S, stall_s / 10))
-    try:
-        with watchdog:
-            while proc.is_alive() and not watchdog.stalled:
-                now = time.monotonic()
-                peak = max(peak, tree_rss_bytes(proc.pid))
-                done_rows = progress.stat().st_size if progress.exists() else 0
-                signal = (done_rows, _dir_bytes(trial_dir / "cache"))
-                if signal != last_signal:
-                    last_signal = signal
-                    watchdog.beat()
-                    if done_rows and first_row_at is None:
-                        first_row_at, first_rows = now, done_rows
-                if now - start > timeout_s:
-                    timed_out = True
-                    break
-                time.sleep(POLL_S)
-    finally:
-        if proc.is_alive():
-            kill_tree(proc.pid)
-        proc.join(timeout=5)
-    stalled = watchdog.stalled
-    wall = time.monotonic() - start
-    done_rows = progress.stat().st_size if progress.exists() else 0
+    first_row: list[tuple[float, int]] = []       # (when, rows) the first rows came back
+
+    def rows_done() -> int:
+        return progress.stat().st_size if progress.exists() else 0
+
+    def seen(signal: tuple[int, int]) -> None:
+        if signal[0] and not first_row:
+            first_row.append((time.monotonic(), signal[0]))
+
+    # A stalled map is stuck in C code: SIGKILL at once (kill_grace_s=0).
+    outcome = supervise(proc, Supervision(
+        progress=lambda: (rows_done(), dir_size_bytes(trial_dir / "cache")), stall_s=stall_s,
+        timeout_s=timeout_s, poll_s=min(POLL_S, stall_s / 10), rss_interval_ms=1000 * POLL_S,
+        kill_grace_s=0, on_progress=seen))
+    done_rows = rows_done()
     result_path = trial_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
-    cache_bytes = _dir_bytes(trial_dir / "cache")
-    base_rss = result.get("rss_before")
+    cache_bytes = dir_size_bytes(trial_dir / "cache")
     shutil.rmtree(trial_dir, ignore_errors=True)
+    first_row_at, first_rows = first_row[0] if first_row else (None, 0)
+    trial = _trial_record(len(sample), num_proc, writer_batch_size, outcome, result, done_rows,
+                          cache_bytes, first_row_at, first_rows, stall_s, timeout_s)
+    return trial, (first_row_at - start) if first_row_at else None
 
+
+def _trial_record(rows: int, num_proc: int, writer_batch_size: int, outcome: ChildOutcome,
+                  result: dict[str, Any], done_rows: int, cache_bytes: int,
+                  first_row_at: float | None, first_rows: int, stall_s: float,
+                  timeout_s: float) -> MapTrial:
+    """What the parent saw and the child wrote, as one MapTrial."""
     error = result.get("error")
-    if stalled:
+    if outcome.reason == "stall":
         error = f"no progress for {stall_s:g} s after {done_rows}/{rows} rows"
-    elif timed_out:
+    elif outcome.reason == "timeout":
         error = f"trial cap of {timeout_s:g} s reached after {done_rows}/{rows} rows"
-    elif not result and proc.exitcode not in (0, None):
-        error = f"map child died with exit code {proc.exitcode}"
+    elif not result and outcome.exitcode not in (0, None):
+        error = f"map child died with exit code {outcome.exitcode}"
     finished = not error and "end" in result
-
+    wall = outcome.seconds
     rate = None
     if finished and first_row_at is not None and result["end"] > first_row_at:
         rate = (rows - first_rows) / (result["end"] - first_row_at) if rows > first_rows else None
-    if rate is None and done_rows and wall > 0 and (finished or timed_out):
+    if rate is None and done_rows and wall > 0 and (finished or outcome.reason == "timeout"):
         rate = done_rows / wall
-    shard = math.ceil(rows / num_proc)
-    buffered = min(writer_batch_size, shard)
+    peak, base_rss = outcome.peak_rss_bytes, result.get("rss_before")
+    buffered = min(writer_batch_size, math.ceil(rows / num_proc))
     per_row = None
     if finished and peak and base_rss:
         per_row = max(0.0, (peak - base_rss) / (num_proc * buffered))
-    trial = MapTrial(
+    return MapTrial(
         num_proc=num_proc, writer_batch_size=writer_batch_size, rows=rows,
         seconds=round(wall, 3) if finished else None,
         rows_per_s=round(rate, 3) if rate else None,
         peak_rss_bytes=peak or None, base_rss_bytes=base_rss,
         bytes_per_buffered_row=per_row,
         cache_bytes_per_row=cache_bytes / rows if finished and rows else None,
-        stalled=stalled, error=error)
-    return trial, (first_row_at - start) if first_row_at else None
+        stalled=outcome.reason == "stall", error=error)
 
 
 def _rate_for(trials: Sequence[MapTrial], num_proc: int) -> float | None:

@@ -14,18 +14,18 @@ memory = fixed + per_sample x batch is fitted and set beside the model's own est
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.decide.batch import REDUCE_LADDER
 from autotune.fits import bound_memory
-from autotune.measure import cuda_peak_bytes, cuda_peak_reset, free_memory, is_oom_error
+from autotune.measure import (PeakRssMeter, cuda_peak_bytes, cuda_peak_reset, current_rss_bytes,
+                              free_memory, is_oom_error, trim_heap)
 from autotune.records import MemoryFit, ModelTrial
+from autotune.units import format_bytes
 from autotune.workload import ModelShape, Workload
 
 BATCH_LADDER = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -50,77 +50,6 @@ class ModelProbeResult:
 
     def fit_for(self, reduce_ratio: float) -> MemoryFit | None:
         return next((f for f in self.fits if math.isclose(f.reduce_ratio, reduce_ratio)), None)
-
-
-# -- memory meters ----------------------------------------------------------------------------
-
-_libc: Any = None
-
-
-def _trim_heap() -> None:
-    """Give freed C-heap pages back to the OS (glibc keeps them otherwise, and the next
-    trial's RSS baseline would include memory nobody uses)."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _libc = ctypes.CDLL(name) if name else False
-        except OSError:
-            _libc = False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
-
-
-def _read_status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class CpuPeakMeter:
-    """Peak RSS of this process during a block, via the kernel's high-water mark.
-
-    Writing 5 to /proc/self/clear_refs resets VmHWM (Linux >= 4.0), so the peak is exact and
-    costs nothing while the step runs; where that is not possible (other systems, restricted
-    /proc) a 5 ms sampling thread stands in and may miss a short spike.
-    """
-
-    def __init__(self) -> None:
-        self.peak_bytes: int | None = None
-        self._sampler: Any = None
-
-    @staticmethod
-    def current_bytes() -> int:
-        import psutil
-        return int(psutil.Process().memory_info().rss)
-
-    def _reset_hwm(self) -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-        except OSError:
-            return False
-        return _read_status_kib("VmHWM") is not None
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator["CpuPeakMeter"]:
-        if self._reset_hwm():
-            try:
-                yield self
-            finally:
-                hwm = _read_status_kib("VmHWM")
-                self.peak_bytes = hwm * 1024 if hwm is not None else None
-            return
-        from autotune.measure import RssSampler
-        sampler = RssSampler(interval_ms=5, pid=None, keep_samples=False)
-        with sampler:
-            yield self
-        self.peak_bytes = sampler.peak_rss_bytes
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -185,8 +114,8 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
     """
     started = time.monotonic()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    _trim_heap()
-    base_rss = CpuPeakMeter.current_bytes()
+    trim_heap()
+    base_rss = current_rss_bytes()
     trials: list[ModelTrial] = []
     fits: list[MemoryFit] = []
     notes: list[str] = []
@@ -227,9 +156,9 @@ def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, de
     import torch
 
     out: list[ModelTrial] = []
-    _trim_heap()
+    trim_heap()
     cuda_peak_reset(device if device_type == "cuda" else None)
-    base_bytes = CpuPeakMeter.current_bytes() if device_type == "cpu" else 0
+    base_bytes = current_rss_bytes() if device_type == "cpu" else 0
     model = optimizer = scaler = None
     last_step_s: float | None = None
     try:
@@ -248,7 +177,7 @@ def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, de
             if budget is not None and predicted is not None and predicted > budget \
                     and (out or device_type == "cpu"):
                 notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} not tried, predicted "
-                             f"{predicted / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB")
+                             f"{format_bytes(predicted)} > budget {format_bytes(budget)}")
                 break
             if deadline is not None and out and last_step_s is not None:
                 prev = out[-1]
@@ -278,7 +207,7 @@ def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, de
     finally:
         del model, optimizer, scaler
         free_memory()
-        _trim_heap()
+        trim_heap()
     return out
 
 
@@ -287,7 +216,7 @@ def _one_trial(workload: Workload, model: Any, optimizer: Any, scaler: Any, shap
                base_bytes: int, estimate: int | None, timed_steps: int,
                warmup_steps: int) -> ModelTrial:
     batch = None
-    meter = CpuPeakMeter()
+    meter = PeakRssMeter()
     step_s = peak = None
     oom = False
     error = None
