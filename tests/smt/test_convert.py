@@ -198,3 +198,18 @@ def test_an_existing_conversion_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--force"):
         convert(str(tmp_path / "ref"), tmp_path / "out", dataset="grandstaff")
     convert(str(tmp_path / "ref"), tmp_path / "out", dataset="grandstaff", force=True)
+
+
+# ---------------------------------------------------------------- fine-tuning from it
+def test_extend_vocab_keeps_every_id_and_row() -> None:
+    from smt.convert.finetune import grow_rows
+
+    state = {"embedding.weight": torch.randn(5, 4), "head.weight": torch.randn(5, 4),
+             "head.bias": torch.randn(5)}
+    grown = grow_rows(state, 8)
+    assert torch.equal(grown["embedding.weight"][:5], state["embedding.weight"])
+    assert grown["head.weight"].shape == (8, 4) and torch.equal(grown["head.weight"][:5], state["head.weight"])
+    assert not grown["head.weight"][5:].any()                 # new rows start silent
+    assert torch.equal(grown["head.bias"][5:], state["head.bias"].min().expand(3))
+    vocab = Vocab(["x", "<eos>", "<pad>", "<bos>"], "kern", given_ids=True).extended(["b", "a", "x"])
+    assert vocab.tokens == ["x", "<eos>", "<pad>", "<bos>", "a", "b"] and vocab.pad_id == 2
