@@ -87,8 +87,10 @@ def _tokens(config: dict[str, Any], where: str) -> list[str]:
         raise UserError(f"{where}: w2i ids are not 0..{len(by_id) - 1} (id {gap} is missing)")
     if isinstance(i2w, dict) and i2w:
         for idx, token in i2w.items():
-            if by_id.get(int(idx)) != token:
-                raise UserError(f"{where}: i2w[{idx}] = {token!r} but w2i says {by_id.get(int(idx))!r}")
+            i = int(idx) if str(idx).isdigit() else None
+            if i is None or by_id.get(i) != token:
+                raise UserError(f"{where}: i2w[{idx!r}] = {token!r} but w2i says "
+                                f"{by_id.get(i) if i is not None else 'no such id'!r}")
     return [by_id[i] for i in range(len(by_id))]
 
 

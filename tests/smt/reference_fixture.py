@@ -28,8 +28,13 @@ def vocabulary(seed: int = 0) -> dict[str, int]:
     return {"<pad>": 0, **{t: i + 1 for i, t in enumerate(tokens)}}
 
 
-def reference_state(layout: str = "smt", vocab_size: int = 18, seed: int = 0) -> dict[str, torch.Tensor]:
+def reference_state(layout: str = "smt", vocab_size: int = 18, seed: int = 0, *,
+                    widths: tuple[int, ...] = WIDTHS, depths: tuple[int, ...] = DEPTHS,
+                    d_model: int = D_MODEL, ff: int = FF, layers: int = LAYERS) -> dict[str, torch.Tensor]:
+    """Every parameter of the reference model, by its name there (sizes: the tiny test model,
+    or the published one with widths (64, 128, 256), depths (3, 3, 9), 256, 256, 8)."""
     g = torch.Generator().manual_seed(seed)
+    WIDTHS, DEPTHS, D_MODEL, FF, LAYERS = widths, depths, d_model, ff, layers  # noqa: N806
 
     def rnd(*shape: int, scale: float = 0.2, base: float = 0.0) -> torch.Tensor:
         return base + scale * torch.randn(*shape, generator=g)

@@ -188,6 +188,13 @@ def test_bad_folders_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert "plain tensors" in _one_line_error(capsys, [str(hostile), *base])
     assert not _RunsCode.marker.exists()
 
+    vocab_mismatch = tmp_path / "i2w"
+    write_reference_folder(vocab_mismatch, "smt", "bin")
+    config = json.loads((vocab_mismatch / "config.json").read_text())
+    config["i2w"]["1"] = "<nonsense>"
+    (vocab_mismatch / "config.json").write_text(json.dumps(config))
+    assert "i2w['1']" in _one_line_error(capsys, [str(vocab_mismatch), *base])
+
     assert "--dataset" in _one_line_error(capsys, [str(hostile), "--out", str(tmp_path / "o")])
     assert "not a hub model id" in _one_line_error(capsys, ["no/such/path", *base])
 
@@ -213,3 +220,19 @@ def test_extend_vocab_keeps_every_id_and_row() -> None:
     assert torch.equal(grown["head.bias"][5:], state["head.bias"].min().expand(3))
     vocab = Vocab(["x", "<eos>", "<pad>", "<bos>"], "kern", given_ids=True).extended(["b", "a", "x"])
     assert vocab.tokens == ["x", "<eos>", "<pad>", "<bos>", "a", "b"] and vocab.pad_id == 2
+
+
+def test_the_published_sizes_map_onto_the_paper_preset() -> None:
+    from smt.convert.keys import check_complete, map_keys
+    from smt.model import count_params
+    from reference_fixture import reference_state
+
+    config = SMTConfig.preset("paper", vocab_size=181)
+    expected = SMTModel(config).state_dict()
+    for layout in ("smt", "smt++"):
+        state = reference_state(layout, 181, widths=(64, 128, 256), depths=(3, 3, 9),
+                                d_model=256, ff=256, layers=8)
+        mapped = map_keys(state, layout, "published")
+        check_complete(mapped, expected, "published")
+        assert sum(t.numel() for t in mapped.state.values()) == count_params(config)
+    assert round(count_params(config) / 1e6, 1) == 10.9
