@@ -182,7 +182,28 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
                       workload=workload_desc, settings=decision.settings,
                       reasons=decision.reasons, measurements=measurements,
                       sources=decision.sources, kind="probe", details=details)
+    profile.provenance = provenance(opts, hardware, profile.created)
     return ProbeOutcome(profile, decision, seconds, round(setup_s, 2), stage_s)
+
+
+def provenance(opts: ProbeOptions, hardware: HardwareInfo, created: str) -> dict[str, Any]:
+    """When, on what and by which command a probe was recorded: the command reproduces it."""
+    import platform
+    import sys
+    flags = [("--data", opts.data), ("--preset", opts.preset), ("--devices", opts.devices),
+             ("--ram-budget", opts.ram_budget_bytes), ("--vram-budget", opts.vram_budget_bytes),
+             ("--effective-batch", opts.effective_batch_size if opts.effective_batch_size != 16
+              else None),
+             ("--time-budget", f"{opts.time_budget_s:g}"
+              if opts.time_budget_s != DEFAULT_TIME_BUDGET_S else None),
+             ("--name", opts.name)]
+    torch = sys.modules.get("torch")
+    return {"recorded_at": created,
+            "command": " ".join(["python -m autotune probe"]
+                                + [f"{k} {v}" for k, v in flags if v is not None]),
+            "machine": describe_hardware(hardware), "hardware_fingerprint": hardware.fingerprint,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": getattr(torch, "__version__", None)}
 
 
 def _batch_ladder(opts: ProbeOptions, hardware: HardwareInfo) -> tuple[int, ...]:

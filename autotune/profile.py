@@ -1,10 +1,11 @@
 """Profiles: what was measured on a machine for a workload, what was decided, and why.
 
-Schema 1 (shared DESIGN.md, section 4) with two additions that older readers ignore:
-`kind` ("probe": measured here; "plan": decided for a machine described by a spec) and
-`sources`, which says for each setting whether the figure behind it was measured on that
-hardware, predicted (from another machine's measurements or the model's estimate), or
-follows from a rule (precision from the GPU generation, accumulation from arithmetic).
+Schema 1 with three additions that older readers ignore: `kind` ("probe": measured here;
+"plan": decided for a machine described by a spec; "synthetic": made up by a generator, for
+tests), `sources`, which says for each setting whether the figure behind it was measured on
+that hardware, predicted (from another machine's measurements or the model's estimate),
+follows from a rule (precision from the GPU generation, accumulation from arithmetic), or is
+synthetic, and `provenance`: when, on what, and by which command the profile was made.
 
 Profiles are plain JSON, validated on load, never pickles; they are written atomically so
 that a run reading one never sees half a file.
@@ -27,8 +28,8 @@ from autotune.settings import OPTIONAL_KEYS, Settings
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-KINDS = ("probe", "plan")
-SOURCES = ("measured", "predicted", "rule", "flag", "default")
+KINDS = ("probe", "plan", "synthetic")
+SOURCES = ("measured", "predicted", "rule", "flag", "default", "synthetic")
 ENV_PROFILES = "SMT_AUTOTUNE_PROFILES"
 
 _REQUIRED_TOP = ("schema", "name", "hardware", "workload", "settings")
@@ -52,6 +53,8 @@ class Profile:
     kind: str = "probe"
     created: str = ""
     details: dict[str, Any] = field(default_factory=dict)   # predicted peaks, budgets used
+    # When, on what and by which command it was made ({"synthetic": true, ...} for a fixture).
+    provenance: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None                                 # where it was read from
 
     def __post_init__(self) -> None:
@@ -75,11 +78,14 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         hw = self.hardware.to_dict()
         hw["gpus"] = [{**g, "capability": list(g["capability"])} for g in hw["gpus"]]
-        return {"schema": SCHEMA, "name": self.name, "created": self.created, "kind": self.kind,
-                "hardware": hw, "workload": dict(self.workload),
-                "settings": self.settings.to_dict(), "reasons": dict(self.reasons),
-                "sources": dict(self.sources), "details": dict(self.details),
-                "measurements": self.measurements.to_dict()}
+        out = {"schema": SCHEMA, "name": self.name, "created": self.created, "kind": self.kind,
+               "hardware": hw, "workload": dict(self.workload),
+               "settings": self.settings.to_dict(), "reasons": dict(self.reasons),
+               "sources": dict(self.sources), "details": dict(self.details),
+               "measurements": self.measurements.to_dict()}
+        if self.provenance:
+            out["provenance"] = dict(self.provenance)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str | os.PathLike[str] = "<profile>") -> "Profile":
@@ -102,7 +108,7 @@ class Profile:
             raise ProfileError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
         for key, kind in (("hardware", dict), ("workload", dict), ("settings", dict),
                           ("reasons", dict), ("sources", dict), ("measurements", dict),
-                          ("details", dict), ("name", str)):
+                          ("details", dict), ("provenance", dict), ("name", str)):
             if key in data and not isinstance(data[key], kind):
                 raise ProfileError(f"{where}: key {key!r} must be a JSON "
                                    f"{'object' if kind is dict else 'string'}")
@@ -138,7 +144,8 @@ class Profile:
                        settings=settings, reasons=dict(data.get("reasons", {})),
                        measurements=measurements, sources=dict(data.get("sources", {})),
                        kind=data.get("kind", "probe"), created=str(data.get("created", "")),
-                       details=dict(data.get("details", {})))
+                       details=dict(data.get("details", {})),
+                       provenance=dict(data.get("provenance", {})))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ProfileError(f"{where}: malformed profile: {exc}") from exc
 

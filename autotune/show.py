@@ -19,13 +19,14 @@ from autotune.profile import Profile
 from autotune.units import GIB, format_bytes
 
 _STYLE = {"measured": "green", "predicted": "yellow", "rule": "cyan", "flag": "magenta",
-          "default": "red"}
+          "default": "red", "synthetic": "dim"}
 
 
 def profile_table(profile: Profile) -> Any:
     from rich.table import Table
-    kind = "measured on this hardware" if profile.kind == "probe" else \
-        "planned: decided from measurements taken elsewhere"
+    kind = {"probe": "measured on this hardware",
+            "synthetic": "synthetic: made up for tests, nothing in it was measured"}.get(
+        profile.kind, "planned: decided from measurements taken elsewhere")
     table = Table(title=f"profile {profile.name} ({kind})", expand=False)
     table.add_column("setting", style="bold")
     table.add_column("value", justify="right")
@@ -59,6 +60,12 @@ def render_profile(profile: Profile, console: Any = None) -> None:
         extra.append(f"cache {format_bytes(d['cache_predicted_bytes'])}")
     if extra:
         console.print("predicted: " + ", ".join(extra))
+    prov = profile.provenance
+    if prov.get("synthetic"):
+        console.print(f"synthetic, made by {prov.get('generator', '?')}: {prov.get('what', '')}")
+    elif prov.get("command"):
+        console.print(f"recorded {prov.get('recorded_at', '?')} by `{prov['command']}` on "
+                      f"{prov.get('machine', '?')}")
     console.print(f"created {profile.created}; sources: measured = on this hardware, "
                   "predicted = from other measurements or the model's estimate, "
                   "rule = follows from the hardware or arithmetic")

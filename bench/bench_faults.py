@@ -209,7 +209,7 @@ def fault_profile_write_killed(work: Path, kills: int = 15) -> Row:
     """A probe killed while it saves its profile: atomic vs a plain open('w')."""
     from autotune.profile import ProfileError, load_profile
     base = json.loads((REPO / "tests" / "autotune" / "fixtures" /
-                       "profile-recorded-cpu.json").read_text())
+                       "profile-synthetic-cpu.json").read_text())
     # ~4 MB of curves, so that a kill often lands inside a write.
     base["measurements"]["bench_padding"] = [random.random() for _ in range(200_000)]
     src = work / "profile-src.json"
@@ -243,7 +243,7 @@ def fault_truncated_profile(work: Path) -> Row:
 
     from autotune.errors import run_cli
     from smt.train import main
-    text = (REPO / "tests" / "autotune" / "fixtures" / "profile-recorded-cpu.json").read_text()
+    text = (REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json").read_text()
     path = work / "truncated.json"
     path.write_text(text[: len(text) // 2])
     err = io.StringIO()

@@ -127,7 +127,7 @@ def test_debug_shows_the_traceback_of_a_flag_error(cli: str, argv: list[str],
 
 # ------------------------------------------------------------------ profiles given to training
 def _valid_profile() -> dict:
-    return json.loads((REPO / "tests" / "autotune" / "fixtures" / "profile-recorded-cpu.json")
+    return json.loads((REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json")
                       .read_text())
 
 

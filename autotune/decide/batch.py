@@ -110,11 +110,14 @@ class BatchRule(Rule):
         smallest_need: tuple[float, float] | None = None
         ratios = candidate_ratios(ctx)
         for ratio in ratios:
+            # Measured first: an OOM at batch 1 here or at a smaller image rules the ratio
+            # out whatever the estimate says.
+            if any(t.oom and t.batch_size == 1 and t.reduce_ratio <= ratio + 1e-9
+                   for t in ctx.model_trials()):
+                skipped.append(f"{ratio:g} (OOM at batch 1)")
+                continue
             line = memory_line(ctx, ratio, ctx.chosen["precision"])
             if line is None:
-                if any(t.oom and t.batch_size == 1 and t.reduce_ratio <= ratio + 1e-9
-                       for t in ctx.model_trials()):
-                    skipped.append(f"{ratio:g} (OOM at batch 1)")
                 continue
             if line.fit.predict(1) > budget:
                 skipped.append(f"{ratio:g} (batch 1 needs {fb(line.fit.predict(1))})")

@@ -15,7 +15,10 @@ from autotune.profile import load_profile
 
 FIX = Path(__file__).parent / "fixtures"
 SPECS = Path(__file__).parents[2] / "profiles" / "specs"
-RECORDED = FIX / "profile-recorded-cpu.json"
+# Made up for the rules (says so: kind "synthetic"); and a probe really recorded on a machine
+# (its `provenance` says when, where and by which command), for what must be measured.
+SYNTHETIC = FIX / "profile-synthetic-cpu.json"
+RECORDED = FIX / "profile-recorded-cpu-debug.json"
 
 
 def test_show_prints_every_setting_with_its_reason(capsys: pytest.CaptureFixture,
@@ -26,13 +29,16 @@ def test_show_prints_every_setting_with_its_reason(capsys: pytest.CaptureFixture
     profile = load_profile(RECORDED)
     for key, value in profile.settings.to_dict().items():
         assert key in out
-    assert "rows/s" in out and "measured" in out and "OOM at batch 1" in out
+    assert "rows/s" in out and "measured" in out
     assert profile.hardware.fingerprint in out
+    # A probe that ran out of memory at batch 1: the synthetic profile has one.
+    assert cli.main(["show", str(SYNTHETIC)]) == 0
+    assert "OOM at batch 1" in capsys.readouterr().out
 
 
 @pytest.mark.timeout(60)
 def test_show_plot_writes_the_curves(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["show", str(RECORDED), "--plot", str(tmp_path / "plots")]) == 0
+    assert cli.main(["show", str(SYNTHETIC), "--plot", str(tmp_path / "plots")]) == 0
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["loader.png", "map.png", "model.png"]
     for name in names:
@@ -43,7 +49,7 @@ def test_show_plot_writes_the_curves(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_plan_writes_a_predicted_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "t4x2.json"
     rc = cli.main(["plan", "--hardware", str(SPECS / "kaggle-t4x2.json"), "--from",
-                   str(RECORDED), "--out", str(out), "--effective-batch", "32"])
+                   str(SYNTHETIC), "--out", str(out), "--effective-batch", "32"])
     assert rc == 0
     profile = load_profile(out)
     assert profile.kind == "plan" and profile.name == "kaggle-t4x2"
@@ -54,18 +60,18 @@ def test_plan_writes_a_predicted_profile(tmp_path: Path, capsys: pytest.CaptureF
 def test_plan_names_the_profile_by_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("SMT_AUTOTUNE_PROFILES", str(tmp_path))
-    shutil.copy(RECORDED, tmp_path / "here.json")
+    shutil.copy(SYNTHETIC, tmp_path / "here.json")
     assert cli.main(["plan", "--hardware", str(SPECS / "colab-t4.json"), "--from", "here"]) == 0
     assert load_profile(tmp_path / "colab-t4.json").settings.precision == "16-mixed"
 
 
 @pytest.mark.parametrize("argv, message", [
     (["show", "no-such-profile"], "no-such-profile.json: no such profile file"),
-    (["plan", "--hardware", "missing.json", "--from", str(RECORDED)],
+    (["plan", "--hardware", "missing.json", "--from", str(SYNTHETIC)],
      "missing.json: no such hardware spec file"),
-    (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(RECORDED),
+    (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(SYNTHETIC),
       "--ram-budget", "1GB", "--out", "/dev/null/x.json"], "would fit"),
-    (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(RECORDED),
+    (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(SYNTHETIC),
       "--ram-budget", "many"], "--ram-budget"),
 ])
 def test_user_errors_are_one_line_exit_2(argv: list[str], message: str,
@@ -94,7 +100,7 @@ def test_probe_dispatches_with_its_flags(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_broken_hook_does_not_break_the_others(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(cli._HOOKS, "bogus", "autotune.no_such_module")
-    assert cli.main(["show", str(RECORDED)]) == 0
+    assert cli.main(["show", str(SYNTHETIC)]) == 0
     assert cli.main(["bogus"]) == 2
     assert "`bogus` is unavailable" in capsys.readouterr().err
 
@@ -109,9 +115,9 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> Non
 
 @pytest.mark.timeout(60)
 def test_module_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "autotune", "show", str(RECORDED)],
+    proc = subprocess.run([sys.executable, "-m", "autotune", "show", str(SYNTHETIC)],
                           capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
     assert "batch_size" in proc.stdout
-    info = json.loads(RECORDED.read_text())
+    info = json.loads(SYNTHETIC.read_text())
     assert info["schema"] == 1

@@ -23,7 +23,9 @@ from workload_fakes import FakeWorkload  # noqa: E402  (the probe engineer's fak
 
 @pytest.fixture
 def recorded() -> Any:
-    return load_profile(FIX / "profile-recorded-cpu.json")
+    # Made-up probe figures (kind "synthetic") shaped to exercise the rules; plans re-decide
+    # from the measurements, so nothing here relies on them having been measured.
+    return load_profile(FIX / "profile-synthetic-cpu.json")
 
 
 @pytest.mark.parametrize("spec, expect", [
