@@ -11,9 +11,11 @@ import importlib
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError, run_cli
+from autotune.outdir import check_out_dir, check_out_file, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     return int(run_probe(args) or 0)
 
 
+SHOW_PLOT_COMMAND = "autotune show --plot"      # the --plot folder's marker (autotune.outdir)
+
+
 # -- show -------------------------------------------------------------------------------------
 
 def add_show(sub: Any) -> None:
@@ -114,13 +119,17 @@ def _run_show(args: argparse.Namespace) -> int:
     from autotune.profile import load_profile, resolve_profile_path
     from autotune.show import render_profile, write_plots
 
-    profile = load_profile(resolve_profile_path(args.profile))
+    path = resolve_profile_path(args.profile)
+    if args.plot:
+        check_out_dir(args.plot, SHOW_PLOT_COMMAND, [path], flag="--plot")
+    profile = load_profile(path)
     console = Console()
     render_profile(profile, console)
     if args.plot:
-        paths = write_plots(profile, args.plot)
-        if paths:
-            console.print("plots: " + ", ".join(str(p) for p in paths))
+        with replace_dir(args.plot, SHOW_PLOT_COMMAND, [path], flag="--plot") as tmp:
+            names = [p.name for p in write_plots(profile, tmp)]
+        if names:
+            console.print("plots: " + ", ".join(str(Path(args.plot) / n) for n in names))
         else:
             console.print("no curves to plot: this profile holds no measurements")
     return 0
@@ -195,6 +204,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    if getattr(args, "out", None):          # probe/plan: before measuring anything
+        check_out_file(args.out)
     return int(args.func(args) or 0)
 
 

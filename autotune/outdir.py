@@ -1,4 +1,5 @@
-"""Output folders that never destroy what was there: one rule for every CLI that writes one.
+"""Outputs that never destroy what was there: one rule for every CLI that writes a folder
+(and the up-front check for those that write a file).
 
 A folder given as `--out` is written into a new temporary sibling and renamed into place at
 the end, so a killed run leaves the old folder (or nothing) and never half of a new one. An
@@ -88,6 +89,16 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
         if not overwrite and (marker is None or marker.get("command") != command):
             raise UserError(f"{flag} {out} already exists and was not written by `{command}`; "
                             f"pass --overwrite to replace it, or choose another folder")
+    _writable_parent(target, flag)
+    return target
+
+
+def check_out_file(out: PathLike, flag: str = "--out") -> Path:
+    """An output *file* (a profile): not a folder, and its folder writable, checked before any
+    work. The write itself is `autotune.atomic` (a temporary file renamed into place)."""
+    target = Path(out).expanduser()
+    if target.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; pass a file path (e.g. {target / 'name.json'})")
     _writable_parent(target, flag)
     return target
 

@@ -125,6 +125,59 @@ def test_debug_shows_the_traceback_of_a_flag_error(cli: str, argv: list[str],
     assert "Traceback" in err and err.strip().splitlines()[-1].count("error:") == 1
 
 
+# ------------------------------------------------------------------ output paths (issue 13 item 8)
+def _read_only(tmp: Path) -> Path:
+    """A folder nothing can be created in; as root, permission bits do not stop a write, so
+    use a read-only kernel filesystem there."""
+    if os.geteuid() != 0:
+        ro = tmp / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    try:
+        (Path("/sys") / "smt-autotune-probe").mkdir()
+    except OSError:
+        return Path("/sys") / "smt-autotune-probe"
+    shutil.rmtree("/sys/smt-autotune-probe", ignore_errors=True)
+    pytest.skip("no read-only folder available")
+
+
+OUT_CASES = [
+    ("autotune", ["probe", "--out", "{dir}"], "--out", "is a folder"),
+    ("autotune", ["probe", "--out", "{ro}/p.json"], "--out", "cannot write"),
+    ("autotune", ["plan", "--hardware", "{spec}", "--out", "{dir}"], "--out", "is a folder"),
+    ("autotune", ["plan", "--hardware", "{spec}", "--out", "{ro}/p.json"], "--out", "cannot write"),
+    ("autotune", ["show", "{profile}", "--plot", "{file}"], "--plot", "is an existing file"),
+    ("autotune", ["show", "{profile}", "--plot", "{ro}/plots"], "--plot", "cannot write"),
+    ("autotune", ["search", "--trials", "1", "--save-profile", "{dir}"], "--save-profile",
+     "is a folder"),
+    ("autotune", ["search", "--trials", "1", "--plot", "{file}"], "--plot", "is an existing file"),
+    ("smt.predict", ["--checkpoint", "c.ckpt", "x.png", "--out", "{file}"], "--out",
+     "is an existing file"),
+    ("smt.predict", ["--checkpoint", "c.ckpt", "x.png", "--out", "{ro}/k"], "--out", "cannot write"),
+]
+
+
+@pytest.mark.parametrize("cli, argv, flag, message", OUT_CASES,
+                         ids=[" ".join([c, *a]) for c, a, _, _ in OUT_CASES])
+@pytest.mark.timeout(60)
+def test_an_unusable_output_path_is_one_line_before_any_work(
+        cli: str, argv: list[str], flag: str, message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("keep me")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"cpu_count": 4, "ram": "30GB", "gpus": [], "gpu_count": 0}))
+    values = {"dir": tmp_path / "dir", "file": tmp_path / "file", "spec": spec,
+              "profile": REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json"}
+    if any("{ro}" in a for a in argv):
+        values["ro"] = _read_only(tmp_path)
+    argv = [a.format(**values) for a in argv]
+    _one_line_error(capsys, cli, argv, flag, message)
+    assert (tmp_path / "file").read_text() == "keep me"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".probe"))]
+
+
 # ------------------------------------------------------------------ profiles given to training
 def _valid_profile() -> dict:
     return json.loads((REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.errors import UserError, float_in
+from autotune.outdir import check_out_dir, check_out_file, replace_dir
 from autotune.search import results
 from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
                                     fits_from_profile, offset_from_profile, workload_predictor)
@@ -28,6 +29,7 @@ from autotune.units import parse_size
 # A week: longer limits are typos, and inf/nan would disable the kill that keeps a hung
 # trial from holding the study.
 MAX_S = 7 * 86400.0
+SEARCH_PLOT_COMMAND = "autotune search --plot"     # the --plot folder's marker (autotune.outdir)
 
 DESCRIPTION = """\
 Search training settings with Optuna. Each trial is a short real training run in a child
@@ -223,6 +225,11 @@ def _intro(console: Console, config: SearchConfig, budget_why: str, args: argpar
 def run_search(args: argparse.Namespace) -> int:
     # A log file or pipe gets a wide table instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    # Outputs first: a bad path must not cost a search.
+    if args.save_profile:
+        check_out_file(results.profile_path(args.save_profile), "--save-profile")
+    if args.plot:
+        check_out_dir(args.plot, SEARCH_PLOT_COMMAND, flag="--plot")
     config, profile, budget_why = build_config(args)
     _intro(console, config, budget_why, args)
     previous = None
@@ -260,8 +267,10 @@ def run_search(args: argparse.Namespace) -> int:
         console.print(f"saved trial {trial.number} as {path}: train with "
                       f"python -m smt.train --profile {args.save_profile}")
     if args.plot:
-        for path in results.write_plots(study, config.objective, Path(args.plot)):
-            console.print(f"plot: {path}")
+        with replace_dir(args.plot, SEARCH_PLOT_COMMAND, flag="--plot") as tmp:
+            names = [p.name for p in results.write_plots(study, config.objective, tmp)]
+        for name in names:
+            console.print(f"plot: {Path(args.plot) / name}")
     return 0
 
 
