@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,10 @@ _OOM_MESSAGES = (
     "cudnn_status_alloc_failed",
     "failed to allocate memory",
 )
+# What else a child's log ends with when it died of an allocation failure: the exception's
+# name in the traceback (a bare MemoryError has no message), C++'s and libc's wording.
+_OOM_LOG_TEXT = re.compile(r"\b(?:OutOfMemoryError|MemoryError)\b|std::bad_alloc|"
+                           r"cannot allocate memory", re.IGNORECASE)
 
 
 def tree_rss_bytes(pid: int | None = None) -> int:
@@ -207,6 +212,13 @@ def is_oom_error(exc: BaseException | None) -> bool:
                 return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def is_oom_text(text: str) -> bool:
+    """True when a message or a process's log tail says an allocation failed: the messages
+    `is_oom_error` counts, or the name of an OOM exception (a child process's traceback)."""
+    low = text.lower()
+    return any(m in low for m in _OOM_MESSAGES) or bool(_OOM_LOG_TEXT.search(text))
 
 
 def _torch_oom_type() -> type[BaseException] | None:

@@ -16,8 +16,6 @@ from typing import Any
 from autotune.workload import TrialLaunch, TrialReport, TrialRequest
 
 TRAINER = (sys.executable, "-m", "smt.train")
-# Validations per quality trial: the pruner's intermediate values.
-VALIDATIONS_PER_TRIAL = 4
 
 
 def launch(request: TrialRequest) -> TrialLaunch:
@@ -44,11 +42,6 @@ def launch(request: TrialRequest) -> TrialLaunch:
     elif request.val_batches is not None:
         args += ["--val-batches", str(request.val_batches)]
     return TrialLaunch(command=TRAINER, args=tuple(args), start_marker=RUN_NAME)
-
-
-def val_every(max_steps: int) -> int:
-    """Steps between validations for a trial the pruner watches."""
-    return max(1, max_steps // VALIDATIONS_PER_TRIAL)
 
 
 def read_report(out_dir: Path) -> TrialReport | None:

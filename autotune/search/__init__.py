@@ -7,12 +7,12 @@ plots), `cli` (flags).
 """
 from autotune.search.cli import add_parser, main, run_search
 from autotune.search.objectives import OBJECTIVES, TrialFailed, make_objective
-from autotune.search.runner import TrialResult, TrialRunner, kill_tree
+from autotune.search.runner import TrialResult, TrialRunner
 from autotune.search.space import SearchSpace, TrialPoint, space_for
 from autotune.search.storage import count_trials, default_storage_url, mask_url, open_storage
 from autotune.search.study import SearchConfig, SearchOutcome, run_study
 
 __all__ = ["add_parser", "run_search", "main", "OBJECTIVES", "TrialFailed", "make_objective",
-           "TrialResult", "TrialRunner", "kill_tree", "SearchSpace", "TrialPoint", "space_for",
+           "TrialResult", "TrialRunner", "SearchSpace", "TrialPoint", "space_for",
            "count_trials", "default_storage_url", "mask_url", "open_storage", "SearchConfig",
            "SearchOutcome", "run_study"]

@@ -20,12 +20,13 @@ from autotune.search import results
 from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
                                     fits_from_profile, offset_from_profile, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
-from autotune.search.runner import DEFAULT_TRAINER
 from autotune.search.space import space_for
 from autotune.search.storage import GRACE_S, HEARTBEAT_S, mask_url
 from autotune.search.study import SearchConfig, run_study
 from autotune.units import parse_size
 
+# `--workload none` still launches trials as this workload declares (its flags and report).
+TRIAL_WORKLOAD_FOR_NONE = "smt"
 # A week: longer limits are typos, and inf/nan would disable the kill that keeps a hung
 # trial from holding the study.
 MAX_S = 7 * 86400.0
@@ -81,11 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="DIR", help="write optimization history (and the Pareto "
                    "front) as PNG into DIR")
     p.add_argument("--seed", type=int, help="sampler seed")
-    p.add_argument("--trainer", metavar="CMD", help="training command a trial runs (default: "
-                   f"'{' '.join(DEFAULT_TRAINER[1:])}' with this Python)")
+    p.add_argument("--trainer", metavar="CMD", help="command a trial runs instead of the "
+                   "workload's own (SMT: 'python -m smt.train'); it gets the same flags")
     p.add_argument("--workload", default="smt", metavar="NAME",
-                   help="workload whose memory estimate and fingerprint the search uses "
-                   "(default smt; 'none' with a custom --trainer)")
+                   help="workload whose trials, memory estimate and fingerprint the search "
+                   "uses (default smt; 'none': no memory estimate or fingerprint, the trials "
+                   "still take smt's flags, for a stand-in --trainer)")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
                    help=f"trial heartbeat; a trial silent for 4x this is failed (default "
                    f"{HEARTBEAT_S})")
@@ -178,8 +180,8 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
     objective = make_objective(args.objective, args.metric)
     budget, budget_why = memory_budget(args, profile)
     predictor = choose_predictor(profile, args.preset, args.data, args.workload)
-    trainer = tuple(shlex.split(args.trainer)) if args.trainer else DEFAULT_TRAINER
-    if not trainer:
+    trainer = tuple(shlex.split(args.trainer)) if args.trainer is not None else None
+    if trainer is not None and not trainer:
         raise UserError("--trainer: empty command")
     name = args.study or f"smt-{objective.name}-{args.preset or 'default'}"
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "search" / name
@@ -190,6 +192,7 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
         storage=args.storage, study_name=name,
         preset=args.preset, data=args.data, seed=args.seed, memory_budget_bytes=budget,
         predictor=predictor, trainer=trainer, heartbeat_s=args.heartbeat,
+        workload=TRIAL_WORKLOAD_FOR_NONE if args.workload == "none" else args.workload,
         grace_s=4 * args.heartbeat)
     return config, profile, budget_why
 
@@ -207,7 +210,7 @@ def _intro(console: Console, config: SearchConfig, budget_why: str, args: argpar
     console.print(f"memory model: {config.predictor.source}; budget {budget / 2**30:.2f} GiB "
                   f"({budget_why})")
     console.print(f"storage: {mask_url(config.storage_url)}  run folder: {config.run_dir}")
-    console.print(f"trainer: {' '.join(config.trainer)}  steps per trial: "
+    console.print(f"trainer: {' '.join(config.trainer_command())}  steps per trial: "
                   f"{config.steps_per_trial}  time limits: {config.trial_timeout_s:g} s of training, "
                   f"{config.setup_timeout_s:g} s to start")
     join = ["python -m autotune search", f"--storage '{mask_url(config.storage_url)}'",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+
+from autotune.workload import TrialReport
 
 # A short trial's SER is saturated near 100 for every setting, so the loss is the default:
 # smooth, falls from the first steps and tracks SER later. `--metric val_ser` for long trials.
@@ -21,10 +22,10 @@ class TrialFailed(Exception):
     """The trial produced no usable result (crash, OOM, time limit, missing metric)."""
 
 
-def _number(summary: dict[str, Any], key: str) -> float:
-    value = summary.get(key)
+def _number(report: TrialReport, key: str) -> float:
+    value = report.metric(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TrialFailed(f"trainer's summary.json has no usable {key!r} (got {value!r})")
+        raise TrialFailed(f"the trial reports no usable {key!r} (got {value!r})")
     return float(value)
 
 
@@ -40,23 +41,23 @@ class Objective(ABC):
         self.metric = metric
 
     @abstractmethod
-    def values(self, summary: dict[str, Any]) -> list[float]:
-        """The objective values from a finished trial's summary.json."""
+    def values(self, report: TrialReport) -> list[float]:
+        """The objective values from a finished trial's report."""
 
     @property
     def needs_validation(self) -> bool:
         return False
 
 
-def samples_per_s(summary: dict[str, Any]) -> float:
+def samples_per_s(report: TrialReport) -> float:
     """Steady-state rate when the trainer reports one (warm-up excluded), else its overall rate.
 
     A short trial's overall rate carries the first step and the DataLoader workers' start-up,
     which a long run pays once; the steady rate is what the saved settings will deliver.
     """
-    if isinstance(summary.get("steady_samples_per_s"), (int, float)):
-        return _number(summary, "steady_samples_per_s")
-    return _number(summary, "samples_per_s")
+    if report.steady_samples_per_s is not None:
+        return _number(report, "steady_samples_per_s")
+    return _number(report, "samples_per_s")
 
 
 class Throughput(Objective):
@@ -64,8 +65,8 @@ class Throughput(Objective):
     directions = ("maximize",)
     names = ("samples/s",)
 
-    def values(self, summary: dict[str, Any]) -> list[float]:
-        return [samples_per_s(summary)]
+    def values(self, report: TrialReport) -> list[float]:
+        return [samples_per_s(report)]
 
 
 class Quality(Objective):
@@ -81,8 +82,8 @@ class Quality(Objective):
     def needs_validation(self) -> bool:
         return True
 
-    def values(self, summary: dict[str, Any]) -> list[float]:
-        return [_number(summary, self.metric)]
+    def values(self, report: TrialReport) -> list[float]:
+        return [_number(report, self.metric)]
 
 
 class Both(Objective):
@@ -97,8 +98,8 @@ class Both(Objective):
     def needs_validation(self) -> bool:
         return True
 
-    def values(self, summary: dict[str, Any]) -> list[float]:
-        return [samples_per_s(summary), _number(summary, self.metric)]
+    def values(self, report: TrialReport) -> list[float]:
+        return [samples_per_s(report), _number(report, self.metric)]
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"throughput": Throughput, "quality": Quality,

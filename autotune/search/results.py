@@ -19,10 +19,19 @@ from autotune.search.storage import count_trials, mask_url
 from autotune.settings import Settings
 
 
+def constraint_values(trial: FrozenTrial) -> list[float]:
+    """The trial's constraint values: `FrozenTrial.constraints` (Optuna 5), else the list the
+    sampler's `constraints_func` stored (older Optuna); empty when none was recorded."""
+    named = getattr(trial, "constraints", None)
+    if isinstance(named, dict):
+        return [float(v) for v in named.values()]
+    return [float(v) for v in trial.system_attrs.get("constraints") or ()]
+
+
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Single objective: complete feasible trials, best first. Two: the Pareto front."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(v <= 0 for v in t.constraints.values())]
+                if all(v <= 0 for v in constraint_values(t))]
     if len(study.directions) > 1:
         front = study.best_trials
         return sorted(front, key=lambda t: -t.values[0])

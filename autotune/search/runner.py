@@ -1,11 +1,12 @@
 """Run one trial as a child process, watch it, and always clean up after it.
 
-A trial is a short real training run (`python -m smt.train ... --max-steps K --out DIR`) in
-its own process, so an OOM, a hang or a leak dies with it and cannot poison the next trial.
-The runner samples the child's process tree (RSS, for the record), reads its progress files
-for the pruner, and kills the whole tree (DataLoader workers included) when the trial passes
-its time limit, when the pruner says stop, or when the search itself is interrupted.
-The trainer command is injectable: tests run fake trainers that write summary.json.
+A trial is a short real training run in its own process, launched as the workload declares
+(`Workload.trial_launch` gives the argv and the files it leaves; for SMT `python -m smt.train
+... --max-steps K --out DIR`), so an OOM, a hang or a leak dies with it and cannot poison the
+next trial. The runner samples the child's process tree (RSS, for the record), reads its
+progress files for the pruner, and kills the whole tree (DataLoader workers included) when
+the trial passes its time limit, when the pruner says stop, or when the search itself is
+interrupted. Tests swap the launch's command for fake trainers that take the same flags.
 """
 from __future__ import annotations
 
@@ -13,29 +14,18 @@ import csv
 import io
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+from autotune.measure import is_oom_text, kill_tree, tree_rss_bytes
+from autotune.workload import TrialLaunch
 
-from autotune.measure import kill_tree
-
-DEFAULT_TRAINER = (sys.executable, "-m", "smt.train")
 LOG_NAME = "trainer.log"
-# The child's own progress records (one JSON object per line), if the trainer writes them.
-PROGRESS_JSONL = "progress.jsonl"
-# smt.train writes OUT/run.json when its data is ready and training begins.
-START_MARKER = "run.json"
-
-_OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
-                       r"Cannot allocate memory|\bMemoryError\b|std::bad_alloc", re.I)
 
 
 @dataclass
@@ -44,28 +34,13 @@ class TrialResult:
     returncode: int | None
     elapsed_s: float
     log_path: Path
-    summary: dict[str, Any] | None = None
     error: str | None = None
     peak_rss_bytes: int | None = None      # whole child tree, sampled every poll
     progress: list[dict[str, Any]] = field(default_factory=list)
 
 
-def tree_rss_bytes(pid: int) -> int | None:
-    try:
-        root = psutil.Process(pid)
-        total = root.memory_info().rss
-        for c in root.children(recursive=True):
-            try:
-                total += c.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return None
-
-
 def looks_like_oom(log_tail: str, returncode: int | None) -> bool:
-    if _OOM_TEXT.search(log_tail):
+    if is_oom_text(log_tail):
         return True
     # SIGKILL that we did not send: on Linux almost always the kernel's OOM killer.
     return returncode == -signal.SIGKILL
@@ -74,19 +49,21 @@ def looks_like_oom(log_tail: str, returncode: int | None) -> bool:
 class ProgressReader:
     """Reads the validation records a running trainer leaves in its output folder.
 
-    Two channels, whichever exists: `progress.jsonl` (one JSON object per line with `step`,
-    optional `samples`, and metric keys) and Lightning's CSV logger `metrics.csv` (anywhere
-    under the folder). Both are re-read whole each poll; they stay small for short trials.
+    Two channels, whichever exists: the launch's progress file (`progress.jsonl`: one JSON
+    object per line with `step`, optional `samples`, and metric keys) and Lightning's CSV
+    logger `metrics.csv` (anywhere under the folder). Both are re-read whole each poll; they
+    stay small for short trials.
     """
 
-    def __init__(self, out_dir: Path, metric: str) -> None:
+    def __init__(self, out_dir: Path, metric: str, progress_file: str = "progress.jsonl") -> None:
         self.out_dir = out_dir
         self.metric = metric
+        self.progress_file = progress_file
         self.seen: set[tuple[int, float]] = set()
 
     def _records(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        jl = self.out_dir / PROGRESS_JSONL
+        jl = self.out_dir / self.progress_file
         if jl.exists():
             try:
                 text = jl.read_text(encoding="utf-8")
@@ -126,31 +103,30 @@ class ProgressReader:
 
 
 class TrialRunner:
-    """Launches `trainer + args`, enforces the time limit, returns a TrialResult."""
+    """Runs a TrialLaunch, enforces the time limits, returns a TrialResult."""
 
-    def __init__(self, trainer: Sequence[str] = DEFAULT_TRAINER, poll_s: float = 0.5,
-                 env: dict[str, str] | None = None) -> None:
-        self.trainer = list(trainer)
+    def __init__(self, poll_s: float = 0.5, env: dict[str, str] | None = None) -> None:
         self.poll_s = poll_s
         self.env = env
 
-    def run(self, args: Sequence[str], out_dir: Path, time_limit_s: float,
+    def run(self, launch: TrialLaunch, out_dir: Path, time_limit_s: float,
             metric: str | None = None,
             on_progress: Callable[[dict[str, Any]], bool] | None = None,
             setup_limit_s: float | None = None) -> TrialResult:
         """Run to the end, the time limit, or until `on_progress` returns False.
 
-        The trainer writes OUT/run.json once its data is ready and training starts; the time
-        limit counts from then. Before it, `setup_limit_s` applies: the first trial at a new
+        The trainer writes the launch's start marker (SMT: OUT/run.json) once its data is ready
+        and training starts; the time limit counts from then. Before it, `setup_limit_s` applies: the first trial at a new
         reduce ratio prepares (resizes and caches) the dataset, which can take far longer
         than the short training that follows and must not be mistaken for a hang.
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / LOG_NAME
-        cmd = self.trainer + list(args)
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        reader = ProgressReader(out_dir, metric) if metric and on_progress else None
+        cmd = launch.argv
+        env = {**(os.environ if self.env is None else self.env), **launch.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")      # the log shows a Python child's lines live
+        reader = (ProgressReader(out_dir, metric, launch.progress_file)
+                  if metric and on_progress else None)
         start = time.monotonic()
         peak: int | None = None
         status, error = "complete", None
@@ -168,8 +144,8 @@ class TrialRunner:
                                    error=f"cannot start trainer {cmd[0]!r}: {exc}")
             try:
                 while proc.poll() is None:
-                    rss = tree_rss_bytes(proc.pid)
-                    if rss is not None:
+                    rss = tree_rss_bytes(proc.pid)      # 0 once the child is gone
+                    if rss:
                         peak = max(peak or 0, rss)
                     if reader is not None and on_progress is not None:
                         for rec in reader.poll():
@@ -180,7 +156,7 @@ class TrialRunner:
                         if status == "stopped":
                             break
                     now = time.monotonic()
-                    if train_start is None and (out_dir / START_MARKER).exists():
+                    if train_start is None and (out_dir / launch.start_marker).exists():
                         train_start = now
                     if train_start is not None and now - train_start > time_limit_s:
                         status = "timeout"
@@ -203,27 +179,14 @@ class TrialRunner:
                 proc.wait()
         elapsed = time.monotonic() - start
         rc = proc.returncode
-        summary = _read_summary(out_dir)
-        if status == "complete":
-            if rc != 0:
-                tail = _tail(log_path)
-                status = "oom" if looks_like_oom(tail, rc) else "failed"
-                last = tail.strip().splitlines()[-1] if tail.strip() else ""
-                error = (f"{'out of memory' if status == 'oom' else 'trainer failed'} "
-                         f"(exit {rc}): {last[:200]}")
-            elif summary is None:
-                status, error = "failed", "trainer exited 0 but wrote no summary.json"
-        return TrialResult(status, rc, elapsed, log_path, summary=summary, error=error,
+        if status == "complete" and rc != 0:
+            tail = _tail(log_path)
+            status = "oom" if looks_like_oom(tail, rc) else "failed"
+            last = tail.strip().splitlines()[-1] if tail.strip() else ""
+            error = (f"{'out of memory' if status == 'oom' else 'trainer failed'} "
+                     f"(exit {rc}): {last[:200]}")
+        return TrialResult(status, rc, elapsed, log_path, error=error,
                            peak_rss_bytes=peak, progress=progress)
-
-
-def _read_summary(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "summary.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _tail(path: Path, nbytes: int = 8192) -> str:

@@ -25,13 +25,14 @@ from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
 from autotune.search.memory import Feasibility, MemoryPredictor, NullPredictor
 from autotune.search.objectives import Objective, TrialFailed
-from autotune.search.runner import DEFAULT_TRAINER, TrialRunner
+from autotune.search.runner import TrialResult, TrialRunner
 from autotune.search.space import SearchSpace, TrialPoint
 from autotune.search.storage import (GRACE_S, HEARTBEAT_S, OUTCOME_COMPLETE, OUTCOME_FAILED,
                                      OUTCOME_PRUNED, OUTCOME_REJECTED, OUTCOME_SURPLUS,
                                      StudyCounts, count_trials, default_storage_url,
                                      fail_stale, is_surplus, mask_url, open_storage,
                                      retry_point, storage_errors, wait_for_running)
+from autotune.workload import TrialReport, TrialRequest, Workload, load_workload
 
 
 @dataclass
@@ -56,13 +57,17 @@ class SearchConfig:
     seed: int | None = None
     memory_budget_bytes: int | None = None
     predictor: MemoryPredictor = field(default_factory=NullPredictor)
-    trainer: tuple[str, ...] = DEFAULT_TRAINER
+    # Whose trial launch (command, flags, report) the trials use, and an optional command that
+    # replaces the workload's own (`--trainer`; it must take the same flags).
+    workload: str = "smt"
+    trainer: tuple[str, ...] | None = None
     heartbeat_s: int = HEARTBEAT_S
     grace_s: int = GRACE_S
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # points to try first
     # Stop after this many attempts in this process (rejections and failures included), so a
     # space where nothing fits or a trainer that always crashes cannot loop forever.
     max_attempts: int | None = None
+    _workload: Workload | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -80,6 +85,20 @@ class SearchConfig:
     def name(self) -> str:
         return self.study_name or f"smt-{self.objective.name}-{self.preset or 'default'}"
 
+    def trial_workload(self) -> Workload:
+        """The workload that launches the trials (built once; building it reads no data)."""
+        if self._workload is None:
+            self._workload = load_workload(self.workload, data=self.data,
+                                           preset=self.preset or "paper")
+        return self._workload
+
+    def trainer_command(self) -> tuple[str, ...]:
+        """The program each trial runs: `trainer`, else the workload's own."""
+        if self.trainer:
+            return self.trainer
+        probe = TrialRequest(settings=self.space.base, max_steps=1, out_dir=self.run_dir)
+        return self.trial_workload().trial_launch(probe).command
+
 
 @dataclass
 class SearchOutcome:
@@ -90,51 +109,53 @@ class SearchOutcome:
     attempts: int
 
 
-# smt.train's steady samples/s leaves out its first 5 loader batches; 10 or more per trial make
-# sure every trial reports it, so trials are compared on the same kind of figure.
-MIN_BATCHES = 10
+# Loader batches a throughput trial runs at least: twice the trainer's warm-up, which its
+# steady samples/s leaves out, so every trial reports a steady rate and trials are compared on
+# the same kind of figure (SMT: 5 warm-up batches, so 10).
+MIN_BATCHES_PER_WARMUP = 2
+MIN_BATCHES_FLOOR = 10
+
+
+def min_batches(config: SearchConfig) -> int:
+    warmup = config.trial_workload().trial_warmup_batches()
+    return max(MIN_BATCHES_FLOOR, MIN_BATCHES_PER_WARMUP * warmup)
 
 
 def steps_for(config: SearchConfig, point: TrialPoint) -> int:
     """Optimizer steps for a trial.
 
-    throughput: K steps (at least MIN_BATCHES loader batches). quality: a fixed number of
+    throughput: K steps (at least `min_batches` loader batches). quality: a fixed number of
     samples, K x the base effective batch. both: the same, raised for every trial alike to
-    MIN_BATCHES batches of the largest batch size, so that throughput is measured steady.
+    `min_batches` batches of the largest batch size, so that throughput is measured steady.
     """
     s = point.settings
     acc = s.accumulate_grad_batches
     if not config.objective.needs_validation:
-        return max(config.steps_per_trial, math.ceil(MIN_BATCHES / acc))
+        return max(config.steps_per_trial, math.ceil(min_batches(config) / acc))
     budget = config.steps_per_trial * config.space.base.effective_batch_size
     if config.objective.name == "both":
-        budget = max(budget, MIN_BATCHES * config.space.batch_size[1] * s.devices)
+        budget = max(budget, min_batches(config) * config.space.batch_size[1] * s.devices)
     return max(1, round(budget / s.effective_batch_size))
 
 
+VALIDATIONS_PER_TRIAL = 4       # a quality trial's intermediate values for the pruner
+
+
+def trial_request(config: SearchConfig, point: TrialPoint, steps: int, out: Path) -> TrialRequest:
+    prunable, validates = config.objective.prunable, config.objective.needs_validation
+    return TrialRequest(
+        settings=point.settings, max_steps=steps, out_dir=out,
+        # Same seed for every trial: differences come from the settings, not the shuffle.
+        seed=config.seed or 0, lr=point.lr, preset=config.preset, data=config.data,
+        val_every_steps=max(1, steps // VALIDATIONS_PER_TRIAL) if prunable else None,
+        # Throughput ignores validation; decode one batch at the end instead of the split.
+        val_batches=1 if not validates else None)
+
+
 def trainer_args(config: SearchConfig, point: TrialPoint, steps: int, out: Path) -> list[str]:
-    s = point.settings
-    args = ["--batch-size", str(s.batch_size), "--accumulate", str(s.accumulate_grad_batches),
-            "--reduce-ratio", f"{s.reduce_ratio:g}", "--num-workers", str(s.num_workers),
-            "--num-proc", str(s.num_proc), "--writer-batch-size", str(s.writer_batch_size),
-            "--precision", s.precision, "--max-steps", str(steps), "--out", str(out)]
-    if s.devices > 1:
-        args += ["--devices", str(s.devices), "--strategy", s.strategy]
-    if config.preset:
-        args += ["--preset", config.preset]
-    if config.data:
-        args += ["--data", config.data]
-    if point.lr is not None:
-        args += ["--lr", f"{point.lr:.6g}"]
-    # Same seed for every trial: differences come from the settings, not the shuffle.
-    args += ["--seed", str(config.seed or 0), "--patience", "0"]
-    if config.objective.prunable:
-        # About four validations per trial: the pruner's intermediate values.
-        args += ["--val-every", str(max(1, steps // 4))]
-    elif not config.objective.needs_validation:
-        # Throughput ignores validation; decode one batch at the end instead of the whole split.
-        args += ["--val-batches", "1"]
-    return args
+    """The trial's full command line, as the workload launches it (with --trainer's command)."""
+    launch = config.trial_workload().trial_launch(trial_request(config, point, steps, out))
+    return launch.with_command(config.trainer).argv
 
 
 def _worker_id() -> str:
@@ -170,6 +191,29 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+# The memory constraint reaches the sampler two ways. Optuna 5 records it on the trial
+# (`Trial.set_constraint`) and deprecates the samplers' `constraints_func`; Optuna 3.x and 4.x
+# (Kaggle's and Colab's images) have only `constraints_func`, which the sampler calls after each
+# complete or pruned trial: there the violation travels as a user attribute it reads back.
+HAS_SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")
+VIOLATION_ATTR = "memory_violation"
+
+
+def record_violation(trial: optuna.trial.Trial, violation: float) -> None:
+    """Tell the sampler how far over the memory budget this point is predicted (<= 0: fits)."""
+    if HAS_SET_CONSTRAINT:
+        trial.set_constraint("memory", violation)
+    else:
+        trial.set_user_attr(VIOLATION_ATTR, float(violation))
+
+
+def memory_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    """`constraints_func` for older Optuna: the recorded violation; 0 (feasible) when the
+    memory model had no prediction, as a trial without a constraint is under Optuna 5."""
+    violation = trial.user_attrs.get(VIOLATION_ATTR)
+    return (float(violation) if violation is not None else 0.0,)
+
+
 def open_study(config: SearchConfig) -> optuna.Study:
     storage = open_storage(config.storage_url, config.heartbeat_s, config.grace_s)
     directions = list(config.objective.directions)
@@ -188,7 +232,8 @@ def open_study(config: SearchConfig) -> optuna.Study:
                     f"study {config.name!r} in {mask_url(config.storage_url)} was created with "
                     f"{key}={old[key]!r}, not {meta[key]!r}; use another --study name")
     sampler = optuna.samplers.TPESampler(
-        seed=config.seed, n_startup_trials=max(2, min(10, config.trials // 3)))
+        seed=config.seed, n_startup_trials=max(2, min(10, config.trials // 3)),
+        **({} if HAS_SET_CONSTRAINT else {"constraints_func": memory_constraint}))
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
         if config.objective.prunable else optuna.pruners.NopPruner())
@@ -225,7 +270,7 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
         if feas.predicted_bytes is not None:
             trial.set_user_attr("predicted_memory_bytes", int(feas.predicted_bytes))
         if feas.violation is not None:
-            trial.set_constraint("memory", feas.violation)
+            record_violation(trial, feas.violation)
         if not feas.feasible:
             msg = (f"predicted {feas.predicted_bytes / 2**30:.2f} GiB > budget "
                    f"{budget / 2**30:.2f} GiB ({config.predictor.source})")
@@ -236,12 +281,14 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
 
         out = config.run_dir / "trials" / f"{trial.number:04d}"
         steps = steps_for(config, point)
-        args = trainer_args(config, point, steps, out)
+        workload = config.trial_workload()
+        launch = workload.trial_launch(trial_request(config, point, steps, out))
+        launch = launch.with_command(config.trainer)
         trial.set_user_attr("steps", steps)
         trial.set_user_attr("trial_dir", str(out))
         atomic_write_json(out / "trial.json", {
             "study": config.name, "trial": trial.number, "worker": _worker_id(),
-            "command": list(runner.trainer) + args, "settings": s.to_dict(), "lr": point.lr,
+            "command": launch.argv, "settings": s.to_dict(), "lr": point.lr,
             "predicted_memory_bytes": feas.predicted_bytes, "budget_bytes": budget})
 
         eff = s.effective_batch_size
@@ -252,26 +299,18 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
             return not trial.should_prune()
 
         with console.status(f"trial {trial.number}: training {steps} steps, {desc}"):
-            res = runner.run(args, out, config.trial_timeout_s,
+            res = runner.run(launch, out, config.trial_timeout_s,
                              metric=obj.metric if obj.prunable else None,
                              on_progress=on_progress if obj.prunable else None,
                              setup_limit_s=config.setup_timeout_s)
         trial.set_user_attr("elapsed_s", round(res.elapsed_s, 2))
         trial.set_user_attr("peak_rss_bytes", res.peak_rss_bytes)
         trial.set_user_attr("status", res.status)
-        for key in ("samples_per_s", "val_loss", "val_ser", "train_loss", "peak_memory_bytes"):
-            if res.summary and isinstance(res.summary.get(key), (int, float)):
-                trial.set_user_attr(key, res.summary[key])
-        summary = res.summary or {}
-        events = summary.get("oom_events")
-        if res.status == "complete" and events:
-            # The trainer survived by shrinking its micro-batch: these settings do not fit.
-            res.status = "oom"
-            res.error = (f"out of memory: the trainer backed off to micro-batch "
-                         f"{summary.get('micro_batch_size')} "
-                         f"({events if isinstance(events, int) else len(events)} OOM event(s))")
-        elif res.status == "complete" and summary.get("interrupted"):
-            res.status, res.error = "failed", "the trainer reports it was interrupted"
+        report = workload.trial_report(out)
+        for key in REPORTED:
+            if report is not None and report.metric(key) is not None:
+                trial.set_user_attr(key, report.metric(key))
+        _judge(res, report)
         if res.status == "stopped":
             trial.set_user_attr("outcome", OUTCOME_PRUNED)
             console.print(f"[cyan]trial {trial.number}[/] {desc}: pruned after "
@@ -284,7 +323,8 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
                           f"(log: {res.log_path})")
             raise TrialFailed(res.error)
         try:
-            values = obj.values(res.summary or {})
+            assert report is not None              # _judge failed the trial otherwise
+            values = obj.values(report)
         except TrialFailed as exc:
             trial.set_user_attr("outcome", OUTCOME_FAILED)
             trial.set_user_attr("error", str(exc))
@@ -298,10 +338,29 @@ def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Consol
     return objective
 
 
+# What a trial's record keeps from its report (the study's table and saved profile read them).
+REPORTED = ("samples_per_s", "val_loss", "val_ser", "train_loss", "peak_memory_bytes")
+
+
+def _judge(res: TrialResult, report: TrialReport | None) -> None:
+    """Turn a trainer that exited 0 into a failure when its report says the run is no good."""
+    if res.status != "complete":
+        return
+    if report is None:
+        res.status, res.error = "failed", "trainer exited 0 but wrote no summary.json"
+    elif report.oom_events:
+        # The trainer survived by shrinking its micro-batch: these settings do not fit.
+        res.status = "oom"
+        res.error = (f"out of memory: the trainer backed off to micro-batch "
+                     f"{report.micro_batch_size} ({report.oom_events} OOM event(s))")
+    elif report.interrupted:
+        res.status, res.error = "failed", "the trainer reports it was interrupted"
+
+
 def run_study(config: SearchConfig, console: Console | None = None,
               runner: TrialRunner | None = None) -> SearchOutcome:
     console = console or Console(stderr=True)
-    runner = runner or TrialRunner(config.trainer)
+    runner = runner or TrialRunner()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(logging.ERROR)  # we print our own line per trial
     with storage_errors(config.storage_url):
@@ -348,4 +407,5 @@ def _run_loop(config: SearchConfig, console: Console, runner: TrialRunner) -> Se
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "run_study", "open_study", "trainer_args",
+           "trial_request", "min_batches",
            "steps_for", "fail_dead_local_trials"]
