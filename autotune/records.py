@@ -17,6 +17,14 @@ def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
+class _Record:
+    """A record read back from JSON: unknown keys (a newer writer's) are ignored."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return _from_dict(cls, data)
+
+
 @dataclass
 class GpuInfo:
     name: str
@@ -47,7 +55,7 @@ class HardwareInfo:
 
 
 @dataclass
-class MapTrial:
+class MapTrial(_Record):
     """One `datasets.map` run over a sample of raw rows."""
     num_proc: int
     writer_batch_size: int
@@ -61,13 +69,9 @@ class MapTrial:
     stalled: bool = False
     error: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MapTrial":
-        return _from_dict(cls, data)
-
 
 @dataclass
-class ModelTrial:
+class ModelTrial(_Record):
     """Forward + backward + optimizer step at one batch size and reduce ratio."""
     reduce_ratio: float
     batch_size: int
@@ -82,10 +86,6 @@ class ModelTrial:
     estimated_memory_bytes: int | None  # the model's own estimate, for comparison
     oom: bool = False
     error: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelTrial":
-        return _from_dict(cls, data)
 
 
 @dataclass
@@ -115,17 +115,13 @@ class StepTrial:
 
 
 @dataclass
-class LoaderTrial:
+class LoaderTrial(_Record):
     num_workers: int
     batch_size: int
     batches_per_s: float | None
     samples_per_s: float | None
     peak_rss_bytes: int | None
     error: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LoaderTrial":
-        return _from_dict(cls, data)
 
 
 @dataclass
@@ -142,7 +138,7 @@ class MemoryFit:
 
 
 @dataclass
-class MemoryEstimate:
+class MemoryEstimate(_Record):
     """The workload's own prediction of a training step's peak memory at one point.
 
     A profile carries a small table of these (a few batch sizes per reduce ratio and
@@ -156,10 +152,6 @@ class MemoryEstimate:
     seq_len: int
     precision: str
     estimated_memory_bytes: int | None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemoryEstimate":
-        return _from_dict(cls, data)
 
 
 def _section(data: Any) -> dict[str, Any]:
