@@ -91,46 +91,8 @@ class Profile:
     def from_dict(cls, data: Any, source: str | os.PathLike[str] = "<profile>") -> "Profile":
         """Validate and build; every problem raises ProfileError naming `source` and the key."""
         where = str(source)
-        if not isinstance(data, dict):
-            raise ProfileError(f"{where}: a profile must be a JSON object, got "
-                               f"{type(data).__name__}")
-        missing = [k for k in _REQUIRED_TOP if k not in data]
-        if "schema" in missing:
-            raise ProfileError(f"{where}: missing key 'schema' (not an smt-autotune profile?)")
-        schema = data["schema"]
-        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
-            raise ProfileError(f"{where}: key 'schema' must be a positive integer, got {schema!r}")
-        if schema > SCHEMA:
-            raise ProfileError(
-                f"{where}: key 'schema' is {schema}, written by a newer smt-autotune; this one "
-                f"reads schema {SCHEMA}: upgrade, or re-run `python -m autotune probe`")
-        if missing:
-            raise ProfileError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
-        for key, kind in (("hardware", dict), ("workload", dict), ("settings", dict),
-                          ("reasons", dict), ("sources", dict), ("measurements", dict),
-                          ("details", dict), ("provenance", dict), ("name", str)):
-            if key in data and not isinstance(data[key], kind):
-                raise ProfileError(f"{where}: key {key!r} must be a JSON "
-                                   f"{'object' if kind is dict else 'string'}")
+        _check_shape(data, where)
         hw = data["hardware"]
-        for key in _REQUIRED_HW:
-            if key not in hw:
-                raise ProfileError(f"{where}: missing key 'hardware.{key}'")
-        if not isinstance(hw["gpus"], list):
-            raise ProfileError(f"{where}: key 'hardware.gpus' must be a list")
-        for i, gpu in enumerate(hw["gpus"]):
-            lacking = [k for k in _REQUIRED_GPU if not isinstance(gpu, dict) or k not in gpu]
-            if lacking:
-                raise ProfileError(f"{where}: missing key 'hardware.gpus[{i}].{lacking[0]}'")
-        for key in ("cpu_count", "ram_bytes"):
-            if isinstance(hw[key], bool) or not isinstance(hw[key], int) or hw[key] < 1:
-                raise ProfileError(f"{where}: key 'hardware.{key}' must be a positive integer")
-        if "fingerprint" not in data["workload"]:
-            raise ProfileError(f"{where}: missing key 'workload.fingerprint'")
-        known = {f.name for f in fields(Settings)}
-        lacking = [k for k in sorted(known - OPTIONAL_KEYS) if k not in data["settings"]]
-        if lacking:
-            raise ProfileError(f"{where}: missing key 'settings.{lacking[0]}'")
         try:
             settings = Settings.from_dict(data["settings"])
         except (TypeError, ValueError) as exc:
@@ -148,6 +110,50 @@ class Profile:
                        provenance=dict(data.get("provenance", {})))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ProfileError(f"{where}: malformed profile: {exc}") from exc
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """The keys and types every profile needs, before anything is built from them."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: a profile must be a JSON object, got "
+                           f"{type(data).__name__}")
+    missing = [k for k in _REQUIRED_TOP if k not in data]
+    if "schema" in missing:
+        raise ProfileError(f"{where}: missing key 'schema' (not an smt-autotune profile?)")
+    schema = data["schema"]
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise ProfileError(f"{where}: key 'schema' must be a positive integer, got {schema!r}")
+    if schema > SCHEMA:
+        raise ProfileError(
+            f"{where}: key 'schema' is {schema}, written by a newer smt-autotune; this one "
+            f"reads schema {SCHEMA}: upgrade, or re-run `python -m autotune probe`")
+    if missing:
+        raise ProfileError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
+    for key, kind in (("hardware", dict), ("workload", dict), ("settings", dict),
+                      ("reasons", dict), ("sources", dict), ("measurements", dict),
+                      ("details", dict), ("provenance", dict), ("name", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise ProfileError(f"{where}: key {key!r} must be a JSON "
+                               f"{'object' if kind is dict else 'string'}")
+    hw = data["hardware"]
+    for key in _REQUIRED_HW:
+        if key not in hw:
+            raise ProfileError(f"{where}: missing key 'hardware.{key}'")
+    if not isinstance(hw["gpus"], list):
+        raise ProfileError(f"{where}: key 'hardware.gpus' must be a list")
+    for i, gpu in enumerate(hw["gpus"]):
+        lacking = [k for k in _REQUIRED_GPU if not isinstance(gpu, dict) or k not in gpu]
+        if lacking:
+            raise ProfileError(f"{where}: missing key 'hardware.gpus[{i}].{lacking[0]}'")
+    for key in ("cpu_count", "ram_bytes"):
+        if isinstance(hw[key], bool) or not isinstance(hw[key], int) or hw[key] < 1:
+            raise ProfileError(f"{where}: key 'hardware.{key}' must be a positive integer")
+    if "fingerprint" not in data["workload"]:
+        raise ProfileError(f"{where}: missing key 'workload.fingerprint'")
+    known = {f.name for f in fields(Settings)}
+    lacking = [k for k in sorted(known - OPTIONAL_KEYS) if k not in data["settings"]]
+    if lacking:
+        raise ProfileError(f"{where}: missing key 'settings.{lacking[0]}'")
 
 
 def parse_json_file(path: str | os.PathLike[str], what: str = "profile") -> Any:
