@@ -1,15 +1,30 @@
-"""Single-node DDP that meets through a file in the run folder instead of a TCP port.
+"""Where DDP's sockets go: loopback only on one node, the named interface across nodes.
 
-Lightning's default `env://` rendezvous starts torch's TCPStore, which listens on every
-interface (`::`) whatever MASTER_ADDR says: on a rented or shared machine a training run
-would accept connections from the network. On one node every rank shares the disk, so a
-`file://` store in the run folder does the same job and leaves only gloo/NCCL's own
-loopback sockets. Multi-node runs keep `env://` (the launcher's address is the point there).
+Two kinds of socket:
+- The rendezvous store. Lightning's default `env://` starts torch's TCPStore, which listens on
+  every interface (`::`) whatever MASTER_ADDR says: on a rented or shared machine a training
+  run would accept connections from the network. On one node every rank shares the disk, so a
+  `file://` store in the run folder does the same job. Multi-node runs keep `env://` (other
+  nodes must reach it; torchrun and SLURM set it up).
+- The collectives' pair sockets. Gloo binds them to whatever the hostname resolves to, and
+  with the usual container setup (hostname -> the container's IP) that is the LAN address.
+  On one node they are pinned to the loopback interface (gloo, tensorpipe and NCCL variables)
+  unless the user set them; across nodes to the interface the user names.
 """
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
+
+from autotune.errors import UserError
+
+# gloo, tensorpipe (torch RPC) and NCCL read one variable each; one name sets all three.
+SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+# The interface for a multi-node run, for launchers where a flag is awkward (e.g. sbatch).
+ENV_IFNAME = "SMT_DDP_INTERFACE"
 
 from lightning.fabric.utilities.distributed import _init_dist_connection
 from lightning.fabric.utilities.seed import reset_seed
@@ -42,8 +57,75 @@ class LocalDDPStrategy(DDPStrategy):
         _init_dist_connection(self.cluster_environment, self._process_group_backend, **kwargs)
 
 
-def make_strategy(strategy: str, devices: int, num_nodes: int, run_dir: str | Path) -> Any:
-    """The Trainer's `strategy`: plain DDP on one node becomes the file-rendezvous kind."""
+def _interfaces() -> dict[str, list[str]]:
+    """Interface name -> its IPv4/IPv6 addresses."""
+    import psutil
+    return {name: [a.address for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
+            for name, addrs in psutil.net_if_addrs().items()}
+
+
+def loopback_interface() -> str:
+    """The loopback interface's name (`lo` on Linux, `lo0` on macOS)."""
+    for name, addrs in _interfaces().items():
+        if "127.0.0.1" in addrs or "::1" in addrs:
+            return name
+    return "lo"
+
+
+def _hostname_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError as exc:
+        return f"unresolvable ({exc})"
+
+
+def pin_sockets(num_nodes: int, interface: str | None = None,
+                environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Set the collectives' socket interface for this process and the ranks it starts.
+
+    One node: loopback, unless the user set one of SOCKET_IFNAME_VARS. Several: `interface`
+    (or SMT_DDP_INTERFACE), else the user's variables, else gloo's own choice (the address
+    the hostname resolves to). Returns the line to print at start, None when there is nothing
+    to say (one node on loopback).
+    """
+    interface = interface or environ.get(ENV_IFNAME) or None
+    if interface:
+        known = _interfaces()
+        missing = [name for name in interface.split(",") if name not in known]
+        if missing:
+            raise UserError(f"--ddp-interface {interface}: no interface {', '.join(missing)} on "
+                            f"{socket.gethostname()} (it has {', '.join(sorted(known))})")
+        for var in SOCKET_IFNAME_VARS:
+            environ[var] = interface
+        addrs = ", ".join(a for name in interface.split(",") for a in known[name])
+        return f"DDP sockets bind to interface {interface} ({addrs}) on {socket.gethostname()}"
+    user = {var: environ[var] for var in SOCKET_IFNAME_VARS if environ.get(var)}
+    if user:
+        return "DDP sockets bind as set: " + ", ".join(f"{k}={v}" for k, v in user.items())
+    if num_nodes == 1:
+        lo = loopback_interface()
+        for var in SOCKET_IFNAME_VARS:
+            environ[var] = lo
+        return None
+    return (f"DDP sockets bind to the address {socket.gethostname()} resolves to "
+            f"({_hostname_address()}); name the interface the nodes share with "
+            f"--ddp-interface NAME (or {ENV_IFNAME})")
+
+
+def _is_local_zero() -> bool:
+    return all(os.environ.get(var, "0") in ("", "0") for var in ("LOCAL_RANK", "SLURM_LOCALID"))
+
+
+def make_strategy(strategy: str, devices: int, num_nodes: int, run_dir: str | Path,
+                  interface: str | None = None) -> Any:
+    """The Trainer's `strategy`: plain DDP on one node becomes the file-rendezvous kind.
+
+    Every rank calls it before the Trainer exists, so it also pins DDP's sockets here (the
+    ranks Lightning starts inherit the variables) and, once per node, says where they bind.
+    """
+    note = pin_sockets(num_nodes, interface)
+    if note and _is_local_zero():
+        print(f"[smt.train] {note}", flush=True)
     if strategy == "ddp" and num_nodes == 1 and devices > 1:
         return LocalDDPStrategy(store_dir=run_dir)
     return strategy

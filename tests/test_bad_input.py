@@ -351,15 +351,36 @@ def _listening(pid: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hostname", ["as-is", "resolves-to-lan"])
+def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path, hostname: str) -> None:
+    """Two DDP ranks on one machine open no socket beyond loopback. `resolves-to-lan` runs in a
+    network namespace whose hostname resolves to a LAN address (the usual container setup),
+    where gloo binds its pair sockets to that address unless pinned to loopback."""
+    import netns
     from tiny_scores import FAST, tiny_dataset_dict
+    if hostname == "resolves-to-lan" and netns.unavailable():
+        pytest.skip(netns.unavailable())
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=2, n_val=1, n_test=1)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MASTER_ADDR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smt.train", "--data", str(data), *FAST, "--batch-size", "1",
-         "--devices", "2", "--strategy", "ddp", "--max-steps", "4", "--out", str(tmp_path / "r")],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for var in ("MASTER_ADDR", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "smt.train", "--data", str(data), *FAST, "--batch-size", "1",
+           "--devices", "2", "--strategy", "ddp", "--max-steps", "4", "--out", str(tmp_path / "r")]
+    if hostname == "resolves-to-lan":
+        found = netns.run([{"argv": cmd, "log": str(tmp_path / "train.log")}], tmp_path,
+                          lan=True, env=env)
+        assert found["hostname_address"] == netns.LAN_ADDRESS   # the setup the test is about
+        seen = set(found["listening"])
+    else:
+        seen, err, rc = _watch_listening(cmd, env)
+        assert rc == 0, err[-2000:]
+    assert seen, "the DDP run opened no listening socket at all"
+    assert seen <= {"127.0.0.1", "::1"}, f"listening on {sorted(seen)}"
+
+
+def _watch_listening(cmd: list[str], env: dict[str, str]) -> tuple[set[str], str, int]:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -376,9 +397,7 @@ def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path) -> None:
         watcher.join()
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-2000:]
-    assert seen, "the DDP run opened no listening socket at all"
-    assert seen <= {"127.0.0.1", "::1"}, f"listening on {sorted(seen)}"
+    return seen, err, proc.returncode
 
 
 # ------------------------------------------------------------------ oversize image at training time
