@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,9 @@ def test_plan_names_the_profile_by_lookup(tmp_path: Path, monkeypatch: pytest.Mo
     (["plan", "--hardware", "missing.json", "--from", str(SYNTHETIC)],
      "missing.json: no such hardware spec file"),
     (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(SYNTHETIC),
-      "--ram-budget", "1GB", "--out", "/dev/null/x.json"], "would fit"),
+      # A writable --out (checked first, since issue 13): nothing is written, nothing fits.
+      "--ram-budget", "1GB", "--out", str(Path(tempfile.gettempdir()) / "never-written.json")],
+     "would fit"),
     (["plan", "--hardware", str(SPECS / "cpu-2core.json"), "--from", str(SYNTHETIC),
       "--ram-budget", "many"], "--ram-budget"),
 ])
