@@ -16,6 +16,7 @@ from typing import Any
 
 from autotune.hardware import describe
 from autotune.profile import Profile
+from autotune.settings import accumulation_for
 from autotune.units import GIB, format_bytes
 
 _STYLE = {"measured": "green", "predicted": "yellow", "rule": "cyan", "flag": "magenta",
@@ -39,6 +40,29 @@ def profile_table(profile: Profile) -> Any:
     return table
 
 
+def across_nodes(profile: Profile, nodes: int = 2) -> str:
+    """How the profile's settings carry to `nodes` machines like this one.
+
+    A profile describes one node: batch and workers are per rank, `devices` the ranks on the
+    node. Each node runs the same per-rank settings; only the effective batch grows with the
+    node count, and accumulation can shrink by as much to keep it.
+    """
+    s = profile.settings
+    ranks = max(1, s.devices)
+    cpus = float(profile.hardware.usable_cpus)
+    effective = s.batch_size * s.accumulate_grad_batches * ranks
+    text = (f"on {nodes} such nodes: per node {ranks} rank(s) of batch {s.batch_size}, "
+            f"{s.num_workers} loader workers per rank ({cpus:g} usable CPUs / {ranks} local "
+            f"rank(s) = {cpus / ranks:g} each); effective batch {effective} x {nodes} nodes = "
+            f"{effective * nodes}")
+    if s.accumulate_grad_batches > 1:
+        keep = accumulation_for(effective, s.batch_size, ranks * nodes)
+        text += (f" (--accumulate {keep} keeps it near {effective}: "
+                 f"{s.batch_size * keep * ranks * nodes})")
+    return (text + f"; launch: torchrun --nnodes {nodes} --nproc-per-node {ranks} -m smt.train "
+            f"--num-nodes {nodes} --devices {ranks} ... (README: several machines)")
+
+
 def render_profile(profile: Profile, console: Any = None) -> None:
     from rich.console import Console
     console = console or Console()
@@ -48,6 +72,7 @@ def render_profile(profile: Profile, console: Any = None) -> None:
     console.print(f"hardware: {describe(hw)} [dim](fingerprint {hw.fingerprint})[/]")
     console.print(f"workload: {wl.get('dataset', '?')} / {wl.get('model', '?')} "
                   f"[dim](fingerprint {wl.get('fingerprint', '')})[/]")
+    console.print(across_nodes(profile))
     extra = []
     d = profile.details
     if "ram_budget_bytes" in d:
