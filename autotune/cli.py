@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune.errors import UserError, run_cli
+from autotune.errors import (MAX_FLAG_SECONDS, SubcommandParser, UserError, float_in, int_in,
+                             run_cli)
 from autotune.outdir import check_out_dir, check_out_file, replace_dir
 
 log = logging.getLogger(__name__)
@@ -24,39 +24,10 @@ log = logging.getLogger(__name__)
 # smt.train bounds --devices and --batch-size the same way.
 MAX_DEVICES = 4096
 MAX_EFFECTIVE_BATCH = 65536
-MAX_SECONDS = 7 * 86400.0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one UserError line (exit 2) instead of the usage
-    text and SystemExit; subcommand parsers inherit it."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
-def _int_upto(hi: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-        if not 1 <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in [1, {hi}], got {text!r}")
-        return value
-    return parse
-
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-        raise argparse.ArgumentTypeError(
-            f"expected positive seconds up to {MAX_SECONDS:g}, got {text!r}")
-    return value
+# Bounded flags (autotune.errors holds the argparse types for every CLI in the project).
+_positive_seconds = float_in(0.0, MAX_FLAG_SECONDS)
 
 
 def _debug(p: argparse.ArgumentParser) -> None:
@@ -64,13 +35,13 @@ def _debug(p: argparse.ArgumentParser) -> None:
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=_int_upto(MAX_DEVICES), default=None,
+    p.add_argument("--devices", type=int_in(1, MAX_DEVICES), default=None,
                    help="devices to train on (default: every GPU, or 1 CPU process)")
     p.add_argument("--ram-budget", default=None, metavar="SIZE",
                    help="RAM the run may use, e.g. 24GB (default: 85%% of available)")
     p.add_argument("--vram-budget", default=None, metavar="SIZE",
                    help="GPU memory per device (default: each GPU's memory less 10%%)")
-    p.add_argument("--effective-batch", type=_int_upto(MAX_EFFECTIVE_BATCH), default=16, metavar="N",
+    p.add_argument("--effective-batch", type=int_in(1, MAX_EFFECTIVE_BATCH), default=16, metavar="N",
                    help="samples per optimizer step to keep with accumulation (default 16)")
 
 
@@ -84,7 +55,7 @@ def add_probe(sub: Any) -> None:
                    help="hub id, save_to_disk folder or image folder (default: embedded set)")
     p.add_argument("--preset", default="paper", help="model preset (default: paper)")
     _budget_flags(p)
-    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--time-budget", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="stop measuring after this long (default 90)")
     p.add_argument("--name", default=None, help="profile name (default: from preset + machine)")
     p.add_argument("--out", default=None, metavar="PATH", help="write the profile here")
@@ -171,7 +142,7 @@ _HOOKS = {"search": "autotune.search", "cache": "autotune.cache"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = SubcommandParser(
         prog="autotune", description="Measure the machine, pick the training settings, "
                                      "explain why.")
     _debug(parser)

@@ -47,8 +47,23 @@ class UserErrorParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one UserError line instead of usage + exit 2;
     subcommand parsers inherit it."""
 
+    # A CLI with subcommands sets this so the line names whose flag was wrong
+    # ("autotune probe: argument --devices: ...").
+    name_in_errors = False
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
+        raise UserError(f"{self.prog}: {message}" if self.name_in_errors else message)
+
+
+class SubcommandParser(UserErrorParser):
+    """UserErrorParser for a CLI with subcommands: the error names the subcommand."""
+
+    name_in_errors = True
+
+
+# The longest time limit a flag takes: a week. Longer limits are typos, and inf/nan would
+# disable the kill that keeps a hung child from holding a run.
+MAX_FLAG_SECONDS = 7 * 86400.0
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,31 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_text
-from autotune.errors import UserError, UserErrorParser, run_cli
+from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.outdir import check_out_dir, replace_dir
 
 PROG = "smt.predict"
 PREDICT_COMMAND = "smt.predict"            # the --out marker's command (autotune.outdir)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in [1, 4096], got {value}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.05 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in [0.05, 1.0], got {text}")
-    return value
+# Bounds of the numeric flags: far above any real use, low enough to catch a typo.
+_positive_int = int_in(1, 4096)
+_ratio = float_in(0.05, 1.0, lo_open=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autotune.errors import UserError, float_in
+from autotune.errors import MAX_FLAG_SECONDS, UserError, float_in
 from autotune.outdir import check_out_dir, check_out_file, replace_dir
 from autotune.search import results
 from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
@@ -27,9 +27,6 @@ from autotune.units import parse_size
 
 # `--workload none` still launches trials as this workload declares (its flags and report).
 TRIAL_WORKLOAD_FOR_NONE = "smt"
-# A week: longer limits are typos, and inf/nan would disable the kill that keeps a hung
-# trial from holding the study.
-MAX_S = 7 * 86400.0
 SEARCH_PLOT_COMMAND = "autotune search --plot"     # the --plot folder's marker (autotune.outdir)
 
 DESCRIPTION = """\
@@ -54,12 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "SER is saturated; use val_ser for long trials)")
     p.add_argument("--trials", type=int, default=20, metavar="N",
                    help="finished trials the study should end with (default 20)")
-    p.add_argument("--timeout", type=float_in(0.0, MAX_S), metavar="SECONDS",
+    p.add_argument("--timeout", type=float_in(0.0, MAX_FLAG_SECONDS), metavar="SECONDS",
                    help="start no new trial after this many seconds")
-    p.add_argument("--trial-timeout", type=float_in(0.0, MAX_S), default=900.0, metavar="SECONDS",
+    p.add_argument("--trial-timeout", type=float_in(0.0, MAX_FLAG_SECONDS), default=900.0, metavar="SECONDS",
                    help="kill a trial (its whole process tree) whose training runs longer and "
                    "mark it failed (default 900)")
-    p.add_argument("--setup-timeout", type=float_in(0.0, MAX_S), default=3600.0, metavar="SECONDS",
+    p.add_argument("--setup-timeout", type=float_in(0.0, MAX_FLAG_SECONDS), default=3600.0, metavar="SECONDS",
                    help="limit before a trial's training starts: data preparation at a new "
                    "reduce ratio and start-up (default 3600)")
     p.add_argument("--steps-per-trial", type=int, default=50, metavar="K",
