@@ -54,10 +54,14 @@ class ImageConvention:
         import numpy as np
         from PIL import Image
 
+        from smt.data.images import to_gray8
+
         width, height = image.size
         size = self.target_size(width, height)
+        if image.mode.startswith("I") or image.mode == "F":   # 16-bit: convert() clips to white
+            image = Image.fromarray(to_gray8(image), mode="L")
         if self.resize == "round":
-            gray = image.convert("L")
+            gray = Image.fromarray(to_gray8(image), mode="L")
             if size != (width, height):
                 gray = gray.resize(size, Image.BILINEAR)
             return np.asarray(gray, dtype=np.uint8)

@@ -25,18 +25,12 @@ from smt.tokenizer import SPECIALS, Vocab, tokenize
 
 def image_to_array(image: Any) -> np.ndarray:
     """A datasets `Image` value (PIL, or {'bytes'|'path'} when not decoded) -> uint8 HxW gray."""
+    from smt.data.images import to_gray8
     if isinstance(image, dict):
         import io
         src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
         image = Image.open(src)
-    if isinstance(image, Image.Image):
-        if image.mode != "L":
-            image = image.convert("L")
-        return np.asarray(image, dtype=np.uint8)
-    arr = np.asarray(image)
-    if arr.ndim == 3:
-        arr = arr.mean(axis=2) if arr.shape[2] in (3, 4) else arr[..., 0]
-    return arr.astype(np.uint8)
+    return to_gray8(image)
 
 
 class ScoreDataset(Dataset):

@@ -259,7 +259,9 @@ def _finish(root: Path, meta: dict[str, Any], spec: str, rows_in: int, start: fl
 
 def _save_out(dd: Any, vocab_path: Path, out: _Out) -> str:
     with replace_dir(out.path, PREPARE_COMMAND, out.inputs, out.overwrite) as tmp:
+        # An empty split would be saved as zero files, which load_from_disk cannot read.
+        empty = {k: 1 for k in dd if len(dd[k]) == 0}
         with quiet_datasets():
-            dd.save_to_disk(str(tmp))
+            dd.save_to_disk(str(tmp), num_shards=empty or None)
         shutil.copyfile(vocab_path, tmp / "vocab.json")
     return str(out.path)

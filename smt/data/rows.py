@@ -39,9 +39,11 @@ def set_counter(counter: Any) -> None:
 
 
 def decode_gray(image: Any) -> np.ndarray:
-    """A raw `image` value (undecoded dict, bytes, path, PIL or array) -> uint8 HxW, with any
-    transparency composited onto white (a transparent PNG would otherwise turn black)."""
+    """A raw `image` value (undecoded dict, bytes, path, PIL or array) -> uint8 HxW, scaled by
+    its real bit depth with any transparency onto white (`smt.data.images.to_gray8`)."""
     from PIL import Image
+
+    from smt.data.images import to_gray8
     if isinstance(image, dict):
         data, path = image.get("bytes"), image.get("path")
         image = data if data else path
@@ -51,19 +53,7 @@ def decode_gray(image: Any) -> np.ndarray:
         image = Image.open(io.BytesIO(image))
     elif isinstance(image, (str, os.PathLike)):
         image = Image.open(image)
-    if isinstance(image, Image.Image):
-        image.load()
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, rgba)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    arr = np.asarray(image)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2)
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"image array of shape {arr.shape}")
-    return arr.astype(np.uint8)
+    return to_gray8(image)
 
 
 def check_transcription(text: Any, fmt: str, max_tokens: int | None) -> tuple[str, str]:
