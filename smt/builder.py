@@ -42,11 +42,15 @@ def model_config(preset: str, vocab_size: int, max_height_px: int, max_width_px:
         max_seq_len=max(64, int(max_seq_len_tokens * HEADROOM) + _SIZE_STEP))
 
 
-def configure_torch() -> None:
-    """Process-wide torch settings training runs with (TF32 matmuls on GPUs that have them);
-    the probe applies the same before timing a step."""
+def configure_torch(num_threads: int | None = None) -> None:
+    """Process-wide torch settings training runs with: TF32 matmuls on GPUs that have them,
+    and `num_threads` intra-op threads (the `num_threads` setting; None keeps torch's own).
+    The probe applies the same before timing a step. DataLoader workers run one thread each
+    (torch sets that in every worker)."""
     import torch
     torch.set_float32_matmul_precision("high")
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
 
 
 # -- the data's extent --------------------------------------------------------------------------

@@ -1,10 +1,6 @@
 """Training callbacks: periodic last.ckpt, best-by-SER, memory clean-up, throughput record."""
 from __future__ import annotations
 
-import os
-import resource
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +9,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from autotune.measure import free_memory
+from autotune.measure import RssSampler, free_memory
+from smt import faults
 from smt.checkpoint import BEST_NAME, LAST_NAME
 
 
@@ -75,21 +72,18 @@ class FreeMemoryAfterValidation(Callback):
         free_memory()
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak RSS (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 class Throughput(Callback):
     """Training samples per second (all ranks) over the fit, data loading included and
-    validation excluded, and the peak memory: CUDA allocator peak on GPU, peak RSS on CPU.
+    validation excluded, and the peak memory: CUDA allocator peak on GPU; on CPU the peak RSS
+    of this process and its loader workers during the fit (autotune's RSS sampler).
 
     `steady_samples_per_s` leaves out the first WARMUP_BATCHES (worker start-up, allocator
     warm-up, first-step compilation), which a long run pays once and a short trial overweights.
     """
 
     WARMUP_BATCHES = 5
+    # A /proc walk per sample (~1 ms): a quarter-second period costs well under 1% of a core.
+    RSS_INTERVAL_MS = 250.0
 
     def __init__(self) -> None:
         self.samples = 0
@@ -103,11 +97,13 @@ class Throughput(Callback):
         self._batches = 0
         self._steady_from: tuple[int, float] | None = None   # (samples, train seconds) then
         self.steady_samples_per_s: float | None = None
+        self._rss: RssSampler | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t_fit = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        self._rss = RssSampler(interval_ms=self.RSS_INTERVAL_MS, keep_samples=False).start()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t_train = time.perf_counter()
@@ -135,22 +131,31 @@ class Throughput(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.elapsed_s = time.perf_counter() - self._t_fit
+        rss = self._stop_rss()
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             self.peak_memory_bytes = int(torch.cuda.max_memory_allocated(pl_module.device))
         else:
-            self.peak_memory_bytes = peak_rss_bytes()
+            self.peak_memory_bytes = rss
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._stop_rss()
+
+    def _stop_rss(self) -> int | None:
+        if self._rss is None:
+            return None
+        self._rss.stop()
+        peak, self._rss = self._rss.peak_rss_bytes, None
+        return peak
 
     @property
     def samples_per_s(self) -> float | None:
         return self.samples / self.train_s if self.train_s > 0 else None
 
 
-ENV_KILL_AT_STEP = "SMT_INJECT_KILL_AT_STEP"
-
-
 class KillAtStep(Callback):
-    """Fault injection for the resume tests: SIGKILL this process once `step` optimizer steps
-    are done, like a preempted cloud session. Only added when SMT_INJECT_KILL_AT_STEP is set."""
+    """The `kill_at_step` fault point (see smt.faults): SIGKILL this process once `step`
+    optimizer steps are done. smt.train adds it only when SMT_INJECT_KILL_AT_STEP is set."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -158,5 +163,4 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step >= self.step:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            faults.kill_self()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,11 +28,9 @@ import torch.nn.functional as F
 
 from autotune.errors import UserError
 from autotune.measure import free_memory, is_oom_error
+from smt import faults
+from smt.faults import ENV_INJECT_OOM_ABOVE, ENV_INJECT_OOM_RANKS  # noqa: F401 - old names
 
-# Fault injection for tests of OOM recovery: a micro-batch larger than this raises a CUDA OOM
-# on the ranks listed in SMT_INJECT_OOM_RANKS (all ranks when unset). Never set in real runs.
-ENV_INJECT_OOM_ABOVE = "SMT_INJECT_OOM_ABOVE"
-ENV_INJECT_OOM_RANKS = "SMT_INJECT_OOM_RANKS"
 
 
 class OutOfMemoryAtBatchOne(UserError):
@@ -129,10 +126,7 @@ class SMTModule(pl.LightningModule):
         self._val_pairs: list[tuple[str, str]] = []
         self.last_val: dict[str, float] = {}
         self.last_train_loss: float | None = None
-        above = os.environ.get(ENV_INJECT_OOM_ABOVE, "").strip()
-        self._inject_above = int(above) if above else None
-        ranks = os.environ.get(ENV_INJECT_OOM_RANKS, "").strip()
-        self._inject_ranks = {int(r) for r in ranks.split(",") if r.strip()} if ranks else None
+        self._oom_fault = faults.oom_fault()
 
     # ----------------------------------------------------------------------------- loss
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,14 +137,6 @@ class SMTModule(pl.LightningModule):
         return self.model(images, input_ids, image_sizes)
 
     # ------------------------------------------------------------------------- training
-    def _maybe_inject_oom(self, rows: int) -> None:
-        if self._inject_above is None or rows <= self._inject_above:
-            return
-        if self._inject_ranks is not None and self.global_rank not in self._inject_ranks:
-            return
-        raise torch.cuda.OutOfMemoryError(
-            f"CUDA out of memory (injected: micro-batch {rows} > {self._inject_above})")
-
     def _no_sync(self) -> contextlib.AbstractContextManager[Any]:
         wrapped = self.trainer.strategy.model if self._trainer is not None else None
         if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
@@ -162,7 +148,8 @@ class SMTModule(pl.LightningModule):
         tokens = max(int((batch["target_ids"] != self.pad_id).sum()), 1)
         total = 0.0
         for chunk in _split_batch(batch, micro):
-            self._maybe_inject_oom(chunk["images"].shape[0])
+            if self._oom_fault is not None:
+                self._oom_fault.fire(int(chunk["images"].shape[0]), self.global_rank)
             with self._no_sync():
                 loss_sum, _ = self._loss_sum(chunk)
                 self.manual_backward(loss_sum / (tokens * self.hp.accumulate))

@@ -538,8 +538,9 @@ def make_loggers(plan: RunPlan, wandb: bool) -> list[Any]:
 def make_callbacks(plan: RunPlan) -> tuple[list[Any], Any]:
     from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar, TQDMProgressBar
 
-    from smt.callbacks import (ENV_KILL_AT_STEP, FreeMemoryAfterValidation, KillAtStep,
-                               LastCheckpoint, Throughput, best_checkpoint)
+    from smt import faults
+    from smt.callbacks import (FreeMemoryAfterValidation, KillAtStep, LastCheckpoint, Throughput,
+                               best_checkpoint)
 
     ckpt_dir = plan.out / "checkpoints"
     throughput = Throughput()
@@ -549,8 +550,9 @@ def make_callbacks(plan: RunPlan) -> tuple[list[Any], Any]:
     if plan.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_ser", mode="min", patience=plan.patience,
                                        check_on_train_epoch_end=False))
-    if os.environ.get(ENV_KILL_AT_STEP):
-        callbacks.append(KillAtStep(int(os.environ[ENV_KILL_AT_STEP])))
+    kill_at = faults.kill_at_step()
+    if kill_at is not None:
+        callbacks.append(KillAtStep(kill_at))
     try:
         from autotune.monitor import ResourceMonitor
         callbacks.append(ResourceMonitor(out_dir=str(plan.out)))

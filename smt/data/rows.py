@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from typing import Any
 
 import numpy as np
 
+from smt import faults
 from smt.data.records import PrepareConfig
 from smt.tokenizer import TokenizeError, normalize_kern, tokenize
 
@@ -29,7 +29,6 @@ R_LONG = "transcription too long"
 
 # The map function runs in datasets' worker processes; it is module-level so it pickles by name.
 _COUNTER: Any = None             # shared rows-done counter, set in the shard child
-_FAULT: dict[str, Any] = {}      # fault injection for tests and bench_faults (see _load_fault)
 
 
 def set_counter(counter: Any) -> None:
@@ -78,8 +77,7 @@ def check_transcription(text: Any, fmt: str, max_tokens: int | None) -> tuple[st
 def prepare_example(example: dict[str, Any], reduce_ratio: float, fmt: str,
                     max_tokens: int | None) -> dict[str, Any]:
     """One raw row -> {"image": PNG bytes dict or None, "transcription", "skip": reason}."""
-    if _FAULT:
-        _fault_hook()
+    faults.prepare_row()
     kern, reason = check_transcription(example.get("transcription"), fmt, max_tokens)
     if reason:
         out = {"image": None, "transcription": "", "skip": reason}
@@ -125,33 +123,3 @@ def map_spec(reduce_ratio: float = 0.5, fmt: str = "bekern", max_tokens: int | N
     fn, kw = map_function(reduce_ratio, fmt, max_tokens)
     return MapSpec(function=fn, fn_kwargs=kw, features=output_features(),
                    remove_columns=tuple(remove_columns))
-
-
-# ---------------------------------------------------------------------------------------------
-# Fault injection: SMT_PREPARE_FAULT="stall_after=N" | "ram_mb=M" (each optionally with
-# ";above_wbs=W" so it only fires while writer_batch_size > W) | "sleep_ms=S". Real process
-# faults for tests and bench/bench_faults.py; unset, it costs one dict check per row.
-
-def _load_fault(writer_batch_size: int, spec: str | None = None) -> None:
-    spec = os.environ.get("SMT_PREPARE_FAULT", "") if spec is None else spec
-    _FAULT.clear()
-    if not spec:
-        return
-    kv = dict(p.split("=", 1) for p in spec.split(";") if "=" in p)
-    if "above_wbs" in kv and writer_batch_size <= int(kv["above_wbs"]):
-        return
-    _FAULT.update({k: int(v) for k, v in kv.items()})
-    _FAULT["rows"] = 0
-
-
-def _fault_hook() -> None:
-    _FAULT["rows"] += 1
-    if "sleep_ms" in _FAULT:
-        time.sleep(_FAULT["sleep_ms"] / 1000)
-    if "stall_after" in _FAULT and _FAULT["rows"] > _FAULT["stall_after"]:
-        time.sleep(3600)
-    if "ram_mb" in _FAULT and "_ballast" not in _FAULT:
-        ballast = np.ones(_FAULT["ram_mb"] * 2**20, dtype=np.uint8)    # touched: real RSS
-        _FAULT["_ballast"] = ballast
-
-

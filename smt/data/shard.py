@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_json
+from smt import faults
 from smt.data import rows
 from smt.data.layout import read_json
 from smt.data.records import PrepareConfig
@@ -52,7 +53,7 @@ def run_shard(job: ShardJob, counter: Any = None, ready: Any = None) -> None:
     if job.environ:
         os.environ.clear()
         os.environ.update(dict(job.environ))
-    rows._load_fault(job.writer_batch_size)
+    faults.arm_prepare(job.writer_batch_size)
     folder = Path(job.folder)
     shutil.rmtree(folder, ignore_errors=True)          # leftovers of an interrupted attempt
     folder.mkdir(parents=True)

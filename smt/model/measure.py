@@ -1,10 +1,10 @@
-"""Measure one plain-torch training step of the SMT (forward + loss + backward + Adam step):
-time and peak RSS growth. The bench and the memory-estimate test use it; run it in a fresh
-process (`measure_in_subprocess`) so earlier allocations do not blur the peak.
+"""Measure one SMT training step (the training's own step, `smt.step.TrainStep`: forward,
+loss, backward, clipping, Adam): time and peak RSS growth. The bench and the memory-estimate
+test use it; run it in a fresh process (`measure_in_subprocess`) so earlier allocations do not
+blur the peak.
 
-Peak RSS comes from the kernel's high-water mark (VmHWM), reset through /proc/self/clear_refs
-before the measured step: exact, no sampling thread. Where that is unavailable (not Linux) the
-peak is None rather than a guess.
+Peak RSS is autotune's `CpuPeakMeter`: the kernel's high-water mark where it can be reset
+(exact, no sampling thread), a sampling thread elsewhere.
 """
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ import argparse
 import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import psutil
 import torch
 
+from autotune.probes.model import CpuPeakMeter
+from smt.builder import synthetic_batch
 from smt.config import SMTConfig
-
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @dataclass(frozen=True)
@@ -45,92 +43,60 @@ class StepMeasurement:
         return asdict(self)
 
 
-def current_rss_bytes() -> int:
-    return psutil.Process().memory_info().rss
-
-
 def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark of this process; False where not supported."""
-    try:
-        _CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
+    """True where the peak is the kernel's exact high-water mark (it can be reset here)."""
+    return CpuPeakMeter()._reset_hwm()
 
 
-def peak_rss_bytes() -> int | None:
-    try:
-        match = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def synthetic_batch(config: SMTConfig, batch_size: int, height: int, width: int, seq_len: int,
-                    seed: int = 0) -> dict[str, torch.Tensor]:
-    """A worst-case batch: every image full size, every sequence seq_len tokens, no padding."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, config.in_channels, height, width, generator=gen)
-    tokens = torch.randint(3, config.vocab_size, (batch_size, seq_len + 1), generator=gen)
-    tokens[:, 0] = config.bos_id
-    tokens[:, -1] = config.eos_id
-    sizes = torch.tensor([[height, width]] * batch_size)
-    return {"images": images, "image_sizes": sizes, "input_ids": tokens[:, :-1].contiguous(),
-            "target_ids": tokens[:, 1:].contiguous()}
-
-
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  batch: dict[str, torch.Tensor]) -> float:
-    logits = model(batch["images"], batch["input_ids"], batch["image_sizes"])
-    loss = model.loss(logits, batch["target_ids"])
-    del logits
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+def _step(config: SMTConfig, batch_size: int, height: int, width: int, seq_len: int,
+          precision: str, seed: int = 0) -> Any:
+    """Training's step of a fresh model on a worst-case batch whose decoder reads `seq_len`
+    tokens (so the target, <bos> and <eos> counted, is seq_len + 1)."""
+    from smt.step import make_train_step
+    from smt.tokenizer import Vocab
+    vocab = Vocab.build([], fmt="bekern")          # the module decodes with it; unused here
+    batch = synthetic_batch(batch_size, height, width, seq_len + 1, config.vocab_size, seed)
+    return make_train_step(config, vocab, "bekern", batch, precision)
 
 
 def _warm_up_process() -> None:
-    """One step of the debug model through the same operators: the first use of an operator
+    """Two steps of the debug model through the same operators: the first use of an operator
     maps library code and per-thread scratch into RSS (~200 MB in torch's CPU build), which is
     the process's cost, not the model's, and would otherwise be counted as growth."""
-    from smt.model import SMTModel
-
     config = SMTConfig.preset("debug")
-    model = SMTModel(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for _ in range(2):
-        training_step(model, optimizer, synthetic_batch(config, 2, 64, 256, 32))
-    del model, optimizer
+    with _step(config, 2, 64, 256, 32, "32-true") as step:
+        for _ in range(2):
+            step()
     gc.collect()
 
 
 def measure_training_step(preset: str, batch_size: int, height: int, width: int, seq_len: int,
-                          warmup_steps: int = 1, seed: int = 0) -> StepMeasurement:
-    """Warm the process up, build the model, run `warmup_steps` steps (Adam state now exists, as in real training),
-    then measure one more. Growth counts weights, Adam state, gradients and activations."""
-    from smt.model import SMTModel
-
-    config = SMTConfig.preset(preset, max_seq_len=max(seq_len + 1, SMTConfig.preset(preset).max_seq_len),
-                              max_height=max(height, SMTConfig.preset(preset).max_height),
-                              max_width=max(width, SMTConfig.preset(preset).max_width))
+                          warmup_steps: int = 1, seed: int = 0,
+                          precision: str = "32-true") -> StepMeasurement:
+    """Warm the process up, build the model, run `warmup_steps` steps (Adam state now exists,
+    as in real training), then measure one more. Growth counts weights, Adam state, gradients
+    and activations."""
+    base_cfg = SMTConfig.preset(preset)
+    config = SMTConfig.preset(preset, max_seq_len=max(seq_len + 1, base_cfg.max_seq_len),
+                              max_height=max(height, base_cfg.max_height),
+                              max_width=max(width, base_cfg.max_width))
     _warm_up_process()
-    batch = synthetic_batch(config, batch_size, height, width, seq_len, seed)
     torch.manual_seed(seed)
     gc.collect()
-    base = current_rss_bytes()
-    model = SMTModel(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for _ in range(warmup_steps):
-        training_step(model, optimizer, batch)
-    gc.collect()
-    can_reset = reset_peak_rss()
-    start = time.perf_counter()
-    training_step(model, optimizer, batch)
-    step_s = time.perf_counter() - start
-    peak = peak_rss_bytes() if can_reset else None
-    estimate = model.estimate_memory(batch_size, height, width, seq_len, "32")
-    return StepMeasurement(preset, batch_size, height, width, seq_len, model.num_params(), step_s,
+    base = CpuPeakMeter.current_bytes()
+    meter = CpuPeakMeter()
+    with _step(config, batch_size, height, width, seq_len, precision, seed) as step:
+        for _ in range(warmup_steps):
+            step()
+        gc.collect()
+        with meter.measure():
+            start = time.perf_counter()
+            step()
+            step_s = time.perf_counter() - start
+        num_params = step.module.model.num_params()
+        estimate = step.module.model.estimate_memory(batch_size, height, width, seq_len, "32")
+    peak = meter.peak_bytes
+    return StepMeasurement(preset, batch_size, height, width, seq_len, num_params, step_s,
                            batch_size / step_s, None if peak is None else peak - base,
                            estimate.total_bytes)
 

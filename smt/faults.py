@@ -1,0 +1,109 @@
+"""Fault injection: the named points where tests and `bench/bench_faults.py` make real faults
+happen inside production code, each armed by one environment variable. Never set in real runs;
+unset, a point costs one check.
+
+Point (called from)                              Variable and what it does
+-----------------------------------------------  ---------------------------------------------
+prepare_row (smt.data.rows.prepare_example,       SMT_PREPARE_FAULT="k=v;k=v": per mapped row,
+  once per raw row; armed per shard by            `sleep_ms=S` sleeps S ms; `stall_after=N`
+  arm_prepare in smt.data.shard)                  hangs (an hour) after N rows; `ram_mb=M` holds
+                                                  M MiB of touched memory from the first row on;
+                                                  `above_wbs=W` arms the others only while the
+                                                  writer batch size is above W (so that the
+                                                  preparation's back-off visibly cures it).
+oom_fault (smt.module.SMTModule, before each      SMT_INJECT_OOM_ABOVE=N: a micro-batch of more
+  micro-batch's forward)                          than N rows raises torch.cuda.OutOfMemoryError;
+                                                  SMT_INJECT_OOM_RANKS="0,2" limits it to those
+                                                  ranks (default: all).
+kill_at_step (smt.callbacks.KillAtStep, added     SMT_INJECT_KILL_AT_STEP=N: SIGKILL the
+  by smt.train's trainer assembly)                training process once N optimizer steps are
+                                                  done, like a preempted cloud session.
+
+This module imports nothing heavy: the preparation's worker processes load it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+ENV_PREPARE_FAULT = "SMT_PREPARE_FAULT"
+ENV_INJECT_OOM_ABOVE = "SMT_INJECT_OOM_ABOVE"
+ENV_INJECT_OOM_RANKS = "SMT_INJECT_OOM_RANKS"
+ENV_KILL_AT_STEP = "SMT_INJECT_KILL_AT_STEP"
+
+STALL_S = 3600.0
+
+# -- prepare_row ------------------------------------------------------------------------------
+
+_PREPARE: dict[str, Any] = {}    # armed prepare fault in this process (empty: none)
+
+
+def arm_prepare(writer_batch_size: int, spec: str | None = None) -> None:
+    """Arm (or disarm) `prepare_row` in this process from SMT_PREPARE_FAULT (or `spec`)."""
+    spec = os.environ.get(ENV_PREPARE_FAULT, "") if spec is None else spec
+    _PREPARE.clear()
+    if not spec:
+        return
+    kv = dict(p.split("=", 1) for p in spec.split(";") if "=" in p)
+    if "above_wbs" in kv and writer_batch_size <= int(kv["above_wbs"]):
+        return
+    _PREPARE.update({k: int(v) for k, v in kv.items()})
+    _PREPARE["rows"] = 0
+
+
+def prepare_row() -> None:
+    """Called once per mapped row; does what the armed SMT_PREPARE_FAULT says."""
+    if not _PREPARE:
+        return
+    _PREPARE["rows"] += 1
+    if "sleep_ms" in _PREPARE:
+        time.sleep(_PREPARE["sleep_ms"] / 1000)
+    if "stall_after" in _PREPARE and _PREPARE["rows"] > _PREPARE["stall_after"]:
+        time.sleep(STALL_S)
+    if "ram_mb" in _PREPARE and "_ballast" not in _PREPARE:
+        import numpy as np
+        _PREPARE["_ballast"] = np.ones(_PREPARE["ram_mb"] * 2**20, dtype=np.uint8)  # touched: real RSS
+
+
+# -- oom_fault ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OomFault:
+    """An injected CUDA OOM for micro-batches above `above_rows`, on `ranks` (None: all)."""
+    above_rows: int
+    ranks: frozenset[int] | None = None
+
+    def fire(self, rows: int, rank: int) -> None:
+        if rows <= self.above_rows or (self.ranks is not None and rank not in self.ranks):
+            return
+        import torch
+        raise torch.cuda.OutOfMemoryError(
+            f"CUDA out of memory (injected: micro-batch {rows} > {self.above_rows})")
+
+
+def oom_fault() -> OomFault | None:
+    """The OOM fault SMT_INJECT_OOM_ABOVE / SMT_INJECT_OOM_RANKS arm, None when unset."""
+    above = os.environ.get(ENV_INJECT_OOM_ABOVE, "").strip()
+    if not above:
+        return None
+    ranks = os.environ.get(ENV_INJECT_OOM_RANKS, "").strip()
+    return OomFault(int(above),
+                    frozenset(int(r) for r in ranks.split(",") if r.strip()) if ranks else None)
+
+
+# -- kill_at_step ------------------------------------------------------------------------------
+
+def kill_at_step() -> int | None:
+    """The optimizer step SMT_INJECT_KILL_AT_STEP asks to be killed at, None when unset."""
+    value = os.environ.get(ENV_KILL_AT_STEP, "").strip()
+    return int(value) if value else None
+
+
+def kill_self() -> None:
+    """SIGKILL this process (no clean-up runs, as when a cloud session is preempted)."""
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
