@@ -3,7 +3,7 @@ loss, backward, clipping, Adam): time and peak RSS growth. The bench and the mem
 test use it; run it in a fresh process (`measure_in_subprocess`) so earlier allocations do not
 blur the peak.
 
-Peak RSS is autotune's `CpuPeakMeter`: the kernel's high-water mark where it can be reset
+Peak RSS is autotune's `PeakRssMeter`: the kernel's high-water mark where it can be reset
 (exact, no sampling thread), a sampling thread elsewhere.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from autotune.probes.model import CpuPeakMeter
+# reset_peak_rss is re-exported: callers ask here whether the peak is exact on this machine.
+from autotune.measure import PeakRssMeter, current_rss_bytes, reset_peak_rss  # noqa: F401
 from smt.builder import synthetic_batch
 from smt.config import SMTConfig
 
@@ -41,11 +42,6 @@ class StepMeasurement:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def reset_peak_rss() -> bool:
-    """True where the peak is the kernel's exact high-water mark (it can be reset here)."""
-    return CpuPeakMeter()._reset_hwm()
 
 
 def _step(config: SMTConfig, batch_size: int, height: int, width: int, seq_len: int,
@@ -83,8 +79,8 @@ def measure_training_step(preset: str, batch_size: int, height: int, width: int,
     _warm_up_process()
     torch.manual_seed(seed)
     gc.collect()
-    base = CpuPeakMeter.current_bytes()
-    meter = CpuPeakMeter()
+    base = current_rss_bytes()
+    meter = PeakRssMeter()
     with _step(config, batch_size, height, width, seq_len, precision, seed) as step:
         for _ in range(warmup_steps):
             step()
