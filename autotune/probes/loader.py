@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.measure import ProgressWatchdog, RssSampler, kill_tree
+from autotune.probes import doubling_counts
 from autotune.records import LoaderTrial
 from autotune.workload import Workload
 
@@ -39,13 +40,7 @@ class LoaderProbeResult:
 
 def worker_counts(usable_cpus: float, cap: int = 8) -> list[int]:
     """0 (load in the training process), 1, 2, 4, ... up to the usable cores."""
-    cores = max(1, int(usable_cpus))
-    counts = [0, 1]
-    while counts[-1] * 2 <= min(cores, cap):
-        counts.append(counts[-1] * 2)
-    if cores <= cap and counts[-1] != cores:
-        counts.append(cores)
-    return counts
+    return [0] + doubling_counts(usable_cpus, cap)
 
 
 def _kill_children() -> None:

@@ -28,6 +28,7 @@ from autotune.decide.map import MIN_WRITER_BATCH
 from autotune.disk import dir_size_bytes
 from autotune.fits import MapCostModel, fit_map_peak, map_ok
 from autotune.measure import tree_rss_bytes
+from autotune.probes import doubling_counts
 from autotune.records import MapTrial
 from autotune.supervise import ChildOutcome, Supervision, supervise
 from autotune.workload import MapSpec, Workload
@@ -249,12 +250,7 @@ def trial_grid(usable_cpus: float, sample_rows: int,
     candidate the decision may pick, hence nothing below MIN_WRITER_BATCH. At num_proc > 1:
     each worker's whole shard, one trial per count to keep the probe short.
     """
-    cores = max(1, int(usable_cpus))
-    procs = [1]
-    while procs[-1] * 2 <= min(cores, max_num_proc):
-        procs.append(procs[-1] * 2)
-    if cores <= max_num_proc and procs[-1] != cores:
-        procs.append(cores)
+    procs = doubling_counts(usable_cpus, max_num_proc)
     if writer_batch_sizes is not None:
         grid = [(1, w) for w in writer_batch_sizes]
         return grid + [(p, max(writer_batch_sizes)) for p in procs[1:]]
