@@ -33,6 +33,16 @@ def ensure_default_dataset(quiet: bool = False) -> Path:
         if not (path / "meta.json").is_file():        # built before the marker existed
             atomic_write_json(path / "meta.json", _marker())
         return path
+    from smt.data.layout import exclusive
+    # Two processes (DDP ranks, two notebooks) starting together: one builds, one waits.
+    with exclusive(path, f"waiting for another process to finish building the default "
+                         f"dataset in {path}", quiet=quiet):
+        if not (path / "dataset_dict.json").is_file():
+            _build(path, quiet)
+    return path
+
+
+def _build(path: Path, quiet: bool) -> None:
     from smt.data.synth import build
     if not quiet:
         print(f"building the embedded default dataset ({sum(COUNTS.values())} synthetic "
@@ -41,7 +51,6 @@ def ensure_default_dataset(quiet: bool = False) -> Path:
     # overwrite: a folder here without dataset_dict.json is our own interrupted build.
     build(path, count=total, kind="system", seed=SEED, num_proc=usable_cpus(),
           val=COUNTS["val"], test=COUNTS["test"], quiet=quiet, overwrite=True, meta=_marker())
-    return path
 
 
 def _marker() -> dict[str, object]:

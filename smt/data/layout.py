@@ -1,5 +1,6 @@
 """The prepared cache's layout: prepared_root()/<key>/{meta.json, vocab.json,
-shards/<split>-<i>/{data*.arrow, done.json}}, and reading a completed one back."""
+shards/<split>-<i>/{data*.arrow, done.json}}, and reading a completed one back; beside each
+folder a `.<key>.lock` that one preparation of that key holds at a time."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +8,9 @@ import json
 import math
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,39 @@ from smt.data.records import PrepareConfig
 def cache_key(source_fingerprint: str, cfg: PrepareConfig) -> str:
     blob = json.dumps({"source": source_fingerprint, **cfg.output_params()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock beside `folder` (not inside: it must outlive a folder being replaced, and a
+    file beside the caches is not taken for one)."""
+    return folder.with_name(f".{folder.name}.lock")
+
+
+@contextmanager
+def exclusive(folder: Path, waiting: str, quiet: bool = False) -> Iterator[None]:
+    """Hold `folder`'s lock for the block: a second process (another notebook, the other DDP
+    rank) preparing the same key waits here, saying `waiting` once, and then finds the work
+    done instead of removing the first one's shards. The OS drops the lock when its holder
+    dies, even by SIGKILL, so a crashed run never blocks the next one. (No fcntl on Windows:
+    no lock there.)"""
+    try:
+        import fcntl
+    except ImportError:                                 # Windows
+        yield
+        return
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not quiet:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                                    # releases the lock
 
 
 def disk_free_bytes(path: str | os.PathLike[str]) -> int:

@@ -31,7 +31,8 @@ from typing import Any
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
 from autotune.outdir import check_out_dir, replace_dir
-from smt.data.layout import cache_key, disk_free_bytes, load_prepared, read_json, shard_plan
+from smt.data.layout import (cache_key, disk_free_bytes, exclusive, load_prepared, read_json,
+                              shard_plan)
 from smt.data.records import PREP_VERSION, PrepareConfig, PrepareResult, WatchdogAction
 from smt.data.render import quiet_datasets
 from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TOKENS,
@@ -101,8 +102,16 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
     src = open_source(data)
     root = prepared_root() / cache_key(src.fingerprint, cfg)
     raw = src.dataset
-    rows_in = sum(len(raw[s]) for s in raw)
+    waiting = (f"waiting for another preparation of {src.spec} with the same settings to "
+               f"finish ({root}); its result will be reused")
+    with exclusive(root, waiting, quiet=quiet):
+        return _prepare_locked(root, src, raw, cfg, target, start, quiet)
 
+
+def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: _Out | None,
+                    start: float, quiet: bool) -> PrepareResult:
+    """The work under the key's lock: reuse a complete cache, else resume or start one."""
+    rows_in = sum(len(raw[s]) for s in raw)
     meta = read_json(root / "meta.json")
     if meta and meta.get("complete"):
         return _finish(root, meta, src.spec, rows_in, start, cached=True, out=target,
