@@ -16,9 +16,13 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """`lint-imports` on the packages under `root` with `root`'s pyproject.toml. import-linter
     is in the dev extra; where it is missing this fails rather than skips, so the boundary is
     never silently unchecked."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    code = "import sys; from importlinter.cli import lint_imports_command; lint_imports_command()"
-    return subprocess.run([sys.executable, "-c", code, str(root / "pyproject.toml"), "--no-cache"],
+    # `root` first, so the packages analysed are the ones under it.
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    code = "from importlinter.cli import lint_imports_command; lint_imports_command()"
+    # `--config` (not the positional form newer releases prefer) works from the floor up.
+    return subprocess.run([sys.executable, "-c", code, "--config", str(root / "pyproject.toml"),
+                           "--no-cache"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
