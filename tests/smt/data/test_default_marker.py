@@ -14,14 +14,13 @@ from smt.paths import default_dataset_dir
 def test_autotune_cache_lists_the_embedded_default_dataset(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(default, "COUNTS", {"train": 3, "val": 1, "test": 1})   # seconds, not a minute
-    monkeypatch.setenv("COLUMNS", "250")                  # the table is not cut short
     path = default.ensure_default_dataset(quiet=True)
     meta = json.loads((path / "meta.json").read_text())
     assert meta["creator"] == "smt-autotune" and meta["kind"] == "default"
     capsys.readouterr()
     assert autotune_main(["cache"]) == 0
     listed = capsys.readouterr().out
-    assert default.VERSION in listed and "complete" in listed
+    assert "1 cache(s)" in listed and "│ default │" in listed and "complete" in listed
     assert autotune_main(["cache", "--clear"]) == 0
     assert not default_dataset_dir(default.VERSION).exists()
 
