@@ -156,7 +156,7 @@ class CurriculumStep(Callback):
 # ------------------------------------------------------------------------------------------
 # The real pieces: synthetic pages rendered on demand, and the training/validation splits.
 
-# Measures per system on a ~2100 px page (DESIGN.md: a page holds 4-6 systems of 3-5 measures);
+# Measures per system on a ~2100 px page (a printed page holds 4-6 systems of 3-5 measures);
 # verovio breaks the systems itself, so this sets the expected, not the exact, system count.
 MEASURES_PER_SYSTEM = 4
 # Fixed synthetic validation pages when the user has no real pages: enough to see SER move.

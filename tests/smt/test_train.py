@@ -86,6 +86,37 @@ def test_flags_win_over_defaults() -> None:
     assert plan.max_steps == 7 and not plan.cpu_demo
 
 
+def test_num_threads_from_the_profile_or_flag_is_applied_before_training(monkeypatch) -> None:
+    """`--num-threads` (or a profile's `num_threads`) sets torch's intra-op threads before any
+    data or model work; without it torch keeps its own count."""
+    import smt.train.run as run
+    from smt.train import plan_run, train
+
+    applied = []
+
+    class Stop(Exception):
+        pass
+
+    def record(num_threads=None):
+        applied.append(num_threads)
+        raise Stop
+
+    monkeypatch.setattr(run, "configure_torch", record)
+    for argv, expected in ((["--num-threads", "1"], 1), ([], None)):
+        plan = plan_run(build_parser().parse_args([*argv, "--max-steps", "1", "--out", "unused-dir"]))
+        assert plan.settings.num_threads == expected
+        with pytest.raises(Stop):
+            train(plan)
+    assert applied == [1, None]
+    before = torch.get_num_threads()
+    try:
+        from smt.builder import configure_torch
+        configure_torch(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cpu_demo_cap_applies_only_without_limits() -> None:
     from smt.train import CPU_DEMO_MAX_TIME_S, plan_run
     if torch.cuda.is_available():

@@ -1,0 +1,55 @@
+"""`python -m smt.train`: settings from a profile and flags -> a Lightning run of SMT.
+
+    python -m smt.train --profile auto                  # probe or reuse a profile, then train
+    python -m smt.train --data DIR --preset small --batch-size 4 --accumulate 4 --devices 2
+    python -m smt.train --resume auto                   # continue the latest run
+
+Where settings come from, lowest to highest priority: safe defaults (all visible GPUs, fp16
+below compute capability 8, bf16 elsewhere), the profile's `settings`, explicit flags. A resumed
+run starts from the settings in its own run.json.
+
+CPU demo cap: with no GPU and none of --max-steps/--max-epochs/--max-time, a CPU cannot run the
+full recipe (days), so the run uses the `small` preset (unless --preset is given), stops after
+CPU_DEMO_MAX_TIME_S and validates every ~CPU_DEMO_VAL_SAMPLES samples. It prints this at the start;
+any of those three flags lifts it.
+
+The parts: `cli` (flags, `main`), `plan` (the run plan: settings layering, resume's run.json,
+the CPU demo cap), `data` (prepared splits, vocabulary reconciliation, the data's extent),
+`assembly` (model config, loaders, callbacks, loggers, the Trainer), `run` (`train`: fit, the
+last validation, the run files) and `summary` (summary.json and the final line). The model,
+loaders and step themselves come from `smt.builder`, shared with the probe.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+# The CUDA caching allocator reads this when CUDA initialises, which happens later (first
+# tensor on a GPU); expandable segments cut fragmentation when image sizes vary per batch.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+from smt.train.cli import PROG, build_parser, main, parse_duration  # noqa: E402
+from smt.train.plan import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_BATCHES,  # noqa: E402
+                            CPU_DEMO_VAL_SAMPLES, ENV_RUN_DIR, RunPlan, default_precision,
+                            default_settings, describe, plan_run)
+
+# Names whose modules import torch and Lightning: loaded on first use, so that parsing flags
+# (and a bad flag's one-line error) stays fast.
+_LAZY = {"train": "smt.train.run", "RunData": "smt.train.data", "load_data": "smt.train.data",
+         "load_curriculum": "smt.train.data", "make_trainer": "smt.train.assembly",
+         "make_callbacks": "smt.train.assembly", "make_loggers": "smt.train.assembly",
+         "make_loaders": "smt.train.assembly", "model_config": "smt.train.assembly",
+         "one_line": "smt.train.summary"}
+
+__all__ = ["CPU_DEMO_MAX_TIME_S", "CPU_DEMO_PRESET", "CPU_DEMO_VAL_BATCHES",
+           "CPU_DEMO_VAL_SAMPLES", "ENV_RUN_DIR", "PROG", "RunPlan", "build_parser",
+           "default_precision", "default_settings", "describe", "main", "parse_duration",
+           "plan_run", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smt.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

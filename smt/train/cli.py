@@ -1,0 +1,128 @@
+"""The command line of `python -m smt.train`: flags and `main`."""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Sequence
+
+from autotune.errors import UserErrorParser, float_in, int_in
+
+PROG = "smt.train"
+MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `3600`, `90s`, `45m`, `2h`, `1d` or Lightning's `DD:HH:MM:SS`."""
+    t = text.strip().lower()
+    m = MAX_TIME_RE.match(t)
+    try:
+        if m:
+            d, h, mi, s = (int(g or 0) for g in m.groups())
+            seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+        elif t and t[-1] in "smhd":
+            seconds = float(t[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[t[-1]]
+        else:
+            seconds = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be seconds, 45m, 2h or DD:HH:MM:SS, got {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > 365 * 86400:
+        raise argparse.ArgumentTypeError(f"must be between 1 second and a year, got {text!r}")
+    return float(seconds)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", default=None,
+                   help="hub id, save_to_disk folder or image folder (default: embedded synthetic set)")
+    g.add_argument("--preset", default=None, choices=["paper", "small", "debug"],
+                   help="model size (default: paper; small in the CPU demo)")
+    g.add_argument("--format", dest="fmt", default="bekern", choices=["kern", "ekern", "bekern"])
+    g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
+                   help="apply a profile's settings; auto reuses a matching one or probes")
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("settings (override the profile)")
+    s.add_argument("--batch-size", type=int_in(1, 65536))
+    s.add_argument("--accumulate", type=int_in(1, 65536), help="loader batches per optimizer step")
+    s.add_argument("--reduce-ratio", type=float_in(0.05, 1.0, lo_open=False))
+    s.add_argument("--num-workers", type=int_in(0, 1024))
+    s.add_argument("--num-threads", type=int_in(1, 4096),
+                   help="torch threads of the training process (default: torch's own)")
+    s.add_argument("--num-proc", type=int_in(1, 1024))
+    s.add_argument("--writer-batch-size", type=int_in(1, 1_000_000))
+    s.add_argument("--devices", type=int_in(1, 4096))
+    s.add_argument("--num-nodes", type=int_in(1, 4096), default=None)
+    s.add_argument("--strategy", default=None)
+    s.add_argument("--precision", default=None)
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("run length and optimisation")
+    r.add_argument("--max-steps", type=int_in(1, 10**9))
+    r.add_argument("--max-epochs", type=int_in(1, 10**6))
+    r.add_argument("--max-time", type=parse_duration, metavar="DURATION",
+                   help="seconds, 45m, 2h or DD:HH:MM:SS")
+    r.add_argument("--lr", type=float_in(0.0, 1.0))
+    r.add_argument("--warmup-steps", type=int_in(0, 10**7), default=None)
+    r.add_argument("--grad-clip", type=float_in(0.0, 1e6),
+                   help="max gradient norm (default 1.0)")
+    r.add_argument("--no-grad-clip", action="store_true", help="turn clipping off")
+    r.add_argument("--teacher-noise", type=float_in(0.0, 0.9, lo_open=False), default=None,
+                   help="fraction of decoder input tokens replaced at random (default 0.2)")
+    r.add_argument("--augment", default=None, choices=["none", "default", "camera"],
+                   help="training image augmentation (default none)")
+    r.add_argument("--val-every", type=int_in(1, 10**9), metavar="STEPS",
+                   help="validate every STEPS optimizer steps (default: every epoch)")
+    r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
+                   help="decode at most this many validation batches")
+    r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,
+                   help="write last.ckpt every STEPS optimizer steps (default 200)")
+    r.add_argument("--patience", type=int_in(0, 10**6), default=None,
+                   help="stop after this many validations without a better SER (0 = never; default 10)")
+    r.add_argument("--seed", type=int_in(0, 2**31 - 1), default=None)
+
+
+def _curriculum_flags(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("curriculum (SMT++ full pages)")
+    c.add_argument("--curriculum", action="store_true",
+                   help="pre-train on systems, then pages with a growing number of systems")
+    c.add_argument("--systems", default=None, metavar="SRC",
+                   help="system-level data for pre-training (default: the embedded synthetic set)")
+    c.add_argument("--pretrain-steps", type=int_in(0, 10**9), default=None,
+                   help="optimizer steps on single systems before pages (default: --stage-steps)")
+    c.add_argument("--stage-steps", type=int_in(1, 10**9), default=None,
+                   help="optimizer steps per curriculum stage (default 1000)")
+    c.add_argument("--synthetic-share", type=float_in(0.0, 1.0, lo_open=False), default=None,
+                   help="share of synthetic pages at the start of fine-tuning (default 0.9)")
+    c.add_argument("--max-systems", type=int_in(1, 64), default=None,
+                   help="systems per synthetic page in the last stage (default 4)")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder (default runs/<timestamp>); --resume auto looks here")
+    o.add_argument("--resume", default=None, metavar="auto|RUN|CKPT",
+                   help="continue a run from its last.ckpt (auto: the latest under --out or runs/)")
+    o.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    o.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = UserErrorParser(prog=PROG, description="Train the Sheet Music Transformer with autotuned settings.")
+    for add in (_data_flags, _settings_flags, _run_flags, _curriculum_flags, _output_flags):
+        add(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from smt.train.plan import plan_run
+    from smt.train.run import train   # torch and Lightning: only once the flags are good
+
+    plan = plan_run(args)
+    train(plan, wandb=args.wandb)
+    return 0

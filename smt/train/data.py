@@ -1,0 +1,109 @@
+"""The data a run trains on: prepared splits (cached), the vocabulary reconciled with a
+resumed run's, and the largest image and sequence in them (what the model is sized for)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UserError
+from smt.builder import scan_extent
+from smt.data import prepare as prep
+from smt.tokenizer import Vocab, tokenize
+from smt.train.cli import PROG
+from smt.train.plan import RunPlan, is_rank_zero
+
+
+@dataclass
+class RunData:
+    train: Any
+    val: Any
+    vocab: Any
+    max_height: int
+    max_width: int
+    max_seq_len: int
+
+
+def _extent(splits: Any, fmt: str) -> tuple[int, int, int]:
+    """Largest height, width and token count over all splits (`smt.builder.scan_extent`)."""
+    ext = scan_extent(splits, fmt)
+    return ext.max_height_px, ext.max_width_px, ext.max_seq_len_tokens
+
+
+def _prepare(plan: RunPlan, source: str | None) -> tuple[Any, Any]:
+    """(prepared DatasetDict, the preparation's result) of `source` at the plan's settings."""
+    s = plan.settings
+    config = prep.PrepareConfig(reduce_ratio=s.reduce_ratio, num_proc=s.num_proc,
+                                writer_batch_size=s.writer_batch_size, fmt=plan.fmt)
+    # Other DDP ranks re-run this after rank 0 prepared: they only read the cache, quietly.
+    result = prep.prepare(source, config, quiet=not is_rank_zero())
+    if is_rank_zero():
+        print(result.summary(), flush=True)
+    dataset = result.dataset if result.dataset is not None else prep.load_prepared(result.cache_dir)
+    return dataset, result
+
+
+def _reconcile_vocab(vocab: Vocab, vocab_path: Path | None) -> Vocab:
+    """A resumed run keeps its own vocabulary (the model's output layer follows its ids); the
+    data may not bring tokens it lacks."""
+    if vocab_path is None or not vocab_path.is_file():
+        return vocab
+    saved = Vocab.load(vocab_path)
+    if saved == vocab:
+        return vocab
+    missing = sorted(set(vocab.tokens) - set(saved.tokens))
+    if missing:
+        raise UserError(f"the data has tokens the resumed run's {vocab_path} lacks: "
+                        f"{', '.join(missing[:10])}")
+    return saved
+
+
+def load_data(plan: RunPlan, vocab_path: Path | None) -> RunData:
+    """Prepared splits (cached), the vocabulary, and the largest image / sequence in them."""
+    dataset, result = _prepare(plan, plan.data)
+    vocab = _reconcile_vocab(Vocab.load(result.vocab_path), vocab_path)
+    for split in ("train", "val"):
+        if split not in dataset or len(dataset[split]) == 0:
+            raise UserError(f"the prepared data has no '{split}' rows (source {plan.data or 'default'})")
+    h, w, t = _extent(dataset, plan.fmt)
+    return RunData(dataset["train"], dataset["val"], vocab, h, w, t)
+
+
+def load_curriculum(plan: RunPlan, vocab_path: Path | None) -> tuple[RunData, Any]:
+    """Systems (the embedded set), the user's real pages (--data, optional), synthetic pages on
+    demand, one vocabulary over all three; validation on real pages, else fixed synthetic ones."""
+    from smt.curriculum import (VAL_PAGES, CurriculumSchedule, CurriculumSource, SyntheticPage,
+                                vocabulary_tokens)
+    c = plan.curriculum or {}
+    share = float(c.get("synthetic_share", 0.9))
+    schedule = CurriculumSchedule(pretrain_steps=int(c["pretrain_steps"]),
+                                  stage_steps=int(c["stage_steps"]),
+                                  max_systems=int(c["max_systems"]),
+                                  synthetic_share_start=share,
+                                  synthetic_share_end=min(share, 0.2))
+    systems = _prepare(plan, c.get("systems"))[0]
+    pages = _prepare(plan, plan.data)[0] if plan.data else None
+    if vocab_path is not None and vocab_path.is_file():
+        vocab = Vocab.load(vocab_path)
+    else:
+        lists = [tokenize(t, plan.fmt) for dd in (systems, pages) if dd is not None
+                 for split in dd.values() for t in split["transcription"]]
+        vocab = Vocab.build(lists + vocabulary_tokens(schedule, plan.fmt, plan.seed), fmt=plan.fmt)
+    maker = SyntheticPage(plan.settings.reduce_ratio, plan.fmt, vocab.tokens)
+    if pages is not None and len(pages.get("val", [])):
+        val: Any = pages["val"]
+    else:
+        if is_rank_zero():
+            print(f"[{PROG}] curriculum: no real validation pages; rendering {VAL_PAGES} "
+                  f"synthetic pages of {schedule.max_systems} systems", flush=True)
+        val = [maker(schedule.max_systems, 1_000_003 + i) for i in range(VAL_PAGES)]
+    real_train = pages["train"] if pages is not None and "train" in pages else None
+    length = len(systems["train"]) + (len(real_train) if real_train is not None else 0)
+    source = CurriculumSource(schedule, systems["train"], real_train, maker, length, plan.seed)
+    splits = {"systems": systems["train"], "val": val}
+    if pages is not None:
+        splits.update({f"pages_{k}": v for k, v in pages.items()})
+    h, w, t = _extent(splits, plan.fmt)
+    # Synthetic pages may come out taller than any measured one: allow an A4 page's height.
+    h = max(h, int(w * 1.414))
+    return RunData(source, val, vocab, h, w, t), source

@@ -1,0 +1,77 @@
+"""`train(plan)`: prepare the data, build the model, fit, validate once more, summarise."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+
+from autotune.atomic import atomic_write_json
+from smt import checkpoint as ck
+from smt.builder import configure_torch
+from smt.module import SMTModule, TrainHParams
+from smt.train import assembly, summary
+from smt.train.data import RunData, load_curriculum, load_data
+from smt.train.plan import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
+
+
+def _write_run_files(plan: RunPlan, config: Any, data: RunData) -> None:
+    """config.json, vocab.json and run.json (rank 0), and the run folder for the DDP ranks."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    config.save(plan.out / ck.CONFIG_NAME)
+    data.vocab.save(plan.out / ck.VOCAB_NAME)
+    record = plan.to_json()
+    record.update(started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  command=[sys.executable, *sys.argv])
+    atomic_write_json(plan.out / ck.RUN_NAME, record)
+    os.environ[ENV_RUN_DIR] = str(plan.out)
+
+
+def _module(plan: RunPlan, config: Any, data: RunData) -> SMTModule:
+    s = plan.settings
+    hp = TrainHParams(lr=plan.lr, warmup_steps=plan.warmup_steps, grad_clip=plan.grad_clip,
+                      accumulate=s.accumulate_grad_batches, val_decode_batches=plan.val_batches,
+                      reduce_ratio=s.reduce_ratio)
+    return SMTModule(config, data.vocab, plan.fmt, hp)
+
+
+def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
+    """Run (or continue) a training run; returns the summary written to OUT/summary.json."""
+    configure_torch(plan.settings.num_threads)
+    pl.seed_everything(plan.seed, workers=True, verbose=False)
+    rank0 = is_rank_zero()
+    if rank0:
+        print(describe(plan), flush=True)
+    vocab_path = plan.out / ck.VOCAB_NAME if plan.resume_ckpt else None
+    curriculum_source = None
+    if plan.curriculum:
+        data, curriculum_source = load_curriculum(plan, vocab_path)
+    else:
+        data = load_data(plan, vocab_path)
+    config = assembly.resumed_or_new_config(plan, data, plan.out / ck.CONFIG_NAME)
+    if rank0:
+        _write_run_files(plan, config, data)
+    train_loader, val_loader = assembly.make_loaders(plan, data)
+    module = _module(plan, config, data)
+    callbacks, throughput = assembly.make_callbacks(plan)
+    if curriculum_source is not None:
+        from smt.curriculum import CurriculumStep
+        callbacks.append(CurriculumStep(curriculum_source))
+    trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                ckpt_path=str(plan.resume_ckpt) if plan.resume_ckpt else None, weights_only=True)
+    if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
+            and not trainer.interrupted:
+        # The run stopped between validations (max_time, max_steps): one last look, which
+        # competes for best.ckpt like any other validation.
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        summary.keep_if_best(trainer, module, plan.out / "checkpoints" / ck.BEST_NAME)
+    result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0)
+    if trainer.is_global_zero:
+        atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
+        print(summary.one_line(result), flush=True)
+    return result
