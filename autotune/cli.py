@@ -57,6 +57,9 @@ def add_probe(sub: Any) -> None:
     _budget_flags(p)
     p.add_argument("--time-budget", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="stop measuring after this long (default 90)")
+    p.add_argument("--staff-space", type=float_in(1.0, 200.0, lo_open=False), default=None,
+                   metavar="PX", help="legibility target: the reduce ratio brings the measured "
+                   "staff space (px between staff lines) to this (default 8)")
     p.add_argument("--name", default=None, help="profile name (default: from preset + machine)")
     p.add_argument("--out", default=None, metavar="PATH", help="write the profile here")
     _debug(p)

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.decide import (Budgets, Context, Decision, DevicesRule, PrecisionRule, decide,
-                             estimate_table)
+from autotune.decide import (REDUCE_LADDER, Budgets, Context, Decision, DevicesRule,
+                             PrecisionRule, ThreadsRule, decide, estimate_table)
 from autotune.errors import UserError
 from autotune.hardware import describe as describe_hardware
 from autotune.hardware import inventory
@@ -28,15 +28,23 @@ from autotune.measure import current_rss_bytes
 from autotune.probes.loader import LoaderProbeResult, probe_loader
 from autotune.probes.map import MapProbeResult, probe_map
 from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
+from autotune.probes.step import StepProbeResult, probe_steps
 from autotune.profile import Profile, profiles_dir, save_profile
-from autotune.records import HardwareInfo, Measurements
+from autotune.records import HardwareInfo, Measurements, StepTrial
+from autotune.staff import DEFAULT_STAFF_SPACE_PX, StaffMeasure, measure_staff, ratio_for_staff_space
 from autotune.show import profile_table
 from autotune.units import format_bytes, parse_size
 from autotune.workload import Workload, load_workload
 
 DEFAULT_TIME_BUDGET_S = 90.0
-# Shares of the time budget each stage may use, cumulative (map ends by 30%, model by 80%).
-MAP_SHARE, MODEL_SHARE, LOADER_SHARE = 0.30, 0.80, 0.97
+# Shares of the time budget each stage may use, cumulative (map ends by 25%, model by 85%).
+# The precision and thread cells between map and model are not cut short: each candidate
+# needs its warm-up and two timed steps to be compared at all.
+MAP_SHARE, MODEL_SHARE, LOADER_SHARE = 0.25, 0.85, 0.97
+# Images the staff space is measured on (~5 ms each for a system).
+STAFF_ROWS = 32
+# Batch of typical rows the precision and thread candidates are timed at.
+STEP_BATCH = 2
 
 
 @dataclass
@@ -49,8 +57,11 @@ class ProbeOptions:
     effective_batch_size: int = 16
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     name: str | None = None
+    staff_space_px: float = DEFAULT_STAFF_SPACE_PX
 
     def __post_init__(self) -> None:
+        if not 1.0 <= self.staff_space_px <= 200:
+            raise UserError(f"--staff-space must be in [1, 200] px, got {self.staff_space_px!r}")
         if not self.time_budget_s > 0:
             raise UserError(f"--time-budget must be positive seconds, got {self.time_budget_s!r}")
         if self.effective_batch_size < 1:
@@ -61,7 +72,8 @@ class ProbeOptions:
     def budgets(self) -> Budgets:
         return Budgets(ram_budget_bytes=self.ram_budget_bytes,
                        vram_budget_bytes=self.vram_budget_bytes,
-                       effective_batch_size=self.effective_batch_size, devices=self.devices)
+                       effective_batch_size=self.effective_batch_size, devices=self.devices,
+                       staff_space_px=self.staff_space_px)
 
 
 @dataclass
@@ -78,12 +90,35 @@ def profile_name(preset: str, hardware: HardwareInfo) -> str:
     return f"probe-{preset}-{hardware.fingerprint[:8]}"
 
 
-def _precision_for(hardware: HardwareInfo, budgets: Budgets) -> str:
-    """The precision decide will choose, so that the model is measured the way it will run."""
-    ctx = Context(hw=hardware, m=Measurements(), budgets=budgets)
-    DevicesRule().apply(ctx)
-    PrecisionRule().apply(ctx)
-    return str(ctx.chosen["precision"])
+def _step_choices(hardware: HardwareInfo, budgets: Budgets, steps: StepProbeResult
+                  ) -> tuple[str, int | None, str]:
+    """The precision and threads decide will choose from the timed cells, so that the model
+    is measured the way it will run; and the precision's reason."""
+    m = Measurements(precision_trials=steps.precision_trials, thread_trials=steps.thread_trials)
+    ctx = Context(hw=hardware, m=m, budgets=budgets)
+    for rule in (DevicesRule, PrecisionRule, ThreadsRule):
+        rule().apply(ctx)
+    return str(ctx.chosen["precision"]), ctx.chosen["num_threads"], ctx.reasons["precision"]
+
+
+def _staff_stage(workload: Workload, say: Callable[[str], None]) -> StaffMeasure:
+    sample = workload.raw_sample(STAFF_ROWS)
+    staff = measure_staff(sample["image"])
+    if staff.staff_space_px is None:
+        say(f"staff: no staff lines found in {STAFF_ROWS} images; the reduce ratio follows "
+            f"memory alone")
+    else:
+        say(f"staff: space {staff.staff_space_px:.1f} px, line {staff.line_thickness_px:.1f} px "
+            f"over {staff.images} images")
+    return staff
+
+
+def _say_step(say: Callable[[str], None]) -> Callable[[StepTrial], None]:
+    return lambda t: say(
+        f"  step {t.precision} threads={t.num_threads or 'torch'} batch={t.batch_size} "
+        f"({t.height}x{t.width} px): "
+        + ("OOM" if t.oom else f"{t.samples_per_s:.3g} samples/s (steps "
+           + ", ".join(f"{x:.2f}" for x in t.step_times_s) + " s)"))
 
 
 def probe_profile(*, data: str | None = None, preset: str = "paper", devices: int | None = None,
@@ -130,28 +165,39 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
     stage_s["map"] = map_result.seconds
     workload_desc = workload.describe()
 
+    staff = _staff_stage(workload, say)
+    legible = ratio_for_staff_space(staff.staff_space_px, budgets.staff_space_px) or 1.0
+    top_ratio = min(legible, budgets.max_reduce_ratio)
+    ratios = (top_ratio, *(r for r in REDUCE_LADDER if r < top_ratio - 1e-9))
+
     device = pick_device()
-    precision = _precision_for(hardware, budgets)
+    capability = tuple(hardware.gpus[0].capability) if hardware.gpus else None
+    say(f"step: precision and thread candidates, training step at reduce ratio {top_ratio:g} "
+        f"on {STEP_BATCH} typical rows, 1 warm-up + 2 timed steps each, interleaved")
+    steps = probe_steps(workload, reduce_ratio=top_ratio, device=device,
+                        usable_cpus=hardware.usable_cpus, capability=capability,  # type: ignore[arg-type]
+                        batch_size=STEP_BATCH, on_trial=_say_step(say))
+    stage_s["step"] = steps.seconds
+    precision, num_threads, why = _step_choices(hardware, budgets, steps)
+    say(f"  -> {precision}, threads {num_threads or 'torch'}: {why.split(';')[0]}")
     if device.startswith("cuda"):
         memory_budget = budgets.vram_budget(hardware.gpus[0].memory_bytes) \
             if hardware.gpus else None
     else:
         memory_budget = int(budgets.ram_budget(hardware) * (1 - budgets.ram_margin)) \
             - current_rss_bytes()
-    say(f"model: training steps on {device} ({precision}) at the largest image, "
-        f"growing batch sizes")
+    say(f"model: {device} ({precision}), memory at the largest image, speed on typical rows "
+        f"(1 warm-up + 2 timed steps), growing batch sizes")
     model_result: ModelProbeResult = probe_model(
         workload, device=device, precision=precision, memory_budget_bytes=memory_budget,
-        batch_sizes=_batch_ladder(opts, hardware), deadline=start + MODEL_SHARE * T,
-        # A GPU step is milliseconds: warm up (cuDNN picks kernels), time three, and measure
-        # a second reduce ratio for `plan` and the curves. A CPU step of the paper model at a
-        # full system is tens of seconds: every step counts, one ratio is all the budget buys.
-        warmup_steps=1 if device.startswith("cuda") else 0,
-        timed_steps=3 if device.startswith("cuda") else 1,
+        reduce_ratios=ratios, batch_sizes=_batch_ladder(opts, hardware),
+        deadline=start + MODEL_SHARE * T, num_threads=num_threads,
+        # A GPU step is milliseconds: measure a second reduce ratio for `plan` and the curves.
+        # A CPU step is seconds: one ratio is all the budget buys.
         ratios_to_measure=2 if device.startswith("cuda") else 1,
         on_trial=lambda t: say(
             f"  model ratio={t.reduce_ratio:g} {t.height}x{t.width}px batch={t.batch_size}: "
-            + ("OOM" if t.oom else f"{t.step_s:.2f} s/step, {t.samples_per_s:.1f} samples/s, "
+            + ("OOM" if t.oom else f"{t.step_s:.2f} s/step, {t.samples_per_s:.2f} samples/s, "
                f"peak {format_bytes(t.peak_memory_bytes)}"
                f" (estimate {format_bytes(t.estimated_memory_bytes)})")))
     stage_s["model"] = model_result.seconds
@@ -163,7 +209,11 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
     measurements = Measurements.from_dict({
         "map": map_result.to_dict(), "model": model_result.to_dict(),
         "loader": loader_result.to_dict() if loader_result else {},
-        "estimates": [asdict(e) for e in estimate_table(workload)],
+        "step": steps.to_dict(),
+        "staff": {"staff_space_px": staff.staff_space_px,
+                  "line_thickness_px": staff.line_thickness_px, "images": staff.images},
+        "estimates": [asdict(e) for e in estimate_table(
+            workload, ratios=tuple(sorted({*REDUCE_LADDER, top_ratio}, reverse=True)))],
         "dataset_rows": workload.dataset_rows(), "num_params": model_result.num_params,
     })
 
@@ -255,7 +305,8 @@ def options_from_args(args: argparse.Namespace) -> ProbeOptions:
         vram_budget_bytes=size(getattr(args, "vram_budget", None), "--vram-budget"),
         effective_batch_size=int(getattr(args, "effective_batch", None) or 16),
         time_budget_s=float(getattr(args, "time_budget", None) or DEFAULT_TIME_BUDGET_S),
-        name=getattr(args, "name", None))
+        name=getattr(args, "name", None),
+        staff_space_px=float(getattr(args, "staff_space", None) or DEFAULT_STAFF_SPACE_PX))
 
 
 def run_probe(args: argparse.Namespace) -> int:

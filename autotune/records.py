@@ -86,6 +86,9 @@ class ModelTrial(_Record):
     estimated_memory_bytes: int | None  # the model's own estimate, for comparison
     oom: bool = False
     error: str | None = None
+    # [height px, width px, tokens] of the batch step_s was timed on (typical rows); None:
+    # timed at the largest image, as probes before the typical batch did.
+    speed_shape: list[int] | None = None
 
 
 @dataclass

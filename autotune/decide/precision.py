@@ -37,9 +37,10 @@ class PrecisionRule(Rule):
         best = max(ok, key=lambda t: t.samples_per_s or 0.0)
         rates = " vs ".join(f"{short(t.precision)} {t.samples_per_s:.3g} samples/s" for t in
                             sorted(ok, key=lambda t: -(t.samples_per_s or 0.0)))
+        at = f" at {best.num_threads} thread(s)" if best.num_threads else ""
         failed = [f"{short(t.precision)} OOM" for t in trials if t.oom]
-        cell = (f"; training step at batch {best.batch_size}, {best.height}x{best.width} px "
-                f"typical image, median of {len(best.step_times_s)} warm steps")
+        cell = (f"; training step{at} at batch {best.batch_size}, {best.height}x{best.width} "
+                f"px typical rows, median of {len(best.step_times_s)} warm steps")
         ctx.choose("precision", best.precision,
                    f"{rates}: {short(best.precision)}"
                    + (f" ({', '.join(failed)})" if failed else "") + cell, "measured")

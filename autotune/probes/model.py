@@ -1,8 +1,13 @@
-"""Model probe: step time and peak memory of a training step at the worst-case input size.
+"""Model probe: peak memory of the training step at the worst-case input size, and its
+speed on typical inputs, over growing batch sizes.
 
-For each reduce ratio on a ladder (largest images first), build the workload's model for the
-largest image the data gives after that reduction and run forward + backward + optimizer step
-at growing batch sizes. Memory is the CUDA allocator peak on a GPU and the growth of this
+For each reduce ratio on a ladder (largest images first), the workload builds its own
+training step (`Workload.make_step`: the LightningModule's step with its autocast and
+optimizer) for a model sized for the largest image the data gives after that reduction.
+Memory: two steps on a batch where every row is that largest image. Speed: warm-up steps,
+then the median of timed steps on a batch of real rows drawn from the data
+(`Workload.typical_batch`), because most training steps see typical images, not the largest.
+Memory is the CUDA allocator peak on a GPU and the growth of this
 process's RSS high-water mark on CPU. A batch that raises an OOM (as `is_oom_error` defines
 it) ends that ratio's ladder; one whose predicted memory would pass the budget is not tried at
 all, because on CPU the kernel's OOM killer, not an exception, would answer it.
@@ -13,7 +18,6 @@ memory = fixed + per_sample x batch is fitted and set beside the model's own est
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +28,7 @@ from autotune.decide.batch import REDUCE_LADDER
 from autotune.fits import bound_memory
 from autotune.measure import (PeakRssMeter, cuda_peak_bytes, cuda_peak_reset, current_rss_bytes,
                               free_memory, is_oom_error, trim_heap)
+from autotune.probes.step import TIMED_STEPS, WARMUP_STEPS, threads, time_cell
 from autotune.records import MemoryFit, ModelTrial
 from autotune.units import format_bytes
 from autotune.workload import ModelShape, Workload
@@ -54,29 +59,6 @@ class ModelProbeResult:
 
 # -- one step ---------------------------------------------------------------------------------
 
-def autocast_for(device_type: str, precision: str) -> Any:
-    import torch
-    if precision.startswith("bf16"):
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    if precision.startswith("16") and device_type == "cuda":
-        return torch.autocast(device_type=device_type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def _train_step(workload: Workload, model: Any, optimizer: Any, batch: Any, device_type: str,
-                precision: str, scaler: Any) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_for(device_type, precision):
-        loss = workload.training_loss(model, batch)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-
-
 def _sync(device_type: str) -> None:
     if device_type == "cuda":
         import torch
@@ -105,12 +87,17 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
                 memory_budget_bytes: int | None = None,
                 reduce_ratios: Sequence[float] = REDUCE_LADDER,
                 batch_sizes: Sequence[int] = BATCH_LADDER,
-                ratios_to_measure: int = 1, timed_steps: int = 1, warmup_steps: int = 1,
-                deadline: float | None = None,
+                ratios_to_measure: int = 1, timed_steps: int = TIMED_STEPS,
+                warmup_steps: int = WARMUP_STEPS, deadline: float | None = None,
+                num_threads: int | None = None,
                 on_trial: Callable[[ModelTrial], None] | None = None) -> ModelProbeResult:
     """Walk the ratio ladder until `ratios_to_measure` ratios fit at batch 1, measuring a
     growing batch ladder at each; stop a ladder at the first OOM, at a batch predicted above
     `memory_budget_bytes`, or when the next step would run past `deadline`.
+
+    Each batch is two cells of the workload's own training step (`Workload.make_step`):
+    memory at the largest image (warm-up + one step: the peak includes the optimizer state),
+    speed on a batch of typical rows (`warmup_steps` untimed, the median of `timed_steps`).
     """
     started = time.monotonic()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -121,24 +108,25 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
     notes: list[str] = []
     num_params: int | None = None
     fitted_ratios = 0
-    for ratio in reduce_ratios:
-        if fitted_ratios >= ratios_to_measure:
-            break
-        if deadline is not None and time.monotonic() >= deadline and trials:
-            notes.append(f"time budget reached before reduce_ratio {ratio:g}")
-            break
-        shape = workload.largest_shape(ratio)
-        ratio_trials = _ladder(workload, shape, ratio, device, device_type, precision,
-                               memory_budget_bytes, batch_sizes, timed_steps, warmup_steps,
-                               deadline, on_trial, notes)
-        trials.extend(ratio_trials)
-        fit = fit_trials(ratio_trials, ratio)
-        if fit is not None:
-            fits.append(fit)
-            fitted_ratios += 1
-        else:
-            notes.append(f"batch 1 does not fit at reduce_ratio {ratio:g} "
-                         f"({shape.height}x{shape.width} px)")
+    cell = _Cell(workload, device, device_type, precision, warmup_steps, timed_steps)
+    with threads(num_threads):
+        for ratio in reduce_ratios:
+            if fitted_ratios >= ratios_to_measure:
+                break
+            if deadline is not None and time.monotonic() >= deadline and trials:
+                notes.append(f"time budget reached before reduce_ratio {ratio:g}")
+                break
+            shape = workload.largest_shape(ratio)
+            ratio_trials = _ladder(cell, shape, ratio, memory_budget_bytes, batch_sizes,
+                                   deadline, on_trial, notes)
+            trials.extend(ratio_trials)
+            fit = fit_trials(ratio_trials, ratio)
+            if fit is not None:
+                fits.append(fit)
+                fitted_ratios += 1
+            else:
+                notes.append(f"batch 1 does not fit at reduce_ratio {ratio:g} "
+                             f"({shape.height}x{shape.width} px)")
     try:
         num_params = int(workload.num_params())
     except Exception:  # an estimate we cannot get is None, not a failed probe
@@ -149,111 +137,94 @@ def probe_model(workload: Workload, *, device: str = "cpu", precision: str = "bf
                             seconds=round(time.monotonic() - started, 3), notes=notes)
 
 
-def _ladder(workload: Workload, shape: ModelShape, ratio: float, device: str, device_type: str,
-            precision: str, budget: int | None, batch_sizes: Sequence[int], timed_steps: int,
-            warmup_steps: int, deadline: float | None,
+def _ladder(cell: "_Cell", shape: ModelShape, ratio: float, budget: int | None,
+            batch_sizes: Sequence[int], deadline: float | None,
             on_trial: Callable[[ModelTrial], None] | None, notes: list[str]) -> list[ModelTrial]:
-    import torch
-
     out: list[ModelTrial] = []
-    trim_heap()
-    cuda_peak_reset(device if device_type == "cuda" else None)
-    base_bytes = current_rss_bytes() if device_type == "cpu" else 0
-    model = optimizer = scaler = None
-    last_step_s: float | None = None
-    try:
-        model = workload.build_model(shape).to(device)
-        model.train()
-        optimizer = workload.make_optimizer(model)
-        if precision.startswith("16") and device_type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
-        warmed = False
-        for batch_size in batch_sizes:
-            estimate = _safe_estimate(workload, batch_size, shape, precision)
-            fit = fit_trials(out, ratio)
-            predicted = _predict_next(fit, estimate, batch_size)
-            # On a GPU the first batch is always tried: an OOM there is an exception we catch,
-            # and a measurement beats the estimate. On CPU the OOM killer answers instead.
-            if budget is not None and predicted is not None and predicted > budget \
-                    and (out or device_type == "cpu"):
-                notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} not tried, predicted "
-                             f"{format_bytes(predicted)} > budget {format_bytes(budget)}")
+    last_cost_s: float | None = None
+    for batch_size in batch_sizes:
+        estimate = _safe_estimate(cell.workload, batch_size, shape, cell.precision)
+        fit = fit_trials(out, ratio)
+        predicted = _predict_next(fit, estimate, batch_size)
+        # On a GPU the first batch is always tried: an OOM there is an exception we catch,
+        # and a measurement beats the estimate. On CPU the OOM killer answers instead.
+        if budget is not None and predicted is not None and predicted > budget \
+                and (out or cell.device_type == "cpu"):
+            notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} not tried, predicted "
+                         f"{format_bytes(predicted)} > budget {format_bytes(budget)}")
+            break
+        if deadline is not None and out and last_cost_s is not None:
+            expected = last_cost_s * batch_size / max(out[-1].batch_size, 1)
+            if time.monotonic() + expected > deadline:
+                notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} skipped, "
+                             f"~{expected:.1f} s would pass the time budget")
                 break
-            if deadline is not None and out and last_step_s is not None:
-                prev = out[-1]
-                expected = last_step_s * batch_size / max(prev.batch_size, 1) * timed_steps
-                if time.monotonic() + expected > deadline:
-                    notes.append(f"reduce_ratio {ratio:g}: batch {batch_size} skipped, "
-                                 f"~{expected:.1f} s would pass the time budget")
-                    break
-            trial = _one_trial(workload, model, optimizer, scaler, shape, ratio, batch_size,
-                               device, device_type, precision, base_bytes, estimate,
-                               timed_steps, 0 if warmed else warmup_steps)
-            warmed = True
-            out.append(trial)
-            if on_trial:
-                on_trial(trial)
-            if trial.oom or trial.error:
-                break
-            last_step_s = trial.step_s
-    except Exception as exc:
-        if not is_oom_error(exc):
-            raise
-        # The model itself (weights, optimizer) does not fit at this size.
-        out.append(ModelTrial(ratio, 1, shape.height, shape.width, shape.seq_len, device,
-                              precision, None, None, None,
-                              _safe_estimate(workload, 1, shape, precision), oom=True,
-                              error=_short(exc)))
-    finally:
-        del model, optimizer, scaler
-        free_memory()
-        trim_heap()
+        t0 = time.monotonic()
+        trial = cell.trial(shape, ratio, batch_size, estimate)
+        last_cost_s = time.monotonic() - t0
+        out.append(trial)
+        if on_trial:
+            on_trial(trial)
+        if trial.oom or trial.error:
+            break
     return out
 
 
-def _one_trial(workload: Workload, model: Any, optimizer: Any, scaler: Any, shape: ModelShape,
-               ratio: float, batch_size: int, device: str, device_type: str, precision: str,
-               base_bytes: int, estimate: int | None, timed_steps: int,
-               warmup_steps: int) -> ModelTrial:
-    batch = None
-    meter = PeakRssMeter()
-    step_s = peak = None
-    oom = False
-    error = None
-    try:
-        # The previous trial freed its memory in its `finally`; a second gc pass here would
-        # cost ~0.15 s per trial with torch loaded and find nothing.
-        cuda_peak_reset(device if device_type == "cuda" else None)
-        with meter.measure():
-            batch = workload.make_batch(batch_size, shape, device)
-            for _ in range(warmup_steps):
-                _train_step(workload, model, optimizer, batch, device_type, precision, scaler)
-            _sync(device_type)
-            t0 = time.perf_counter()
-            for _ in range(timed_steps):
-                _train_step(workload, model, optimizer, batch, device_type, precision, scaler)
-            _sync(device_type)
-            step_s = (time.perf_counter() - t0) / max(timed_steps, 1)
-        if device_type == "cuda":
-            peak = cuda_peak_bytes(device)
-        elif meter.peak_bytes is not None:
-            peak = max(0, meter.peak_bytes - base_bytes)
-    except Exception as exc:
-        if not is_oom_error(exc):
-            raise
-        oom, error, step_s = True, _short(exc), None
-    finally:
-        del batch
-        if oom:
-            optimizer.zero_grad(set_to_none=True)
-        free_memory()
-    return ModelTrial(
-        reduce_ratio=ratio, batch_size=batch_size, height=shape.height, width=shape.width,
-        seq_len=shape.seq_len, device=device, precision=precision,
-        step_s=round(step_s, 4) if step_s is not None else None,
-        samples_per_s=round(batch_size / step_s, 3) if step_s else None,
-        peak_memory_bytes=int(peak) if peak is not None else None,
-        estimated_memory_bytes=estimate, oom=oom, error=error)
+@dataclass
+class _Cell:
+    """One batch size's memory and speed cells, with what every cell of a probe shares."""
+    workload: Workload
+    device: str
+    device_type: str
+    precision: str
+    warmup_steps: int
+    timed_steps: int
+
+    def trial(self, shape: ModelShape, ratio: float, batch_size: int,
+              estimate: int | None) -> ModelTrial:
+        peak, oom, error = self._memory(shape, batch_size)
+        step_s = speed_shape = None
+        if not oom:
+            typical = self.workload.typical_batch(batch_size, ratio, "cpu")
+            timing = time_cell(self.workload, precision=self.precision, batch_size=batch_size,
+                               shape=shape, device=self.device, batch=typical,
+                               warmup_steps=self.warmup_steps, timed_steps=self.timed_steps)
+            oom, error, step_s = timing.oom, timing.error, timing.step_s
+            speed_shape = [timing.height, timing.width, timing.seq_len]
+        return ModelTrial(
+            reduce_ratio=ratio, batch_size=batch_size, height=shape.height, width=shape.width,
+            seq_len=shape.seq_len, device=self.device, precision=self.precision,
+            step_s=step_s, samples_per_s=round(batch_size / step_s, 4) if step_s else None,
+            peak_memory_bytes=int(peak) if peak is not None and not oom else None,
+            estimated_memory_bytes=estimate, oom=oom, error=error, speed_shape=speed_shape)
+
+    def _memory(self, shape: ModelShape, batch_size: int) -> tuple[int | None, bool, str | None]:
+        """Peak of two steps on the worst-case batch (every row the largest image)."""
+        trim_heap()
+        base = current_rss_bytes() if self.device_type == "cpu" else 0
+        meter = PeakRssMeter()
+        step = None
+        try:
+            cuda_peak_reset(self.device if self.device_type == "cuda" else None)
+            with meter.measure():
+                step = self.workload.make_step(batch_size, shape, self.precision, self.device)
+                step.step()
+                step.step()
+                _sync(self.device_type)
+            if self.device_type == "cuda":
+                return cuda_peak_bytes(self.device), False, None
+            peak = None if meter.peak_bytes is None else max(0, meter.peak_bytes - base)
+            return peak, False, None
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            return None, True, _short(exc)
+        finally:
+            if step is not None:
+                step.close()
+            del step
+            free_memory()
+            trim_heap()
 
 
 def _safe_estimate(workload: Workload, batch_size: int, shape: ModelShape,

@@ -1,0 +1,229 @@
+"""GPU check, one script for a lent GPU machine (about 5-8 minutes on one H200).
+
+    python bench/gpu_check.py [--budget-s 420] [--preset paper] [--skip-tests]
+
+Without CUDA it stops at once with exit status 2 and one line saying so. With it, in order:
+1. NVML inventory, read for real (`autotune.hardware.gpu_inventory`), beside torch's view.
+2. The probe on the `--preset` model on CUDA (`autotune probe` as a user runs it): the settings
+   table and what it measured.
+3. Memory: the workload's estimate against `torch.cuda.max_memory_allocated` for the real
+   training step at the largest image, per batch and precision (goal: within 10%).
+4. Speed: samples/s of `16-mixed`, `bf16-mixed` (capability >= 8.0) and `32-true` (TF32 on)
+   at typical images, warm medians.
+5. A real CUDA OOM: `smt.train` in a child capped with
+   `torch.cuda.set_per_process_memory_fraction` at a batch that cannot fit, and the back-off
+   (micro-batch halved, accumulation doubled) keeping the effective batch.
+6. The `gpu`-marked tests.
+Each section is bounded by what is left of `--budget-s`; a section that would not fit says so.
+Exit status 0 when every goal held, 1 when one did not (the tables say which).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MEMORY_TOLERANCE = 0.10
+PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
+
+
+def _require_cuda() -> Any:
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: torch is not installed", file=sys.stderr)
+        sys.exit(2)
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); run this "
+              "on a GPU machine", file=sys.stderr)
+        sys.exit(2)
+    return torch
+
+
+def inventory_section(torch: Any) -> dict[str, Any]:
+    from autotune.hardware import gpu_inventory
+    gpus = gpu_inventory()
+    torch_view = [(torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i),
+                   torch.cuda.get_device_properties(i).total_memory)
+                  for i in range(torch.cuda.device_count())]
+    print("== 1. inventory (NVML) ==")
+    for g in gpus:
+        print(f"  NVML: {g.name}, {g.memory_bytes / 2**30:.1f} GiB, capability "
+              f"{g.capability[0]}.{g.capability[1]}")
+    for name, cap, mem in torch_view:
+        print(f"  torch: {name}, {mem / 2**30:.1f} GiB, capability {cap[0]}.{cap[1]}")
+    ok = len(gpus) == len(torch_view) and all(
+        abs(g.memory_bytes - m) / m < 0.05 for g, (_, _, m) in zip(gpus, torch_view))
+    print(f"  NVML agrees with torch: {'yes' if ok else 'NO'}")
+    return {"nvml_gpus": [g.name for g in gpus], "agree": ok}
+
+
+def probe_section(preset: str, time_budget_s: float) -> Any:
+    from autotune.probe import ProbeOptions, render_table, run_probe_stages
+    from rich.console import Console
+    print(f"== 2. probe ({preset}, CUDA, {time_budget_s:.0f} s budget) ==")
+    outcome = run_probe_stages(ProbeOptions(preset=preset, time_budget_s=time_budget_s),
+                               report=lambda m: print("  " + m, flush=True))
+    Console(width=160).print(render_table(outcome.profile))
+    print(f"  probe took {outcome.seconds:.1f} s")
+    return outcome
+
+
+def memory_section(work: Any, ratio: float, batches: list[int], deadline: float,
+                   capability: tuple[int, int]) -> list[dict[str, Any]]:
+    from autotune.probes.step import precision_candidates, time_cell
+    shape = work.largest_shape(ratio)
+    print(f"== 3. estimate vs torch.cuda.max_memory_allocated, largest image "
+          f"{shape.height}x{shape.width} px, {shape.seq_len} tokens ==")
+    print(f"  {'precision':<11} {'batch':>5} {'measured':>10} {'estimate':>10} {'est/meas':>8}")
+    rows = []
+    for precision in precision_candidates("cuda:0", capability):
+        for b in batches:
+            if time.monotonic() > deadline:
+                print("  (time budget spent)")
+                return rows
+            t = time_cell(work, precision=precision, batch_size=b, shape=shape,
+                          device="cuda:0", warmup_steps=1, timed_steps=1)
+            est = work.estimate_memory(b, shape, precision)
+            meas = t.peak_memory_bytes
+            r = (est / meas) if est and meas else None
+            rows.append({"precision": precision, "batch": b, "measured": meas, "estimate": est,
+                         "ratio": r, "oom": t.oom})
+            print(f"  {precision:<11} {b:>5} "
+                  f"{'OOM' if t.oom else f'{(meas or 0) / 2**30:.2f} GiB':>10} "
+                  f"{(est or 0) / 2**30:>6.2f} GiB {'' if r is None else f'{r:.2f}':>8}",
+                  flush=True)
+            if t.oom:
+                break
+    return rows
+
+
+def speed_section(work: Any, ratio: float, batch: int, deadline: float,
+                  capability: tuple[int, int]) -> list[dict[str, Any]]:
+    from autotune.probes.step import precision_candidates, time_cell
+    shape = work.typical_shape(ratio)
+    print(f"== 4. samples/s at typical images {shape.height}x{shape.width} px, batch {batch}, "
+          f"1 warm-up + 5 timed, median ==")
+    rows = []
+    for precision in precision_candidates("cuda:0", capability):
+        if time.monotonic() > deadline:
+            print("  (time budget spent)")
+            break
+        t = time_cell(work, precision=precision, batch_size=batch, shape=shape,
+                      device="cuda:0", warmup_steps=1, timed_steps=5)
+        rows.append({"precision": precision, "samples_per_s": t.samples_per_s, "oom": t.oom})
+        print(f"  {precision:<11} "
+              f"{'OOM' if t.oom else f'{t.samples_per_s:.1f} samples/s, {t.step_s * 1000:.0f} ms/step'}",
+              flush=True)
+    return rows
+
+
+OOM_CHILD = """
+import sys, torch
+torch.cuda.set_per_process_memory_fraction(float(sys.argv[1]), 0)
+from smt.train import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def oom_section(fraction: float, batch: int, timeout_s: float) -> dict[str, Any]:
+    print(f"== 5. forced CUDA OOM: memory fraction {fraction}, batch {batch}, accumulate 1 ==")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-oom-") as out:
+        cmd = [sys.executable, "-c", OOM_CHILD, str(fraction), "--preset", "paper",
+               "--batch-size", str(batch), "--accumulate", "1", "--max-steps", "6",
+               "--precision", "bf16-mixed", "--val-batches", "1", "--out", out]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  env=env, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            print(f"  child passed {timeout_s:.0f} s: killed")
+            return {"ok": False}
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "out of memory" in ln]
+        for ln in lines[:4]:
+            print("  " + ln.strip()[:200])
+        summary_path = Path(out) / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    events = summary.get("oom_events") or []
+    settings = summary.get("settings") or {}
+    micro = summary.get("micro_batch_size")
+    eff = settings.get("effective_batch_size")
+    kept = bool(events) and micro is not None and eff == batch
+    print(f"  exit {proc.returncode}; OOM events {len(events)}; micro-batch {batch} -> {micro}; "
+          f"effective batch {eff} (wanted {batch}): {'kept' if kept else 'NOT kept'}")
+    if proc.returncode != 0 and not lines:
+        print("  child output tail:\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+    return {"ok": kept, "events": len(events), "micro": micro, "effective": eff}
+
+
+def tests_section(timeout_s: float) -> bool:
+    print("== 6. gpu-marked tests ==")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                               "no:cacheprovider"], cwd=ROOT, timeout=timeout_s,
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    except subprocess.TimeoutExpired:
+        print(f"  passed {timeout_s:.0f} s: killed")
+        return False
+    print("  " + "\n  ".join((proc.stdout + proc.stderr).strip().splitlines()[-8:]))
+    return proc.returncode in (0, 5)        # 5: none collected
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget-s", type=float, default=420.0)
+    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--probe-budget-s", type=float, default=90.0)
+    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--oom-fraction", type=float, default=0.02)
+    ap.add_argument("--oom-batch", type=int, default=16)
+    ap.add_argument("--skip-tests", action="store_true")
+    args = ap.parse_args()
+    torch = _require_cuda()
+    start = time.monotonic()
+    end = start + args.budget_s
+    goals: dict[str, bool] = {}
+
+    goals["NVML inventory matches torch"] = inventory_section(torch)["agree"]
+    outcome = probe_section(args.preset, min(args.probe_budget_s, (end - time.monotonic()) / 3))
+    s = outcome.profile.settings
+    goals["probe measured precision"] = outcome.profile.sources.get("precision") == "measured"
+
+    from autotune.workload import load_workload
+    work = load_workload("smt", preset=args.preset)
+    cap = tuple(torch.cuda.get_device_capability(0))
+    batches = [int(b) for b in args.batches.split(",")]
+    mem = memory_section(work, s.reduce_ratio, batches,
+                         time.monotonic() + 0.35 * (end - time.monotonic()), cap)
+    within = [r for r in mem if r["ratio"] is not None]
+    goals[f"estimate within {MEMORY_TOLERANCE:.0%} of measured"] = bool(within) and all(
+        abs(r["ratio"] - 1) <= MEMORY_TOLERANCE for r in within)
+    speed_section(work, s.reduce_ratio, max(s.batch_size, 8),
+                  time.monotonic() + 0.3 * (end - time.monotonic()), cap)
+    left = end - time.monotonic()
+    if left > 60:
+        goals["OOM back-off keeps the effective batch"] = oom_section(
+            args.oom_fraction, args.oom_batch, min(240.0, left - 30))["ok"]
+    else:
+        print("== 5. forced CUDA OOM: skipped, time budget spent ==")
+    if not args.skip_tests:
+        goals["gpu tests pass"] = tests_section(max(30.0, end - time.monotonic()))
+    print("== goals ==")
+    for name, ok in goals.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    print(f"gpu_check took {time.monotonic() - start:.0f} s")
+    return 0 if all(goals.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
