@@ -68,12 +68,13 @@ def inventory_section(torch: Any) -> dict[str, Any]:
 
 
 def probe_section(preset: str, time_budget_s: float) -> Any:
-    from autotune.probe import ProbeOptions, render_table, run_probe_stages
+    from autotune.probe import ProbeOptions, run_probe_stages
+    from autotune.show import profile_table
     from rich.console import Console
     print(f"== 2. probe ({preset}, CUDA, {time_budget_s:.0f} s budget) ==")
     outcome = run_probe_stages(ProbeOptions(preset=preset, time_budget_s=time_budget_s),
                                report=lambda m: print("  " + m, flush=True))
-    Console(width=160).print(render_table(outcome.profile))
+    Console(width=160).print(profile_table(outcome.profile))
     print(f"  probe took {outcome.seconds:.1f} s")
     return outcome
 
