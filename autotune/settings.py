@@ -1,8 +1,8 @@
 """The settings a profile carries: the contract between autotune and the training job.
 
-The keys are fixed by the profile schema (shared DESIGN.md, section 4). Defaults are the safe
-start for a small machine that the user in DESIGN.md found by hand, not the reference
-server's settings, so that a run with no profile at all does not stall or OOM.
+The keys are fixed by the profile schema (README, "What a profile is"). Defaults are the safe
+start for a small machine, found by hand on one, not the reference server's settings, so
+that a run with no profile at all does not stall or OOM.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "si
 
 @dataclass(frozen=True)
 class Settings:
-    # One map worker: the reference's num_proc=8 multiplies peak RAM by 8 (DESIGN.md s5).
+    # One map worker: the reference's num_proc=8 multiplies peak RAM by 8.
     num_proc: int = 1
     # 100 rows buffered per writer flush: 500 needed hundreds of GB on full pages.
     writer_batch_size: int = 100
