@@ -83,9 +83,15 @@ class TrainStep:
         self.batch: Any = batch_to(batch, strategy.root_device)
 
     def step(self) -> float:
+        """One optimizer step; on a GPU it returns once the device finished it, so that the
+        wall time of a call is the step's time."""
         if self.trainer is None:
             raise RuntimeError("TrainStep is closed")
         loss = self.trainer.strategy.training_step(self.batch, 0)
+        root = self.trainer.strategy.root_device
+        if root.type == "cuda":
+            import torch
+            torch.cuda.synchronize(root)
         return float(loss)
 
     __call__ = step

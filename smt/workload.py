@@ -1,10 +1,13 @@
 """The SMT side of autotune's workload interface (`autotune.workload.Workload`).
 
 autotune asks through this module, and only through it, for what it measures: raw rows and
-the preparation's own map function (`smt.data.prepare`), the largest image and the longest
-transcription the data gives, an `SMTModel` built for them, a worst-case batch, the model's
-analytic memory estimate, and the DataLoader training builds. Nothing is loaded or scanned
-until a method needs it, so that `--profile auto` can compare fingerprints cheaply.
+the preparation's own map function (`smt.data.prepare`), the largest and the median image and
+transcription the data gives, worst-case and typical batches, the training step itself
+(`make_step`: `smt.step.TrainStep`, the LightningModule's own step), the model's analytic
+memory estimate, and the DataLoader training builds. Model config, loader, scan and batches
+come from `smt.builder`, which `smt.train` uses too, so what is measured is what trains.
+Nothing is loaded or scanned until a method needs it, so that `--profile auto` can compare
+fingerprints cheaply.
 """
 from __future__ import annotations
 
