@@ -6,11 +6,13 @@ import sys
 from collections.abc import Sequence
 
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
+from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
 
 # Upper bounds for "absurd" values: far above any real machine (1024 map processes, a
 # million rows buffered per write), low enough that a typo is caught before it starts.
 MAX_PROC = 1024
 MAX_ROWS = 1_000_000
+MAX_PIXELS = 10**10              # 100k x 100k px: no scanner makes more
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1)
     q.add_argument("--writer-batch-size", type=int_in(1, MAX_ROWS), default=100)
     q.add_argument("--format", dest="fmt", choices=("kern", "ekern", "bekern"), default="bekern")
-    q.add_argument("--max-tokens", type=int_in(1, MAX_ROWS), default=None,
-                   help="skip rows whose transcription is longer (default: no limit)")
+    q.add_argument("--max-tokens", type=int_in(1, MAX_ROWS), default=DEFAULT_MAX_TOKENS,
+                   help="skip rows whose transcription is longer, in tokens with <bos>/<eos> "
+                        f"(default {DEFAULT_MAX_TOKENS}: see smt.data.limits)")
+    q.add_argument("--max-image-area", type=int_in(1, MAX_PIXELS), default=DEFAULT_MAX_IMAGE_PIXELS,
+                   metavar="PIXELS", help="skip rows whose image is larger, height x width after "
+                   f"--reduce-ratio (default {DEFAULT_MAX_IMAGE_PIXELS}: an A4 page at 300 dpi)")
     q.add_argument("--out", default=None, help="also save the prepared DatasetDict here")
     q.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder that an earlier prepare did not write")
@@ -70,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = PrepareConfig(reduce_ratio=args.reduce_ratio, num_proc=args.num_proc,
                             writer_batch_size=args.writer_batch_size, fmt=args.fmt,
-                            max_tokens=args.max_tokens, shard_rows=args.shard_rows,
+                            max_tokens=args.max_tokens, max_image_pixels=args.max_image_area,
+                            shard_rows=args.shard_rows,
                             stall_timeout_s=args.stall_timeout,
                             ram_budget_bytes=(int(args.ram_budget_gb * 2**30)
                                               if args.ram_budget_gb is not None else None))

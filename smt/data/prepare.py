@@ -114,7 +114,7 @@ def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: 
     rows_in = sum(len(raw[s]) for s in raw)
     meta = read_json(root / "meta.json")
     if meta and meta.get("complete"):
-        return _finish(root, meta, src.spec, rows_in, start, cached=True, out=target,
+        return _finish(root, meta, src, rows_in, start, cached=True, out=target,
                        mapped_rows=0, map_seconds=0.0, reused=meta["shards_total"],
                        actions=[], num_proc=cfg.num_proc, wbs=cfg.writer_batch_size)
 
@@ -124,7 +124,7 @@ def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: 
         _check_disk(raw, cfg, root, todo_rows)
     map_t0 = time.perf_counter()
     actions, num_proc, wbs = _map_shards(plan, raw, cfg, src.spec, quiet)
-    return _finish(root, plan.meta, src.spec, rows_in, start, cached=False, out=target,
+    return _finish(root, plan.meta, src, rows_in, start, cached=False, out=target,
                    mapped_rows=todo_rows, map_seconds=time.perf_counter() - map_t0,
                    reused=plan.meta["shards_total"] - len(plan.todo),
                    actions=actions, num_proc=num_proc, wbs=wbs)
@@ -153,7 +153,7 @@ def _map_shards(plan: _Plan, raw: Any, cfg: PrepareConfig, spec: str,
     actions taken and the (num_proc, writer_batch_size) the last shard ran with."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    fn_kwargs = map_function(cfg.reduce_ratio, cfg.fmt, cfg.max_tokens)[1]
+    fn_kwargs = map_function(cfg.reduce_ratio, cfg.fmt, cfg.max_tokens, cfg.max_image_pixels)[1]
     ram_budget = cfg.ram_budget_bytes or _default_ram_budget()
     num_proc, wbs = cfg.num_proc, cfg.writer_batch_size
     actions: list[WatchdogAction] = []
@@ -208,7 +208,7 @@ def _default_ram_budget() -> int:
 def _check_disk(raw: Any, cfg: PrepareConfig, root: Path, todo_rows: int) -> None:
     """Prepare a few rows in-process, extrapolate the cache size, compare with free disk."""
     sample = raw["train"].select(range(min(SAMPLE_ROWS_FOR_DISK, len(raw["train"]))))
-    fn, kw = map_function(cfg.reduce_ratio, cfg.fmt, cfg.max_tokens)
+    fn, kw = map_function(cfg.reduce_ratio, cfg.fmt, cfg.max_tokens, cfg.max_image_pixels)
     sizes = []
     for row in sample:
         out = fn(row, **kw)
@@ -224,8 +224,10 @@ def _check_disk(raw: Any, cfg: PrepareConfig, root: Path, todo_rows: int) -> Non
                         f"point SMT_AUTOTUNE_CACHE elsewhere")
 
 
-def _skips(root: Path, meta: dict[str, Any]) -> tuple[Counter, dict[str, list[str]]]:
-    """Skipped-row counts per reason and a few examples of each, from the shards' done.json."""
+def _skips(root: Path, meta: dict[str, Any],
+           raw: Any) -> tuple[Counter, dict[str, list[str]]]:
+    """Skipped-row counts per reason and a few examples of each, from the shards' done.json;
+    an example names the row's source file where it has one."""
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = {}
     for split, names in meta["shards"].items():
@@ -234,14 +236,24 @@ def _skips(root: Path, meta: dict[str, Any]) -> tuple[Counter, dict[str, list[st
             skipped.update(done["skipped"])
             for reason, rows in done["skipped_rows"].items():
                 ex = examples.setdefault(reason, [])
-                ex.extend(f"{split}[{r}]" for r in rows if len(ex) < 5)
+                ex.extend(_row_name(raw, split, r) for r in rows if len(ex) < 5)
     return skipped, examples
 
 
-def _finish(root: Path, meta: dict[str, Any], spec: str, rows_in: int, start: float, cached: bool,
+def _row_name(raw: Any, split: str, index: int) -> str:
+    """`split[index]`, followed by the row's image file when the source has files."""
+    try:
+        image = raw[split][index]["image"]
+    except (KeyError, IndexError, TypeError):
+        return f"{split}[{index}]"
+    path = image.get("path") if isinstance(image, dict) else None
+    return f"{split}[{index}] {path}" if path else f"{split}[{index}]"
+
+
+def _finish(root: Path, meta: dict[str, Any], src: Any, rows_in: int, start: float, cached: bool,
             out: _Out | None, mapped_rows: int, map_seconds: float, reused: int,
             actions: list[WatchdogAction], num_proc: int, wbs: int) -> PrepareResult:
-    skipped, examples = _skips(root, meta)
+    skipped, examples = _skips(root, meta, src.dataset)
     dd = load_prepared(root)
     vocab_path = root / "vocab.json"
     fmt = meta["params"]["format"]
@@ -257,13 +269,20 @@ def _finish(root: Path, meta: dict[str, Any], spec: str, rows_in: int, start: fl
         atomic_write_json(root / "meta.json", meta)
     out_str = _save_out(dd, vocab_path, out) if out is not None else None
     return PrepareResult(
-        cache_dir=str(root), source=spec, rows_in=rows_in,
+        cache_dir=str(root), source=src.spec, rows_in=rows_in,
+        orphans=list(src.orphans), limits=_limits(meta),
         rows_kept={s: len(dd[s]) for s in dd}, skipped=dict(skipped), skipped_examples=examples,
         seconds=round(time.perf_counter() - start, 3),
         rows_per_s=round(mapped_rows / map_seconds, 2) if mapped_rows and map_seconds else None,
         cached=cached, shards_total=meta["shards_total"], shards_reused=reused,
         num_proc=num_proc, writer_batch_size=wbs, actions=actions, vocab_path=str(vocab_path),
         vocab_size=len(vocab), out=out_str, dataset=dd)
+
+
+def _limits(meta: dict[str, Any]) -> dict[str, int | None]:
+    params = meta.get("params", {})
+    return {"max_tokens": params.get("max_tokens"),
+            "max_image_pixels": params.get("max_image_pixels")}
 
 
 def _save_out(dd: Any, vocab_path: Path, out: _Out) -> str:

@@ -7,7 +7,12 @@ from typing import Any
 
 from smt.tokenizer import FORMATS
 
-PREP_VERSION = 1                 # bump when prepare_example's output changes for equal inputs
+PREP_VERSION = 2                 # bump when prepare_example's output changes for equal inputs
+# Rows past these are skipped and counted: the values `smt.data.limits.row_limits()` derives
+# for the reference model in 16 GB (written out so that preparing never imports torch; a
+# test keeps them equal).
+DEFAULT_MAX_TOKENS = 12096
+DEFAULT_MAX_IMAGE_PIXELS = 8_699_840            # 2480 x 3508, an A4 page at 300 dpi
 
 
 @dataclass
@@ -16,7 +21,9 @@ class PrepareConfig:
     num_proc: int = 1                    # safe everywhere; the probe raises it where RAM allows
     writer_batch_size: int = 100         # rows buffered per Arrow write; x row cost = RAM per worker
     fmt: str = "bekern"                  # the SMT papers' format: smallest vocabulary
-    max_tokens: int | None = None        # longer transcriptions are skipped (None: keep all)
+    max_tokens: int | None = DEFAULT_MAX_TOKENS    # longer transcriptions are skipped (None: keep all)
+    # Larger images (height x width after reduce_ratio) are skipped (None: keep all).
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     shard_rows: int | None = None        # None: ~500 rows, at most a few minutes lost on a kill
     stall_timeout_s: float | None = 180.0  # a page takes ~1 s; minutes without a row is a stall
     ram_budget_bytes: int | None = None  # None: available RAM when preparation starts
@@ -33,6 +40,8 @@ class PrepareConfig:
             raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens!r}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels!r}")
         if self.shard_rows is not None and self.shard_rows < 1:
             raise ValueError(f"shard_rows must be positive, got {self.shard_rows!r}")
         if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
@@ -43,7 +52,8 @@ class PrepareConfig:
     def output_params(self) -> dict[str, Any]:
         """What changes the prepared rows (and so the cache key); num_proc etc. do not."""
         return {"reduce_ratio": float(self.reduce_ratio), "format": self.fmt,
-                "max_tokens": self.max_tokens, "version": PREP_VERSION}
+                "max_tokens": self.max_tokens, "max_image_pixels": self.max_image_pixels,
+                "version": PREP_VERSION}
 
 
 @dataclass
@@ -77,6 +87,9 @@ class PrepareResult:
     vocab_path: str = ""
     vocab_size: int = 0
     out: str | None = None
+    # Transcription files with no image beside them (an image folder source): not rows at all.
+    orphans: list[str] = field(default_factory=list)
+    limits: dict[str, int | None] = field(default_factory=dict)   # the bounds rows were held to
     dataset: Any = None                        # the prepared DatasetDict (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +114,13 @@ class PrepareResult:
         lines.append(f"skipped {skipped}" + (": " + "; ".join(
             f"{k}: {v} (e.g. {', '.join(self.skipped_examples.get(k, [])[:3])})"
             for k, v in sorted(self.skipped.items())) if skipped else ""))
+        if self.skipped.get("transcription too long") or self.skipped.get("image too large"):
+            lines.append(f"limits: --max-tokens {self.limits.get('max_tokens')}, "
+                         f"--max-image-area {self.limits.get('max_image_pixels')} px "
+                         "(after the reduce ratio); raise them to keep those rows")
+        if self.orphans:
+            lines.append(f"orphans: {len(self.orphans)} transcription(s) without an image, "
+                         f"not used (e.g. {', '.join(self.orphans[:3])})")
         for a in self.actions:
             lines.append(f"watchdog: shard {a.shard}: {a.reason} ({a.detail}); num_proc "
                          f"{a.num_proc_before}->{a.num_proc_after}, writer_batch_size "

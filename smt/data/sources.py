@@ -31,6 +31,7 @@ class Source:
     kind: str                # "default", "disk", "folder", "hub"
     fingerprint: str         # equal fingerprints = same raw rows (for the cache key)
     dataset: Any             # DatasetDict(train, val, test)
+    orphans: tuple[str, ...] = ()   # transcription files without a same-stem image (folders)
 
 
 def load_source(spec: str | os.PathLike[str] | None = None) -> Any:
@@ -59,8 +60,8 @@ def open_source(spec: str | os.PathLike[str] | None = None) -> Source:
                 dd = datasets.DatasetDict({"train": dd})
             fp = "|".join(f"{k}:{v._fingerprint}" for k, v in sorted(dd.items()))
             return Source(spec, "disk", "disk-" + _sha(fp), _normalize(dd, spec))
-        dd, fp = _image_folder(path, spec)
-        return Source(spec, "folder", fp, _normalize(dd, spec))
+        dd, fp, orphans = _image_folder(path, spec)
+        return Source(spec, "folder", fp, _normalize(dd, spec), orphans)
     if _looks_like_path(spec):
         raise UserError(f"{spec}: no such file or folder")
     return _hub(spec)
@@ -93,7 +94,7 @@ def _hub(spec: str) -> Source:
     return Source(spec, "hub", "hub-" + _sha(spec + fp), _normalize(dd, spec))
 
 
-def _image_folder(path: Path, spec: str) -> tuple[Any, str]:
+def _image_folder(path: Path, spec: str) -> tuple[Any, str, tuple[str, ...]]:
     """Images with same-stem transcriptions; `train/`, `val/`, `test/` subfolders as splits
     when present, otherwise one pool that `_normalize` cuts into splits."""
     import datasets
@@ -104,10 +105,15 @@ def _image_folder(path: Path, spec: str) -> tuple[Any, str]:
         groups["train"] = path         # loose images beside val/ and test/ folders are train
     h = hashlib.sha256()
     splits = {}
+    orphans: list[str] = []
     for name, folder in sorted(groups.items()):
         # The root holds only its own files when split folders sit inside it.
-        found = folder.iterdir() if (folder == path and sub) else folder.rglob("*")
+        found = list(folder.iterdir() if (folder == path and sub) else folder.rglob("*"))
         images = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        stems = {p.with_suffix("") for p in images}
+        orphans.extend(str(p.relative_to(path)) for p in sorted(found)
+                       if p.suffix.lower() in TEXT_SUFFIXES and p.with_suffix("") not in stems
+                       and p.is_file())
         texts, paths = [], []
         for img in images:
             st = img.stat()
@@ -131,7 +137,7 @@ def _image_folder(path: Path, spec: str) -> tuple[Any, str]:
                                         "transcription": datasets.Value("string")}))
     if not any(len(s) for s in splits.values()):
         raise UserError(f"{spec}: no images ({', '.join(IMAGE_SUFFIXES)}) and no saved dataset here")
-    return datasets.DatasetDict(splits), "folder-" + h.hexdigest()[:16]
+    return datasets.DatasetDict(splits), "folder-" + h.hexdigest()[:16], tuple(orphans)
 
 
 def _normalize(dd: Any, spec: str) -> Any:
