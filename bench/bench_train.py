@@ -1,6 +1,7 @@
-"""Training throughput and memory on this CPU: samples/s and peak RSS growth of a plain torch
-training step (forward + loss + backward + Adam step) for the debug, small and paper presets
-at a system-sized image, batch 1 and 4, each in a fresh process, next to the analytic estimate.
+"""Training throughput and memory on this CPU: samples/s and peak RSS growth of the training's
+own step (`smt.step.TrainStep`: forward + loss + backward + clipping + Adam step, fp32) for the
+debug, small and paper presets at a system-sized image, batch 1 and 4, each in a fresh process,
+next to the analytic estimate.
 
     python bench/bench_train.py [--height 256] [--width 1024] [--seq-len 256] [--threads 1]
 
