@@ -1,9 +1,10 @@
 """Optuna search over training settings (`python -m autotune search`).
 
 Modules, one job each: `space` (knobs and bounds), `memory` (reject before running),
-`objectives` (what a trial is scored on), `runner` (one trial = one child training process),
-`storage` (study storage, heartbeats, counts), `study` (the loop), `results` (table, profile,
-plots), `cli` (flags).
+`constraints` (that rejection as Optuna's constraint, on Optuna 3.6 to 5), `objectives` (what
+a trial is scored on), `length` (a trial's steps and the request the workload launches),
+`runner` (one trial = one child training process), `storage` (study storage, heartbeats,
+counts), `study` (the loop), `results` (table, profile, plots), `cli` (flags).
 """
 from autotune.search.cli import add_parser, main, run_search
 from autotune.search.objectives import OBJECTIVES, TrialFailed, make_objective

@@ -14,18 +14,10 @@ from rich.table import Table
 
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
+from autotune.search.constraints import constraint_values
 from autotune.search.objectives import Objective
 from autotune.search.storage import count_trials, mask_url
 from autotune.settings import Settings
-
-
-def constraint_values(trial: FrozenTrial) -> list[float]:
-    """The trial's constraint values: `FrozenTrial.constraints` (Optuna 5), else the list the
-    sampler's `constraints_func` stored (older Optuna); empty when none was recorded."""
-    named = getattr(trial, "constraints", None)
-    if isinstance(named, dict):
-        return [float(v) for v in named.values()]
-    return [float(v) for v in trial.system_attrs.get("constraints") or ()]
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -102,6 +102,49 @@ class ProgressReader:
         return new
 
 
+@dataclass
+class _Watch:
+    """What one trial's polling loop tracks; `stop(...)` ends the loop with a reason."""
+    launch: TrialLaunch
+    out_dir: Path
+    time_limit_s: float
+    setup_limit_s: float
+    start: float
+    reader: ProgressReader | None = None
+    on_progress: Callable[[dict[str, Any]], bool] | None = None
+    status: str = "complete"
+    error: str | None = None
+    peak: int | None = None
+    train_start: float | None = None
+    progress: list[dict[str, Any]] = field(default_factory=list)
+
+    def stop(self, status: str, error: str) -> bool:
+        self.status, self.error = status, error
+        return True
+
+    def poll(self, pid: int) -> bool:
+        """One look at the child; True when it must be stopped."""
+        rss = tree_rss_bytes(pid)                      # 0 once the child is gone
+        if rss:
+            self.peak = max(self.peak or 0, rss)
+        if self.reader is not None and self.on_progress is not None:
+            for rec in self.reader.poll():
+                self.progress.append(rec)
+                if not self.on_progress(rec):
+                    return self.stop("stopped", "stopped by the pruner")
+        now = time.monotonic()
+        if self.train_start is None and (self.out_dir / self.launch.start_marker).exists():
+            self.train_start = now
+        if self.train_start is not None and now - self.train_start > self.time_limit_s:
+            return self.stop("timeout", f"killed after {now - self.start:.0f} s: training ran "
+                             f"past the trial time limit of {self.time_limit_s:.0f} s")
+        if self.train_start is None and now - self.start > self.setup_limit_s:
+            return self.stop("timeout", f"killed after {now - self.start:.0f} s: training had "
+                             f"not started within the {self.setup_limit_s:.0f} s time limit "
+                             "(data preparation or start-up hung)")
+        return False
+
+
 class TrialRunner:
     """Runs a TrialLaunch, enforces the time limits, returns a TrialResult."""
 
@@ -115,24 +158,21 @@ class TrialRunner:
             setup_limit_s: float | None = None) -> TrialResult:
         """Run to the end, the time limit, or until `on_progress` returns False.
 
-        The trainer writes the launch's start marker (SMT: OUT/run.json) once its data is ready
-        and training starts; the time limit counts from then. Before it, `setup_limit_s` applies: the first trial at a new
-        reduce ratio prepares (resizes and caches) the dataset, which can take far longer
-        than the short training that follows and must not be mistaken for a hang.
+        The trainer writes the launch's start marker (SMT: OUT/run.json) once its data is
+        ready and training starts; the time limit counts from then. Before it,
+        `setup_limit_s` applies: the first trial at a new reduce ratio prepares (resizes and
+        caches) the dataset, which can take far longer than the short training that follows
+        and must not be mistaken for a hang.
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / LOG_NAME
         cmd = launch.argv
         env = {**(os.environ if self.env is None else self.env), **launch.env}
         env.setdefault("PYTHONUNBUFFERED", "1")      # the log shows a Python child's lines live
-        reader = (ProgressReader(out_dir, metric, launch.progress_file)
-                  if metric and on_progress else None)
-        start = time.monotonic()
-        peak: int | None = None
-        status, error = "complete", None
-        progress: list[dict[str, Any]] = []
-        polls = 0
-        train_start: float | None = None
+        watch = _Watch(launch, out_dir, time_limit_s, setup_limit_s or time_limit_s,
+                       time.monotonic(), on_progress=on_progress,
+                       reader=(ProgressReader(out_dir, metric, launch.progress_file)
+                               if metric and on_progress else None))
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
@@ -143,32 +183,8 @@ class TrialRunner:
                 return TrialResult("failed", None, 0.0, log_path,
                                    error=f"cannot start trainer {cmd[0]!r}: {exc}")
             try:
-                while proc.poll() is None:
-                    rss = tree_rss_bytes(proc.pid)      # 0 once the child is gone
-                    if rss:
-                        peak = max(peak or 0, rss)
-                    if reader is not None and on_progress is not None:
-                        for rec in reader.poll():
-                            progress.append(rec)
-                            if not on_progress(rec):
-                                status, error = "stopped", "stopped by the pruner"
-                                break
-                        if status == "stopped":
-                            break
-                    now = time.monotonic()
-                    if train_start is None and (out_dir / launch.start_marker).exists():
-                        train_start = now
-                    if train_start is not None and now - train_start > time_limit_s:
-                        status = "timeout"
-                        error = (f"killed after {now - start:.0f} s: training ran past the "
-                                 f"trial time limit of {time_limit_s:.0f} s")
-                        break
-                    if train_start is None and now - start > (setup_limit_s or time_limit_s):
-                        status = "timeout"
-                        error = (f"killed after {now - start:.0f} s: training had not started "
-                                 f"within the {setup_limit_s or time_limit_s:.0f} s time limit "
-                                 "(data preparation or start-up hung)")
-                        break
+                polls = 0
+                while proc.poll() is None and not watch.poll(proc.pid):
                     # Short polls first (quick trials end quickly), then every poll_s.
                     time.sleep(min(self.poll_s, 0.02 * 2 ** min(polls, 10)))
                     polls += 1
@@ -177,16 +193,16 @@ class TrialRunner:
                 if proc.poll() is None:
                     kill_tree(proc.pid)
                 proc.wait()
-        elapsed = time.monotonic() - start
         rc = proc.returncode
-        if status == "complete" and rc != 0:
+        if watch.status == "complete" and rc != 0:
             tail = _tail(log_path)
-            status = "oom" if looks_like_oom(tail, rc) else "failed"
+            oom = looks_like_oom(tail, rc)
             last = tail.strip().splitlines()[-1] if tail.strip() else ""
-            error = (f"{'out of memory' if status == 'oom' else 'trainer failed'} "
-                     f"(exit {rc}): {last[:200]}")
-        return TrialResult(status, rc, elapsed, log_path, error=error,
-                           peak_rss_bytes=peak, progress=progress)
+            watch.stop("oom" if oom else "failed",
+                       f"{'out of memory' if oom else 'trainer failed'} (exit {rc}): {last[:200]}")
+        return TrialResult(watch.status, rc, time.monotonic() - watch.start, log_path,
+                           error=watch.error, peak_rss_bytes=watch.peak,
+                           progress=watch.progress)
 
 
 def _tail(path: Path, nbytes: int = 8192) -> str:

@@ -8,7 +8,6 @@ workers on one storage stop together.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
@@ -32,6 +31,8 @@ from autotune.search.storage import (GRACE_S, HEARTBEAT_S, OUTCOME_COMPLETE, OUT
                                      StudyCounts, count_trials, default_storage_url,
                                      fail_stale, is_surplus, mask_url, open_storage,
                                      retry_point, storage_errors, wait_for_running)
+from autotune.search.constraints import HAS_SET_CONSTRAINT, memory_constraint, record_violation
+from autotune.search.length import steps_for, trainer_args, trial_request
 from autotune.workload import TrialReport, TrialRequest, Workload, load_workload
 
 
@@ -109,55 +110,6 @@ class SearchOutcome:
     attempts: int
 
 
-# Loader batches a throughput trial runs at least: twice the trainer's warm-up, which its
-# steady samples/s leaves out, so every trial reports a steady rate and trials are compared on
-# the same kind of figure (SMT: 5 warm-up batches, so 10).
-MIN_BATCHES_PER_WARMUP = 2
-MIN_BATCHES_FLOOR = 10
-
-
-def min_batches(config: SearchConfig) -> int:
-    warmup = config.trial_workload().trial_warmup_batches()
-    return max(MIN_BATCHES_FLOOR, MIN_BATCHES_PER_WARMUP * warmup)
-
-
-def steps_for(config: SearchConfig, point: TrialPoint) -> int:
-    """Optimizer steps for a trial.
-
-    throughput: K steps (at least `min_batches` loader batches). quality: a fixed number of
-    samples, K x the base effective batch. both: the same, raised for every trial alike to
-    `min_batches` batches of the largest batch size, so that throughput is measured steady.
-    """
-    s = point.settings
-    acc = s.accumulate_grad_batches
-    if not config.objective.needs_validation:
-        return max(config.steps_per_trial, math.ceil(min_batches(config) / acc))
-    budget = config.steps_per_trial * config.space.base.effective_batch_size
-    if config.objective.name == "both":
-        budget = max(budget, min_batches(config) * config.space.batch_size[1] * s.devices)
-    return max(1, round(budget / s.effective_batch_size))
-
-
-VALIDATIONS_PER_TRIAL = 4       # a quality trial's intermediate values for the pruner
-
-
-def trial_request(config: SearchConfig, point: TrialPoint, steps: int, out: Path) -> TrialRequest:
-    prunable, validates = config.objective.prunable, config.objective.needs_validation
-    return TrialRequest(
-        settings=point.settings, max_steps=steps, out_dir=out,
-        # Same seed for every trial: differences come from the settings, not the shuffle.
-        seed=config.seed or 0, lr=point.lr, preset=config.preset, data=config.data,
-        val_every_steps=max(1, steps // VALIDATIONS_PER_TRIAL) if prunable else None,
-        # Throughput ignores validation; decode one batch at the end instead of the split.
-        val_batches=1 if not validates else None)
-
-
-def trainer_args(config: SearchConfig, point: TrialPoint, steps: int, out: Path) -> list[str]:
-    """The trial's full command line, as the workload launches it (with --trainer's command)."""
-    launch = config.trial_workload().trial_launch(trial_request(config, point, steps, out))
-    return launch.with_command(config.trainer).argv
-
-
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -189,29 +141,6 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
             except Exception:  # another worker got there first
                 pass
     return failed
-
-
-# The memory constraint reaches the sampler two ways. Optuna 5 records it on the trial
-# (`Trial.set_constraint`) and deprecates the samplers' `constraints_func`; Optuna 3.x and 4.x
-# (Kaggle's and Colab's images) have only `constraints_func`, which the sampler calls after each
-# complete or pruned trial: there the violation travels as a user attribute it reads back.
-HAS_SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")
-VIOLATION_ATTR = "memory_violation"
-
-
-def record_violation(trial: optuna.trial.Trial, violation: float) -> None:
-    """Tell the sampler how far over the memory budget this point is predicted (<= 0: fits)."""
-    if HAS_SET_CONSTRAINT:
-        trial.set_constraint("memory", violation)
-    else:
-        trial.set_user_attr(VIOLATION_ATTR, float(violation))
-
-
-def memory_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    """`constraints_func` for older Optuna: the recorded violation; 0 (feasible) when the
-    memory model had no prediction, as a trial without a constraint is under Optuna 5."""
-    violation = trial.user_attrs.get(VIOLATION_ATTR)
-    return (float(violation) if violation is not None else 0.0,)
 
 
 def open_study(config: SearchConfig) -> optuna.Study:
@@ -249,93 +178,111 @@ def open_study(config: SearchConfig) -> optuna.Study:
 
 
 def make_objective_fn(config: SearchConfig, runner: TrialRunner, console: Console):
-    obj = config.objective
-    budget = config.memory_budget_bytes
-
     def objective(trial: optuna.trial.Trial) -> float | list[float]:
-        if is_surplus(trial.study, trial.number, config.trials):
-            # Another worker took the last slot first: drop this one before launching.
-            trial.set_user_attr("outcome", OUTCOME_SURPLUS)
-            raise optuna.TrialPruned("other workers' trials already make up --trials")
-        trial.set_user_attr("worker", _worker_id())
-        trial.set_user_attr("worker_started", psutil.Process().create_time())
-        point = config.space.suggest(trial)
-        s = point.settings
-        trial.set_user_attr("settings", s.to_dict())
-        trial.set_user_attr("lr", point.lr)
-        desc = (f"batch {s.batch_size} x accum {s.accumulate_grad_batches} "
-                f"(eff. {s.effective_batch_size}), ratio {s.reduce_ratio:g}, "
-                f"workers {s.num_workers}" + (f", lr {point.lr:.2e}" if point.lr else ""))
-        feas = Feasibility(config.predictor.predict_bytes(s), budget)
-        if feas.predicted_bytes is not None:
-            trial.set_user_attr("predicted_memory_bytes", int(feas.predicted_bytes))
-        if feas.violation is not None:
-            record_violation(trial, feas.violation)
-        if not feas.feasible:
-            msg = (f"predicted {feas.predicted_bytes / 2**30:.2f} GiB > budget "
-                   f"{budget / 2**30:.2f} GiB ({config.predictor.source})")
-            trial.set_user_attr("outcome", OUTCOME_REJECTED)
-            trial.set_user_attr("error", msg)
-            console.print(f"[yellow]trial {trial.number}[/] {desc}: rejected before running, {msg}")
-            raise optuna.TrialPruned(msg)
-
-        out = config.run_dir / "trials" / f"{trial.number:04d}"
-        steps = steps_for(config, point)
-        workload = config.trial_workload()
-        launch = workload.trial_launch(trial_request(config, point, steps, out))
-        launch = launch.with_command(config.trainer)
-        trial.set_user_attr("steps", steps)
-        trial.set_user_attr("trial_dir", str(out))
-        atomic_write_json(out / "trial.json", {
-            "study": config.name, "trial": trial.number, "worker": _worker_id(),
-            "command": launch.argv, "settings": s.to_dict(), "lr": point.lr,
-            "predicted_memory_bytes": feas.predicted_bytes, "budget_bytes": budget})
-
-        eff = s.effective_batch_size
-
-        def on_progress(rec: dict[str, Any]) -> bool:
-            step = rec["samples"] if rec["samples"] is not None else rec["step"] * eff
-            trial.report(rec["value"], step)
-            return not trial.should_prune()
-
-        with console.status(f"trial {trial.number}: training {steps} steps, {desc}"):
-            res = runner.run(launch, out, config.trial_timeout_s,
-                             metric=obj.metric if obj.prunable else None,
-                             on_progress=on_progress if obj.prunable else None,
-                             setup_limit_s=config.setup_timeout_s)
-        trial.set_user_attr("elapsed_s", round(res.elapsed_s, 2))
-        trial.set_user_attr("peak_rss_bytes", res.peak_rss_bytes)
-        trial.set_user_attr("status", res.status)
-        report = workload.trial_report(out)
-        for key in REPORTED:
-            if report is not None and report.metric(key) is not None:
-                trial.set_user_attr(key, report.metric(key))
-        _judge(res, report)
-        if res.status == "stopped":
-            trial.set_user_attr("outcome", OUTCOME_PRUNED)
-            console.print(f"[cyan]trial {trial.number}[/] {desc}: pruned after "
-                          f"{res.elapsed_s:.1f} s ({obj.metric} {res.progress[-1]['value']:.4g})")
-            raise optuna.TrialPruned("stopped by the pruner")
-        if res.status != "complete":
-            trial.set_user_attr("outcome", OUTCOME_FAILED)
-            trial.set_user_attr("error", res.error)
-            console.print(f"[red]trial {trial.number}[/] {desc}: {res.status}: {res.error} "
-                          f"(log: {res.log_path})")
-            raise TrialFailed(res.error)
-        try:
-            assert report is not None              # _judge failed the trial otherwise
-            values = obj.values(report)
-        except TrialFailed as exc:
-            trial.set_user_attr("outcome", OUTCOME_FAILED)
-            trial.set_user_attr("error", str(exc))
-            console.print(f"[red]trial {trial.number}[/] {desc}: {exc}")
-            raise
-        trial.set_user_attr("outcome", OUTCOME_COMPLETE)
-        shown = ", ".join(f"{n} {v:.4g}" for n, v in zip(obj.names, values))
-        console.print(f"[green]trial {trial.number}[/] {desc}: {shown} ({res.elapsed_s:.1f} s)")
-        return values[0] if len(values) == 1 else values
+        point, desc, feas = _suggest(config, trial, console)
+        res, report = _train(config, runner, console, trial, point, desc, feas)
+        return _score(config, console, trial, desc, res, report)
 
     return objective
+
+
+def _suggest(config: SearchConfig, trial: optuna.trial.Trial,
+             console: Console) -> tuple[TrialPoint, str, Feasibility]:
+    """The trial's point, described, and rejected (pruned) if predicted over the budget."""
+    if is_surplus(trial.study, trial.number, config.trials):
+        # Another worker took the last slot first: drop this one before launching.
+        trial.set_user_attr("outcome", OUTCOME_SURPLUS)
+        raise optuna.TrialPruned("other workers' trials already make up --trials")
+    trial.set_user_attr("worker", _worker_id())
+    trial.set_user_attr("worker_started", psutil.Process().create_time())
+    point = config.space.suggest(trial)
+    s = point.settings
+    trial.set_user_attr("settings", s.to_dict())
+    trial.set_user_attr("lr", point.lr)
+    desc = (f"batch {s.batch_size} x accum {s.accumulate_grad_batches} "
+            f"(eff. {s.effective_batch_size}), ratio {s.reduce_ratio:g}, "
+            f"workers {s.num_workers}" + (f", lr {point.lr:.2e}" if point.lr else ""))
+    budget = config.memory_budget_bytes
+    feas = Feasibility(config.predictor.predict_bytes(s), budget)
+    if feas.predicted_bytes is not None:
+        trial.set_user_attr("predicted_memory_bytes", int(feas.predicted_bytes))
+    if feas.violation is not None:
+        record_violation(trial, feas.violation)
+    if not feas.feasible:
+        msg = (f"predicted {feas.predicted_bytes / 2**30:.2f} GiB > budget "
+               f"{budget / 2**30:.2f} GiB ({config.predictor.source})")
+        trial.set_user_attr("outcome", OUTCOME_REJECTED)
+        trial.set_user_attr("error", msg)
+        console.print(f"[yellow]trial {trial.number}[/] {desc}: rejected before running, {msg}")
+        raise optuna.TrialPruned(msg)
+    return point, desc, feas
+
+
+def _train(config: SearchConfig, runner: TrialRunner, console: Console,
+           trial: optuna.trial.Trial, point: TrialPoint, desc: str,
+           feas: Feasibility) -> tuple[TrialResult, TrialReport | None]:
+    """Launch the trial as the workload declares, watch it, and read back its report."""
+    obj, s = config.objective, point.settings
+    out = config.run_dir / "trials" / f"{trial.number:04d}"
+    steps = steps_for(config, point)
+    workload = config.trial_workload()
+    launch = workload.trial_launch(trial_request(config, point, steps, out))
+    launch = launch.with_command(config.trainer)
+    trial.set_user_attr("steps", steps)
+    trial.set_user_attr("trial_dir", str(out))
+    atomic_write_json(out / "trial.json", {
+        "study": config.name, "trial": trial.number, "worker": _worker_id(),
+        "command": launch.argv, "settings": s.to_dict(), "lr": point.lr,
+        "predicted_memory_bytes": feas.predicted_bytes, "budget_bytes": feas.budget_bytes})
+
+    def on_progress(rec: dict[str, Any]) -> bool:
+        step = rec["samples"] if rec["samples"] is not None else rec["step"] * s.effective_batch_size
+        trial.report(rec["value"], step)
+        return not trial.should_prune()
+
+    with console.status(f"trial {trial.number}: training {steps} steps, {desc}"):
+        res = runner.run(launch, out, config.trial_timeout_s,
+                         metric=obj.metric if obj.prunable else None,
+                         on_progress=on_progress if obj.prunable else None,
+                         setup_limit_s=config.setup_timeout_s)
+    trial.set_user_attr("elapsed_s", round(res.elapsed_s, 2))
+    trial.set_user_attr("peak_rss_bytes", res.peak_rss_bytes)
+    trial.set_user_attr("status", res.status)
+    report = workload.trial_report(out)
+    for key in REPORTED:
+        if report is not None and report.metric(key) is not None:
+            trial.set_user_attr(key, report.metric(key))
+    _judge(res, report)
+    return res, report
+
+
+def _score(config: SearchConfig, console: Console, trial: optuna.trial.Trial, desc: str,
+           res: TrialResult, report: TrialReport | None) -> float | list[float]:
+    """The objective values of a finished trial; pruned or failed ones raise."""
+    obj = config.objective
+    if res.status == "stopped":
+        trial.set_user_attr("outcome", OUTCOME_PRUNED)
+        console.print(f"[cyan]trial {trial.number}[/] {desc}: pruned after "
+                      f"{res.elapsed_s:.1f} s ({obj.metric} {res.progress[-1]['value']:.4g})")
+        raise optuna.TrialPruned("stopped by the pruner")
+    if res.status != "complete":
+        trial.set_user_attr("outcome", OUTCOME_FAILED)
+        trial.set_user_attr("error", res.error)
+        console.print(f"[red]trial {trial.number}[/] {desc}: {res.status}: {res.error} "
+                      f"(log: {res.log_path})")
+        raise TrialFailed(res.error)
+    try:
+        assert report is not None              # _judge failed the trial otherwise
+        values = obj.values(report)
+    except TrialFailed as exc:
+        trial.set_user_attr("outcome", OUTCOME_FAILED)
+        trial.set_user_attr("error", str(exc))
+        console.print(f"[red]trial {trial.number}[/] {desc}: {exc}")
+        raise
+    trial.set_user_attr("outcome", OUTCOME_COMPLETE)
+    shown = ", ".join(f"{n} {v:.4g}" for n, v in zip(obj.names, values))
+    console.print(f"[green]trial {trial.number}[/] {desc}: {shown} ({res.elapsed_s:.1f} s)")
+    return values[0] if len(values) == 1 else values
 
 
 # What a trial's record keeps from its report (the study's table and saved profile read them).
@@ -407,5 +354,4 @@ def _run_loop(config: SearchConfig, console: Console, runner: TrialRunner) -> Se
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "run_study", "open_study", "trainer_args",
-           "trial_request", "min_batches",
-           "steps_for", "fail_dead_local_trials"]
+           "trial_request", "steps_for", "fail_dead_local_trials"]
