@@ -72,6 +72,16 @@ def loopback_interface() -> str:
     return "lo"
 
 
+def check_interface(interface: str) -> dict[str, list[str]]:
+    """The named interfaces (comma-separated, as gloo accepts) -> their addresses, or one line."""
+    known = _interfaces()
+    missing = [name for name in interface.split(",") if name not in known]
+    if missing:
+        raise UserError(f"--ddp-interface {interface}: no interface {', '.join(missing)} on "
+                        f"{socket.gethostname()} (it has {', '.join(sorted(known))})")
+    return {name: known[name] for name in interface.split(",")}
+
+
 def _hostname_address() -> str:
     try:
         return socket.gethostbyname(socket.gethostname())
@@ -90,14 +100,9 @@ def pin_sockets(num_nodes: int, interface: str | None = None,
     """
     interface = interface or environ.get(ENV_IFNAME) or None
     if interface:
-        known = _interfaces()
-        missing = [name for name in interface.split(",") if name not in known]
-        if missing:
-            raise UserError(f"--ddp-interface {interface}: no interface {', '.join(missing)} on "
-                            f"{socket.gethostname()} (it has {', '.join(sorted(known))})")
+        addrs = ", ".join(a for found in check_interface(interface).values() for a in found)
         for var in SOCKET_IFNAME_VARS:
             environ[var] = interface
-        addrs = ", ".join(a for name in interface.split(",") for a in known[name])
         return f"DDP sockets bind to interface {interface} ({addrs}) on {socket.gethostname()}"
     user = {var: environ[var] for var in SOCKET_IFNAME_VARS if environ.get(var)}
     if user:

@@ -63,7 +63,8 @@ def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> pl.
         max_epochs = 1000  # the full recipe ends on early stopping, this is a backstop
     return pl.Trainer(
         accelerator="auto", devices=s.devices, num_nodes=plan.num_nodes,
-        strategy=make_strategy(s.strategy, s.devices, plan.num_nodes, plan.out),
+        strategy=make_strategy(s.strategy, s.devices, plan.num_nodes, plan.out,
+                               interface=plan.ddp_interface),
         precision=s.precision, max_steps=plan.max_steps, max_epochs=max_epochs or -1,
         max_time=dt.timedelta(seconds=plan.max_time_s) if plan.max_time_s else None,
         limit_val_batches=None, num_sanity_val_steps=0, callbacks=callbacks, logger=loggers,

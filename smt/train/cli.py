@@ -54,7 +54,11 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--num-proc", type=int_in(1, 1024))
     s.add_argument("--writer-batch-size", type=int_in(1, 1_000_000))
     s.add_argument("--devices", type=int_in(1, 4096))
-    s.add_argument("--num-nodes", type=int_in(1, 4096), default=None)
+    s.add_argument("--num-nodes", type=int_in(1, 4096), default=None,
+                   help="machines in the run (launched by torchrun or srun, one process per rank)")
+    s.add_argument("--ddp-interface", default=None, metavar="IFACE",
+                   help="network interface DDP's sockets bind to across nodes, e.g. eth0 "
+                   "(default: $SMT_DDP_INTERFACE; loopback on one node)")
     s.add_argument("--strategy", default=None)
     s.add_argument("--precision", default=None)
 

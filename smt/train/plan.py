@@ -58,6 +58,8 @@ class RunPlan:
     resume_ckpt: Path | None
     profile: str | None
     curriculum: dict[str, Any] | None
+    # Per machine, so never taken from a resumed run's run.json: the flag of this launch.
+    ddp_interface: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -167,6 +169,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if inherited and not is_rank_zero():
         run_json = Path(inherited) / "run.json"        # smt.checkpoint.RUN_NAME
         return _plan_from_json(json.loads(run_json.read_text(encoding="utf-8")))
+    if getattr(args, "ddp_interface", None):
+        from smt.distributed import check_interface
+        check_interface(args.ddp_interface)   # a typo stops here, before any data work
     out, resume_ckpt, previous = _run_folder(args)
     base = Settings.from_dict(previous["settings"]) if previous else None
     cpu_demo = (not _accelerator_present() and not previous
@@ -222,7 +227,8 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         seed=pick("seed", args.seed, 0),
         num_nodes=pick("num_nodes", args.num_nodes, 1),
         cpu_demo=bool(previous.get("cpu_demo", cpu_demo)) if previous else cpu_demo,
-        resume_ckpt=resume_ckpt, profile=profile, curriculum=_curriculum(args, previous))
+        resume_ckpt=resume_ckpt, profile=profile, curriculum=_curriculum(args, previous),
+        ddp_interface=getattr(args, "ddp_interface", None))
 
 
 def _plan_from_json(data: dict[str, Any]) -> RunPlan:

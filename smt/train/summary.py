@@ -55,6 +55,10 @@ def summary(plan: RunPlan, trainer: Any, module: Any, throughput: Any,
         "checkpoint_last": str(ckpt_dir / ck.LAST_NAME),
         "checkpoint_best": str(best_path) if best_path.is_file() else None,
         "settings": plan.settings.to_dict(),
+        # Every rank's samples: batch x accumulate x devices x nodes.
+        "world_size": int(trainer.world_size),
+        "effective_batch_size": plan.settings.batch_size * plan.settings.accumulate_grad_batches
+        * int(trainer.world_size),
         "micro_batch_size": module.micro_batch_size,
         "oom_events": module.oom_events,
         "elapsed_s": elapsed_s,
