@@ -150,3 +150,16 @@ def test_registered_on_the_autotune_cli(tree, capsys) -> None:
     assert main(["cache", "--clear", "--older-than", "5"]) == 0
     assert "removed 2 cache(s)" in capsys.readouterr().out
     assert tree["new"].exists() and not tree["old"].exists() and tree["foreign"].exists()
+
+
+def test_another_workloads_layout_and_marker(tmp_path) -> None:
+    """The command knows no SMT paths: a workload's declared layout and marker decide."""
+    from autotune.workload import CacheLayout
+    layout = CacheLayout(root=tmp_path, folders=(("things", tmp_path / "things"),),
+                         marker_file="made-by.json", creator="other-tool")
+    _make(tmp_path / "things" / "ours", None)
+    (tmp_path / "things" / "ours" / "made-by.json").write_text('{"creator": "other-tool"}')
+    _make(tmp_path / "things" / "smt-style", _ours(1))            # meta.json: not this marker
+    entries, foreign = cache.find_caches(layout=layout)
+    assert [e.path.name for e in entries] == ["ours"] and entries[0].kind == "things"
+    assert [p.name for p in foreign] == ["smt-style"]
