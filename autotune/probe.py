@@ -1,13 +1,12 @@
 """`python -m autotune probe`: measure the machine and the workload, decide, explain, save.
 
-    hardware -> map probe -> model probe -> loader probe -> decide -> profile JSON -> table
+    hardware -> map probe -> staff space -> step (precision x threads) -> model probe
+             -> loader probe -> decide -> profile JSON -> table
 
 The probe keeps to a time budget (default 90 s): each stage gets a deadline and stops
-starting trials past it, so a slow machine gets fewer points, not a longer wait. Stage
-shares: the map 30% (its trials are short and their count is fixed by the cores), the model
-50% (one step of the paper model at a full system image is seconds on a CPU), the loader the
-rest. Building the embedded default dataset on first use is not probing and is reported on
-its own line.
+starting trials past it, so a slow machine gets fewer points, not a longer wait (the shares
+are MAP_SHARE, MODEL_SHARE and LOADER_SHARE below). Building the embedded default dataset on
+first use is not probing and is reported on its own line.
 """
 from __future__ import annotations
 
@@ -133,6 +132,21 @@ def probe_profile(*, data: str | None = None, preset: str = "paper", devices: in
     return run_probe_stages(opts, workload=workload, hardware=hardware, report=report).profile
 
 
+@dataclass
+class _Run:
+    """One probe under way: what every stage reads, and the seconds each took."""
+    opts: ProbeOptions
+    hardware: HardwareInfo
+    workload: Workload
+    budgets: Budgets
+    say: Callable[[str], None]
+    start: float
+    stage_s: dict[str, float]
+
+    def deadline(self, share: float) -> float:
+        return self.start + share * self.opts.time_budget_s
+
+
 def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
                      hardware: HardwareInfo | None = None,
                      report: Callable[[str], None] | None = None) -> ProbeOutcome:
@@ -145,67 +159,20 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
         workload = load_workload("smt", data=opts.data, preset=opts.preset)
     full_rows = workload.dataset_rows()        # opens the source (builds the default set once)
     setup_s = time.monotonic() - setup_start
-
-    budgets = opts.budgets()
-    start = time.monotonic()
-    T = opts.time_budget_s
-    stage_s: dict[str, float] = {}
+    run = _Run(opts, hardware, workload, opts.budgets(), say, time.monotonic(), {})
 
     # The map goes first, before anything imports torch: its trials fork this process, and
     # workers that inherit torch's pages would overstate what a preparation worker costs.
-    say(f"map: {full_rows} rows to prepare; timing a sample at several "
-        f"num_proc / writer_batch_size")
-    map_result: MapProbeResult = probe_map(
-        workload, usable_cpus=hardware.usable_cpus, deadline=start + MAP_SHARE * T,
-        trial_timeout_s=max(5.0, MAP_SHARE * T / 2),
-        on_trial=lambda t: say(
-            f"  map num_proc={t.num_proc} writer_batch_size={t.writer_batch_size}: "
-            + (f"{t.rows_per_s:.1f} rows/s, peak {format_bytes(t.peak_rss_bytes)}"
-               if t.rows_per_s and not t.error else f"{t.error}")))
-    stage_s["map"] = map_result.seconds
-    workload_desc = workload.describe()
-
+    map_result = _map_stage(run, full_rows)
     staff = _staff_stage(workload, say)
-    legible = ratio_for_staff_space(staff.staff_space_px, budgets.staff_space_px) or 1.0
-    top_ratio = min(legible, budgets.max_reduce_ratio)
-    ratios = (top_ratio, *(r for r in REDUCE_LADDER if r < top_ratio - 1e-9))
-
+    legible = ratio_for_staff_space(staff.staff_space_px, run.budgets.staff_space_px) or 1.0
+    top_ratio = min(legible, run.budgets.max_reduce_ratio)
     device = pick_device()
-    capability = tuple(hardware.gpus[0].capability) if hardware.gpus else None
-    say(f"step: precision and thread candidates, training step at reduce ratio {top_ratio:g} "
-        f"on {STEP_BATCH} typical rows, 1 warm-up + 2 timed steps each, interleaved")
-    steps = probe_steps(workload, reduce_ratio=top_ratio, device=device,
-                        usable_cpus=hardware.usable_cpus, capability=capability,  # type: ignore[arg-type]
-                        batch_size=STEP_BATCH, on_trial=_say_step(say))
-    stage_s["step"] = steps.seconds
-    precision, num_threads, why = _step_choices(hardware, budgets, steps)
-    say(f"  -> {precision}, threads {num_threads or 'torch'}: {why.split(';')[0]}")
-    if device.startswith("cuda"):
-        memory_budget = budgets.vram_budget(hardware.gpus[0].memory_bytes) \
-            if hardware.gpus else None
-    else:
-        memory_budget = int(budgets.ram_budget(hardware) * (1 - budgets.ram_margin)) \
-            - current_rss_bytes()
-    say(f"model: {device} ({precision}), memory at the largest image, speed on typical rows "
-        f"(1 warm-up + 2 timed steps), growing batch sizes")
-    model_result: ModelProbeResult = probe_model(
-        workload, device=device, precision=precision, memory_budget_bytes=memory_budget,
-        reduce_ratios=ratios, batch_sizes=_batch_ladder(opts, hardware),
-        deadline=start + MODEL_SHARE * T, num_threads=num_threads,
-        # A GPU step is milliseconds: measure a second reduce ratio for `plan` and the curves.
-        # A CPU step is seconds: one ratio is all the budget buys.
-        ratios_to_measure=2 if device.startswith("cuda") else 1,
-        on_trial=lambda t: say(
-            f"  model ratio={t.reduce_ratio:g} {t.height}x{t.width}px batch={t.batch_size}: "
-            + ("OOM" if t.oom else f"{t.step_s:.2f} s/step, {t.samples_per_s:.2f} samples/s, "
-               f"peak {format_bytes(t.peak_memory_bytes)}"
-               f" (estimate {format_bytes(t.estimated_memory_bytes)})")))
-    stage_s["model"] = model_result.seconds
-
-    loader_result = _loader_stage(workload, hardware, model_result, start + LOADER_SHARE * T,
-                                  say)
-    stage_s["loader"] = loader_result.seconds if loader_result else 0.0
-
+    steps, precision, num_threads = _step_stage(run, device, top_ratio)
+    model_result = _model_stage(run, device, precision, num_threads, top_ratio)
+    loader_result = _loader_stage(workload, hardware, model_result,
+                                  run.deadline(LOADER_SHARE), say)
+    run.stage_s["loader"] = loader_result.seconds if loader_result else 0.0
     measurements = Measurements.from_dict({
         "map": map_result.to_dict(), "model": model_result.to_dict(),
         "loader": loader_result.to_dict() if loader_result else {},
@@ -216,6 +183,73 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
             workload, ratios=tuple(sorted({*REDUCE_LADDER, top_ratio}, reverse=True)))],
         "dataset_rows": workload.dataset_rows(), "num_params": model_result.num_params,
     })
+    return _outcome(run, measurements, model_result.notes, setup_s)
+
+
+def _map_stage(run: _Run, full_rows: int) -> MapProbeResult:
+    say = run.say
+    say(f"map: {full_rows} rows to prepare; timing a sample at several "
+        f"num_proc / writer_batch_size")
+    result = probe_map(
+        run.workload, usable_cpus=run.hardware.usable_cpus, deadline=run.deadline(MAP_SHARE),
+        trial_timeout_s=max(5.0, MAP_SHARE * run.opts.time_budget_s / 2),
+        on_trial=lambda t: say(
+            f"  map num_proc={t.num_proc} writer_batch_size={t.writer_batch_size}: "
+            + (f"{t.rows_per_s:.1f} rows/s, peak {format_bytes(t.peak_rss_bytes)}"
+               if t.rows_per_s and not t.error else f"{t.error}")))
+    run.stage_s["map"] = result.seconds
+    return result
+
+
+def _step_stage(run: _Run, device: str, top_ratio: float
+                ) -> tuple[StepProbeResult, str, int | None]:
+    """The precision x threads cells; returns them with the precision and threads chosen."""
+    hardware = run.hardware
+    capability = tuple(hardware.gpus[0].capability) if hardware.gpus else None
+    run.say(f"step: precision and thread candidates, training step at reduce ratio "
+            f"{top_ratio:g} on {STEP_BATCH} typical rows, 1 warm-up + 2 timed steps each, "
+            f"interleaved")
+    steps = probe_steps(run.workload, reduce_ratio=top_ratio, device=device,
+                        usable_cpus=hardware.usable_cpus, capability=capability,  # type: ignore[arg-type]
+                        batch_size=STEP_BATCH, on_trial=_say_step(run.say))
+    run.stage_s["step"] = steps.seconds
+    precision, num_threads, why = _step_choices(hardware, run.budgets, steps)
+    run.say(f"  -> {precision}, threads {num_threads or 'torch'}: {why.split(';')[0]}")
+    return steps, precision, num_threads
+
+
+def _model_stage(run: _Run, device: str, precision: str, num_threads: int | None,
+                 top_ratio: float) -> ModelProbeResult:
+    budgets, hardware, say = run.budgets, run.hardware, run.say
+    if device.startswith("cuda"):
+        memory_budget = budgets.vram_budget(hardware.gpus[0].memory_bytes) \
+            if hardware.gpus else None
+    else:
+        memory_budget = int(budgets.ram_budget(hardware) * (1 - budgets.ram_margin)) \
+            - current_rss_bytes()
+    say(f"model: {device} ({precision}), memory at the largest image, speed on typical rows "
+        f"(1 warm-up + 2 timed steps), growing batch sizes")
+    result = probe_model(
+        run.workload, device=device, precision=precision, memory_budget_bytes=memory_budget,
+        reduce_ratios=(top_ratio, *(r for r in REDUCE_LADDER if r < top_ratio - 1e-9)),
+        batch_sizes=_batch_ladder(run.opts, hardware),
+        deadline=run.deadline(MODEL_SHARE), num_threads=num_threads,
+        # A GPU step is milliseconds: measure a second reduce ratio for `plan` and the curves.
+        # A CPU step is seconds: one ratio is all the budget buys.
+        ratios_to_measure=2 if device.startswith("cuda") else 1,
+        on_trial=lambda t: say(
+            f"  model ratio={t.reduce_ratio:g} {t.height}x{t.width}px batch={t.batch_size}: "
+            + ("OOM" if t.oom else f"{t.step_s:.2f} s/step, {t.samples_per_s:.2f} samples/s, "
+               f"peak {format_bytes(t.peak_memory_bytes)}"
+               f" (estimate {format_bytes(t.estimated_memory_bytes)})")))
+    run.stage_s["model"] = result.seconds
+    return result
+
+
+def _outcome(run: _Run, measurements: Measurements, model_notes: list[str],
+             setup_s: float) -> ProbeOutcome:
+    """Decide from the measurements and wrap it all in a profile."""
+    workload, hardware = run.workload, run.hardware
 
     def estimate(batch: int, ratio: float, precision_: str) -> int | None:
         try:
@@ -223,17 +257,19 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
         except (NotImplementedError, ValueError):
             return None
 
-    decision = decide(hardware, measurements, budgets, estimate=estimate)
-    seconds = round(time.monotonic() - start, 2)
+    decision = decide(hardware, measurements, run.budgets, estimate=estimate)
+    seconds = round(time.monotonic() - run.start, 2)
     measurements.probe_seconds = seconds
     details = {**decision.details, "probe_seconds": seconds, "setup_seconds": round(setup_s, 2),
-               "stage_seconds": stage_s, "time_budget_s": T, "model_notes": model_result.notes}
-    profile = Profile(name=opts.name or profile_name(opts.preset, hardware), hardware=hardware,
-                      workload=workload_desc, settings=decision.settings,
-                      reasons=decision.reasons, measurements=measurements,
-                      sources=decision.sources, kind="probe", details=details)
-    profile.provenance = provenance(opts, hardware, profile.created)
-    return ProbeOutcome(profile, decision, seconds, round(setup_s, 2), stage_s)
+               "stage_seconds": run.stage_s, "time_budget_s": run.opts.time_budget_s,
+               "model_notes": model_notes}
+    profile = Profile(name=run.opts.name or profile_name(run.opts.preset, hardware),
+                      hardware=hardware, workload=workload.describe(),
+                      settings=decision.settings, reasons=decision.reasons,
+                      measurements=measurements, sources=decision.sources, kind="probe",
+                      details=details)
+    profile.provenance = provenance(run.opts, hardware, profile.created)
+    return ProbeOutcome(profile, decision, seconds, round(setup_s, 2), run.stage_s)
 
 
 def provenance(opts: ProbeOptions, hardware: HardwareInfo, created: str) -> dict[str, Any]:
