@@ -27,7 +27,8 @@ class InitWeights:
     state: dict[str, torch.Tensor]    # SMTModel.state_dict() keys (no "model." prefix)
 
 
-def _checkpoint_of(spec: str) -> Path:
+def checkpoint_of(spec: str) -> Path:
+    """The checkpoint `--init-from SPEC` names (a file, or the one a folder holds)."""
     from smt import checkpoint as ck
     from smt.convert.build import CHECKPOINT_NAME
 
@@ -50,7 +51,7 @@ def load_init(spec: str) -> InitWeights:
     from smt.config import SMTConfig
     from smt.tokenizer import Vocab
 
-    path = _checkpoint_of(spec)
+    path = checkpoint_of(spec)
     ckpt = ck.load_checkpoint(path)
     config_path, vocab_path = ck.find_metadata(path, ck.CONFIG_NAME), ck.find_metadata(path, ck.VOCAB_NAME)
     try:

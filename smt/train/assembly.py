@@ -42,6 +42,20 @@ def resumed_or_new_config(plan: RunPlan, data: RunData, config_path: Path) -> An
     return config
 
 
+def start_from(plan: RunPlan, data: RunData) -> Any:
+    """`--init-from`: the weights, config and vocabulary to start with (smt.convert.finetune),
+    fitted to the data; `data.vocab` becomes the model's. None for a plain or resumed run."""
+    if not plan.init_from or plan.resume_ckpt:
+        return None
+    from smt.convert import finetune
+
+    init = finetune.fit_to_data(finetune.load_init(plan.init_from), data.vocab.tokens, plan.fmt,
+                                plan.extend_vocab, data.max_height, data.max_width,
+                                data.max_seq_len)
+    data.vocab = init.vocab
+    return init
+
+
 def make_loaders(plan: RunPlan, data: RunData) -> tuple[Any, Any]:
     s = plan.settings
     common = dict(batch_size=s.batch_size, num_workers=s.num_workers)

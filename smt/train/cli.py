@@ -41,6 +41,11 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--format", dest="fmt", default="bekern", choices=["kern", "ekern", "bekern"])
     g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
                    help="apply a profile's settings; auto reuses a matching one or probes")
+    g.add_argument("--init-from", default=None, metavar="DIR|CKPT",
+                   help="start from these weights (a folder from smt.convert, a run folder or a "
+                        ".ckpt) with a fresh optimizer; the model's size comes from them")
+    g.add_argument("--extend-vocab", action="store_true",
+                   help="with --init-from: add output rows for tokens the model does not know")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:

@@ -60,6 +60,9 @@ class RunPlan:
     curriculum: dict[str, Any] | None
     # Per machine, so never taken from a resumed run's run.json: the flag of this launch.
     ddp_interface: str | None = None
+    # --init-from: weights to start a new run from (smt.convert.finetune); a resumed run has its own.
+    init_from: str | None = None
+    extend_vocab: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -172,6 +175,14 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if getattr(args, "ddp_interface", None):
         from smt.distributed import check_interface
         check_interface(args.ddp_interface)   # a typo stops here, before any data work
+    if args.init_from and args.resume:
+        raise UserError("--init-from starts a new run from weights, --resume continues a run: "
+                        "pass one of them")
+    if args.extend_vocab and not args.init_from:
+        raise UserError("--extend-vocab needs --init-from (a new model has every token already)")
+    if args.init_from:
+        from smt.convert.finetune import checkpoint_of
+        checkpoint_of(args.init_from)            # a wrong path fails before any data work
     out, resume_ckpt, previous = _run_folder(args)
     base = Settings.from_dict(previous["settings"]) if previous else None
     cpu_demo = (not _accelerator_present() and not previous
@@ -228,7 +239,9 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         num_nodes=pick("num_nodes", args.num_nodes, 1),
         cpu_demo=bool(previous.get("cpu_demo", cpu_demo)) if previous else cpu_demo,
         resume_ckpt=resume_ckpt, profile=profile, curriculum=_curriculum(args, previous),
-        ddp_interface=getattr(args, "ddp_interface", None))
+        ddp_interface=getattr(args, "ddp_interface", None),
+        init_from=None if resume_ckpt else args.init_from,
+        extend_vocab=bool(args.extend_vocab or previous.get("extend_vocab", False)))
 
 
 def _plan_from_json(data: dict[str, Any]) -> RunPlan:

@@ -14,6 +14,7 @@ from smt import checkpoint as ck
 from smt.builder import configure_torch
 from smt.module import SMTModule, TrainHParams
 from smt.train import assembly, summary
+from smt.train.cli import PROG
 from smt.train.data import RunData, load_curriculum, load_data
 from smt.train.plan import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
 
@@ -51,11 +52,19 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
         data, curriculum_source = load_curriculum(plan, vocab_path)
     else:
         data = load_data(plan, vocab_path)
-    config = assembly.resumed_or_new_config(plan, data, plan.out / ck.CONFIG_NAME)
+    init = assembly.start_from(plan, data)
+    config = init.config if init is not None else \
+        assembly.resumed_or_new_config(plan, data, plan.out / ck.CONFIG_NAME)
     if rank0:
         _write_run_files(plan, config, data)
     train_loader, val_loader = assembly.make_loaders(plan, data)
     module = _module(plan, config, data)
+    if init is not None:
+        from smt.convert.finetune import apply
+        apply(module.model, init)
+        if rank0:
+            print(f"[{PROG}] starting from {init.checkpoint} ({module.model.num_params():,} "
+                  "parameters, fresh optimizer)", flush=True)
     callbacks, throughput = assembly.make_callbacks(plan)
     if curriculum_source is not None:
         from smt.curriculum import CurriculumStep

@@ -236,3 +236,78 @@ def test_the_published_sizes_map_onto_the_paper_preset() -> None:
         check_complete(mapped, expected, "published")
         assert sum(t.numel() for t in mapped.state.values()) == count_params(config)
     assert round(count_params(config) / 1e6, 1) == 10.9
+
+
+@pytest.mark.timeout(600)
+def test_fine_tuning_starts_from_the_converted_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import datasets
+
+    from smt.convert.finetune import apply, fit_to_data, load_init
+    from smt.tokenizer import tokenize
+    from smt.train import main as train_main
+    from tiny_scores import tiny_dataset_dict
+
+    monkeypatch.setenv("SMT_AUTOTUNE_CACHE", str(tmp_path / "cache"))
+    write_reference_folder(tmp_path / "ref")
+    conv = tmp_path / "conv"
+    convert(str(tmp_path / "ref"), conv, dataset="grandstaff")
+    # No dropout, so the first training step's loss is the loaded model's loss exactly.
+    SMTConfig.load(conv / "config.json").replace(dropout=0.0).save(conv / "config.json")
+    data = tiny_dataset_dict(tmp_path / "data", n_train=1, n_val=1, n_test=1)
+    args = ["--data", str(data), "--init-from", str(conv), "--format", "kern", "--num-workers", "0",
+            "--precision", "32-true", "--teacher-noise", "0", "--batch-size", "1", "--max-steps", "1",
+            "--lr", "1e-9", "--reduce-ratio", "1.0", "--patience", "0", "--val-batches", "1"]
+    capsys.readouterr()
+    assert run_cli(train_main, [*args, "--out", str(tmp_path / "refused")], prog="smt.train") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vocabulary lacks" in err and "--extend-vocab" in err
+
+    run = tmp_path / "run"
+    assert run_cli(train_main, [*args, "--extend-vocab", "--out", str(run)], prog="smt.train") == 0
+    first_loss = json.loads((run / "summary.json").read_text())["train_loss"]
+    vocab = Vocab.load(run / "vocab.json")
+    assert vocab.tokens[:len(vocabulary())] == Vocab.load(conv / "vocab.json").tokens   # ids kept
+    config = SMTConfig.load(run / "config.json")
+    assert config.positional == "reference" and config.vocab_size == len(vocab)
+
+    row = datasets.load_from_disk(str(data))["train"][0]
+    image = torch.from_numpy(np.asarray(row["image"].convert("L"), dtype=np.float32) / 255.0)[None, None]
+    ids = torch.tensor(vocab.encode(tokenize(row["transcription"], "kern"), add_special=True))[None]
+
+    def loss_of(model: SMTModel) -> float:
+        with torch.no_grad():
+            return float(model.eval().loss(model(image, ids[:, :-1]), ids[:, 1:]))
+
+    loaded = SMTModel(config)
+    apply(loaded, fit_to_data(load_init(str(conv)), vocab.tokens, "kern", True,
+                              config.max_height, config.max_width, config.max_seq_len))
+    torch.manual_seed(0)
+    assert first_loss == pytest.approx(loss_of(loaded), rel=1e-4)
+    assert abs(first_loss - loss_of(SMTModel(config))) > 1e-2            # a fresh model's differs
+    # and the weights it trained are the converted ones (one step at lr 1e-9 moves nothing)
+    trained = ck.load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    converted = ck.load_checkpoint(conv / "model.ckpt")["state_dict"]
+    for key, tensor in converted.items():
+        if key not in ("model.embedding.weight", "model.head.weight", "model.head.bias"):
+            assert torch.allclose(trained[key], tensor, atol=1e-6), key
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--init-from", "x", "--resume", "auto"], "pass one of them"),
+    (["--extend-vocab"], "needs --init-from"),
+    (["--init-from", "/no/such/model", "--max-steps", "1"], "no such file or folder"),
+])
+def test_init_from_flag_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], flags: list[str],
+                                              says: str) -> None:
+    from smt.train import main as train_main
+
+    monkeypatch.setenv("SMT_AUTOTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert run_cli(train_main, ["--data", str(data), *flags, "--out", str(tmp_path / "run")],
+                   prog="smt.train") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err
