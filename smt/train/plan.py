@@ -166,6 +166,18 @@ def _unpack_resolved(resolved: Any) -> tuple[Settings, Any]:
     return settings, ref
 
 
+def _check_init_flags(args: argparse.Namespace) -> None:
+    """--init-from / --extend-vocab mistakes stop here, before any data work."""
+    if args.init_from and args.resume:
+        raise UserError("--init-from starts a new run from weights, --resume continues a run: "
+                        "pass one of them")
+    if args.extend_vocab and not args.init_from:
+        raise UserError("--extend-vocab needs --init-from (a new model has every token already)")
+    if args.init_from:
+        from smt.convert.finetune import checkpoint_of
+        checkpoint_of(args.init_from)
+
+
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Decide settings, run folder and limits; reuse rank 0's decision on other ranks."""
     inherited = os.environ.get(ENV_RUN_DIR)
@@ -175,14 +187,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if getattr(args, "ddp_interface", None):
         from smt.distributed import check_interface
         check_interface(args.ddp_interface)   # a typo stops here, before any data work
-    if args.init_from and args.resume:
-        raise UserError("--init-from starts a new run from weights, --resume continues a run: "
-                        "pass one of them")
-    if args.extend_vocab and not args.init_from:
-        raise UserError("--extend-vocab needs --init-from (a new model has every token already)")
-    if args.init_from:
-        from smt.convert.finetune import checkpoint_of
-        checkpoint_of(args.init_from)            # a wrong path fails before any data work
+    _check_init_flags(args)
     out, resume_ckpt, previous = _run_folder(args)
     base = Settings.from_dict(previous["settings"]) if previous else None
     cpu_demo = (not _accelerator_present() and not previous
