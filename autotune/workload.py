@@ -216,6 +216,10 @@ def load_workload(name: str = "smt", **kwargs: Any) -> Workload:
 
     A dotted name lets tests and third parties plug in a workload without registering it.
     """
+    return _make(name, kwargs)
+
+
+def _make(name: str, kwargs: dict[str, Any]) -> Workload:
     module_name = name if "." in name else f"{name}.workload"
     try:
         module = importlib.import_module(module_name)
@@ -244,9 +248,11 @@ def default_cache_root(name: str = "smt") -> Path | None:
     """The cache root of workload `name`, None when that workload is not installed here.
 
     The machine inventory reports free disk where prepared data will go; it asks the workload
-    rather than guessing its layout.
+    rather than guessing its layout. The layout does not depend on the data or model a
+    workload is made for, so a default-made one answers; it is not `load_workload`'s (whose
+    callers count on building the workload they asked for, once).
     """
     try:
-        return load_workload(name).cache_layout().root
+        return _make(name, {}).cache_layout().root
     except (UserError, ImportError):
         return None
