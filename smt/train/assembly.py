@@ -53,7 +53,22 @@ def start_from(plan: RunPlan, data: RunData) -> Any:
                                 plan.extend_vocab, data.max_height, data.max_width,
                                 data.max_seq_len)
     data.vocab = init.vocab
+    _note_image_scale(plan, init.checkpoint.parent)
     return init
+
+
+def _note_image_scale(plan: RunPlan, folder: Path) -> None:
+    """A converted model saw images at the reference's scale; say so when this run differs."""
+    from smt.convert import read_image_convention
+    from smt.train.cli import PROG
+    from smt.train.plan import is_rank_zero
+
+    recorded = read_image_convention(folder)
+    ratio = plan.settings.reduce_ratio
+    if recorded is not None and recorded[0].reduce_ratio != ratio and is_rank_zero():
+        print(f"[{PROG}] note: the model was trained on images at reduce ratio "
+              f"{recorded[0].reduce_ratio}; this run scales yours by {ratio} (--reduce-ratio)",
+              flush=True)
 
 
 def make_loaders(plan: RunPlan, data: RunData) -> tuple[Any, Any]:
