@@ -311,3 +311,30 @@ def test_init_from_flag_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytes
                    prog="smt.train") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
+
+
+def test_a_hub_id_is_downloaded_through_huggingface_hub(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "snapshots" / ("ab" * 20)
+    write_reference_folder(snapshot, "smt++")
+    calls = []
+
+    def fake_download(repo_id: str, revision: str | None = None, allow_patterns=None) -> str:
+        calls.append((repo_id, revision, sorted(allow_patterns)))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    result = convert("someone/smt-grandstaff", tmp_path / "out", revision="v1")
+    assert calls == [("someone/smt-grandstaff", "v1",
+                      ["config.json", "model.safetensors", "pytorch_model.bin"])]
+    assert result.dataset == "grandstaff" and result.layout == "smt++"
+    assert json.loads((tmp_path / "out" / "reference.json").read_text())["revision"] == "ab" * 20
+
+    def offline(**_: object) -> str:
+        raise OSError("We couldn't connect to the hub.\nCheck your connection.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UserError, match="^cannot download someone/smt-grandstaff: We couldn't connect"):
+        convert("someone/smt-grandstaff", tmp_path / "out2")
