@@ -89,6 +89,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="decode at most this many validation batches")
     r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,
                    help="write last.ckpt every STEPS optimizer steps (default 200)")
+    r.add_argument("--ckpt-every-min", type=float_in(0.0, 7 * 24 * 60.0), metavar="MINUTES",
+                   default=None, help="also write last.ckpt every MINUTES of training (default "
+                                      "30; Ctrl-C and SIGTERM always save it)")
     r.add_argument("--patience", type=int_in(0, 10**6), default=None,
                    help="stop after this many validations without a better SER (0 = never; default 10)")
     r.add_argument("--seed", type=int_in(0, 2**31 - 1), default=None)

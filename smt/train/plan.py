@@ -30,6 +30,9 @@ CPU_DEMO_MAX_TIME_S = 12 * 60
 # Validate every ~400 samples: a few times in the demo whatever batch size the profile picked.
 CPU_DEMO_VAL_SAMPLES = 400
 CPU_DEMO_VAL_BATCHES = 4
+# last.ckpt at least this often (minutes) besides every --ckpt-every steps: a pre-empted or
+# timed-out session loses at most this much, whatever a step costs.
+DEFAULT_CKPT_EVERY_MIN = 30.0
 
 
 @dataclass
@@ -46,6 +49,7 @@ class RunPlan:
     val_every: int | None
     val_batches: int | None
     ckpt_every: int
+    ckpt_every_min: float | None
     patience: int
     lr: float
     warmup_steps: int
@@ -234,6 +238,7 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         val_batches=CPU_DEMO_VAL_BATCHES if cpu_demo and args.val_batches is None
         else pick("val_batches", args.val_batches, None),
         ckpt_every=pick("ckpt_every", args.ckpt_every, 200),
+        ckpt_every_min=pick("ckpt_every_min", args.ckpt_every_min, DEFAULT_CKPT_EVERY_MIN),
         patience=pick("patience", args.patience, 10),
         lr=pick("lr", args.lr, 1e-4),
         warmup_steps=pick("warmup_steps", args.warmup_steps, 0),

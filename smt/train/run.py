@@ -13,7 +13,7 @@ from autotune.atomic import atomic_write_json
 from smt import checkpoint as ck
 from smt.builder import configure_torch
 from smt.module import SMTModule, TrainHParams
-from smt.train import assembly, summary
+from smt.train import assembly, stop, summary
 from smt.train.cli import PROG
 from smt.train.data import RunData, load_curriculum, load_data
 from smt.train.plan import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
@@ -58,6 +58,8 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     if rank0:
         _write_run_files(plan, config, data)
     train_loader, val_loader = assembly.make_loaders(plan, data)
+    for loader in (train_loader, val_loader):
+        stop.protect_workers(loader)
     module = _module(plan, config, data)
     if init is not None:
         from smt.convert.finetune import apply
@@ -66,13 +68,23 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
             print(f"[{PROG}] starting from {init.checkpoint} ({module.model.num_params():,} "
                   "parameters, fresh optimizer)", flush=True)
     callbacks, throughput = assembly.make_callbacks(plan)
+    request = stop.StopRequest()
+    callbacks.append(stop.SaveAndStop(plan.out / "checkpoints", request, plan.ckpt_every_min))
     if curriculum_source is not None:
         from smt.curriculum import CurriculumStep
         callbacks.append(CurriculumStep(curriculum_source))
     trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=str(plan.resume_ckpt) if plan.resume_ckpt else None, weights_only=True)
+    with stop.on_signals(request):
+        try:
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                        ckpt_path=str(plan.resume_ckpt) if plan.resume_ckpt else None,
+                        weights_only=True)
+        except SystemExit:              # Lightning's own SIGTERM exit, after our save
+            if not request.signum:
+                raise
+    if request.signum:
+        raise stop.Stopped(request.signum, trainer.global_step, plan.out)
     if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
             and not trainer.interrupted:
         # The run stopped between validations (max_time, max_steps): one last look, which

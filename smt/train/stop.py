@@ -1,0 +1,127 @@
+"""Stopping a run without losing it: Ctrl-C, SIGTERM (Kaggle's session end, SLURM pre-emption,
+`kill`) and a time interval all end in an atomic `last.ckpt` that `--resume` continues.
+
+How: while `trainer.fit` runs, SIGINT and SIGTERM only *record* that a stop was asked (a
+second one stops at once, the old way). After the optimizer step in progress, `SaveAndStop`
+writes `last.ckpt` (every rank calls the save, rank 0 writes it atomically through
+`AtomicCheckpointIO`) and asks Lightning to stop. `train` then raises `Stopped`: one line
+saying how to resume, exit 128 + the signal's number. DataLoader workers ignore both signals
+(a Ctrl-C reaches the whole process group): the main process stops them when the loader
+closes, so they never die mid-batch with a traceback.
+
+Every rank must take the same decision (a save is a collective under DDP): the stop is
+OR-reduced over the ranks, the time interval is rank 0's clock, broadcast.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from autotune.errors import UserError
+from smt.checkpoint import LAST_NAME
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """The first SIGINT/SIGTERM received while fitting (0: none)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+class Stopped(UserError):
+    """A run stopped by a signal after saving: one line and exit 128 + signal number."""
+
+    def __init__(self, signum: int, step: int, out: Path) -> None:
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; "
+            f"{out / 'checkpoints' / LAST_NAME} is saved: resume with "
+            f"python -m smt.train --resume {out}")
+
+
+@contextmanager
+def on_signals(request: StopRequest) -> Iterator[StopRequest]:
+    """Record SIGINT/SIGTERM in `request` for the block (main thread only; elsewhere the
+    handlers cannot be set and signals act as before)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def record(signum: int, frame: Any) -> None:
+        if request.signum:                      # the second one: stop now, the old way
+            signal.signal(signum, previous[signum] if callable(previous[signum])
+                          else signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
+            return
+        request.signum = signum
+        print(f"\n[smt.train] {signal.Signals(signum).name}: finishing this step, then "
+              "saving last.ckpt (again to stop at once)", flush=True)
+
+    for s in SIGNALS:
+        signal.signal(s, record)
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Leave SIGINT/SIGTERM to the main process (see the module doc), then seed the worker
+    as Lightning's `seed_everything(workers=True)` would have."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    pl_worker_init_function(worker_id)
+
+
+def protect_workers(loader: Any) -> None:
+    """Give `loader`'s workers `_worker_init` (Lightning adds its own only where none is set)."""
+    if getattr(loader, "num_workers", 0) and loader.worker_init_fn is None:
+        loader.worker_init_fn = _worker_init
+
+
+class SaveAndStop(Callback):
+    """After each optimizer step: on a recorded signal, save `last.ckpt` and stop; every
+    `every_min` minutes (rank 0's clock), save `last.ckpt`."""
+
+    def __init__(self, dirpath: Path, request: StopRequest, every_min: float | None) -> None:
+        self.path = Path(dirpath) / LAST_NAME
+        self.request = request
+        self.every_s = every_min * 60.0 if every_min else None
+        self._last_save = time.monotonic()
+        self.saved_step = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        strategy = trainer.strategy
+        stop = bool(self.request.signum)
+        due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
+        if trainer.world_size > 1:
+            stop = strategy.reduce_boolean_decision(stop, all=False)
+            due = bool(strategy.broadcast(due, src=0))
+        if (stop or due) and trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = trainer.global_step
+            self._last_save = time.monotonic()
+        if stop:
+            if not self.request.signum:
+                self.request.signum = signal.SIGTERM     # another rank was signalled
+            trainer.should_stop = True

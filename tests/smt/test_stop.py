@@ -1,0 +1,89 @@
+"""Ctrl-C and SIGTERM do not lose the run (issue 13 item 2), through the real `python -m
+smt.train`: the step in progress ends, last.ckpt is written, the process exits 128 + signal
+with one line saying how to resume, loader workers leave no traceback, and `--resume`
+continues from that step. `--ckpt-every-min` saves on time as well as on steps."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from smt.train import main
+from tiny_scores import FAST, tiny_dataset_dict
+
+REPO = Path(__file__).resolve().parents[2]
+FAST_WORKERS = [a if a != "0" or FAST[i - 1] != "--num-workers" else "1"
+                for i, a in enumerate(FAST)]            # one loader worker: it must stay quiet
+
+
+def _step(ckpt: Path) -> int:
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+
+
+def _start(data: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    argv = ["--data", str(data), *FAST_WORKERS, "--batch-size", "2", "--max-steps", "100000",
+            "--ckpt-every", "1000000", "--out", str(out), *extra]
+    return subprocess.Popen([sys.executable, "-m", "smt.train", *argv], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_training(proc: subprocess.Popen, out: Path, seconds: float) -> None:
+    deadline = time.monotonic() + 400
+    while not (out / "run.json").is_file():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    time.sleep(seconds)                                   # some steps (the debug model is fast)
+    assert proc.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_last_ckpt_and_says_how_to_resume(sig: int, tmp_path: Path) -> None:
+    data = tiny_dataset_dict(tmp_path / "tiny", n_train=4, n_val=1, n_test=1)
+    out = tmp_path / "run"
+    proc = _start(data, out)
+    try:
+        _wait_training(proc, out, 6.0)
+        # Ctrl-C reaches the whole process group (loader workers too); SIGTERM the main process.
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last_line = err.strip().splitlines()[-1]
+    assert f"--resume {out}" in last_line and signal.Signals(sig).name in last_line
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = _step(ckpt)
+    assert saved > 0
+    # Resume carries on from exactly that step.
+    assert main(["--resume", str(out), "--max-steps", str(saved + 3)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == saved + 3 and summary["samples"] == 3 * 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ckpt_every_min_saves_on_time(tmp_path: Path) -> None:
+    data = tiny_dataset_dict(tmp_path / "tiny", n_train=4, n_val=1, n_test=1)
+    out = tmp_path / "run"
+    # Killed outright (no chance to save at the end): only the time interval can have saved.
+    proc = _start(data, out, "--ckpt-every-min", "0.02", env={"SMT_INJECT_KILL_AT_STEP": "60"})
+    _, err = proc.communicate(timeout=500)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    assert 0 < _step(out / "checkpoints" / "last.ckpt") <= 60
