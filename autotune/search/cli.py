@@ -21,7 +21,7 @@ from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor
                                     fits_from_profile, offset_from_profile, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.space import space_for
-from autotune.search.storage import GRACE_S, HEARTBEAT_S, mask_url
+from autotune.search.storage import GRACE_S, HEARTBEAT_S, dashboard_command, mask_url
 from autotune.search.study import SearchConfig, run_study
 from autotune.units import parse_size
 
@@ -220,6 +220,8 @@ def _intro(console: Console, config: SearchConfig, budget_why: str, args: argpar
         if value:
             join.append(f"{flag} {value}")
     console.print(f"another worker joins with: {' '.join(join)}")
+    console.print(f"watch it with: {dashboard_command(config.storage_url)}  "
+                  "(pip install optuna-dashboard)")
 
 
 def run_search(args: argparse.Namespace) -> int:

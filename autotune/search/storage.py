@@ -87,6 +87,14 @@ def retry_point(study: optuna.Study, trial: FrozenTrial) -> None:
         system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
+def dashboard_command(url: str) -> str:
+    """The optuna-dashboard line that watches this storage (password masked)."""
+    if url.startswith(JOURNAL_PREFIX):
+        return f"optuna-dashboard {url[len(JOURNAL_PREFIX):]}"
+    # The driver named as open_storage uses it: the dashboard goes through SQLAlchemy too.
+    return f"optuna-dashboard '{mask_url(_postgres_url(url))}'"
+
+
 def _retry_kwargs() -> dict[str, Any]:
     """RDBStorage's stale-trial callback, under the name this Optuna version gives it."""
     params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters

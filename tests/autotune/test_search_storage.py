@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.search import cli
-from autotune.search.storage import (OUTCOME_SURPLUS, count_trials, is_surplus, open_storage,
-                                     retry_point)
+from autotune.search.storage import (OUTCOME_SURPLUS, count_trials, dashboard_command,
+                                     is_surplus, open_storage, retry_point)
 from pg_server import PASSWORD, PgServer, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,6 +225,14 @@ def test_a_trial_started_after_the_last_slot_was_taken_is_surplus(tmp_path):
     retry_point(study, study.trials[running.number])
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.system_attrs["failed_trial"] == running.number
+
+
+def test_the_search_says_how_to_watch_the_study(tmp_path, env, capsys):
+    storage = f"journal:{tmp_path / 'j.log'}"
+    assert cli.main(argv(tmp_path, storage, "watch", 1)) == 0
+    assert f"optuna-dashboard {tmp_path / 'j.log'}" in capsys.readouterr().out
+    shown = dashboard_command("postgresql://bob:pw@db/optuna")
+    assert "bob:***@db/optuna" in shown and ":pw@" not in shown
 
 
 def test_storage_flag_errors_are_one_line(tmp_path, env, capsys):
