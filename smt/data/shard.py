@@ -2,10 +2,10 @@
 
 Each shard is mapped by a child process (from a fork server, so threads of the parent never
 leak into it) with datasets' own `num_proc` pool inside; when the map is done the child
-writes a small `done.json` atomically. The watchdog watches the rows-done counter the map
-function bumps in shared memory (no progress for `stall_timeout_s` = stalled) and the RSS of
-the whole process tree (`autotune.measure`). On a stall, a RAM reading near the budget, or a
-child that died (the OOM killer), `attempt` stops the child's tree (SIGTERM, then SIGKILL)
+writes a small `done.json` atomically. The parent watches (autotune.supervise) the rows-done
+counter the map function bumps in shared memory (no progress for `stall_timeout_s` =
+stalled) and the RSS of the whole process tree. On a stall, a RAM reading near the budget, or
+a child that died (the OOM killer), `attempt` stops the child's tree (SIGTERM, then SIGKILL)
 and reports why, so that the caller can retry lighter (`lower`).
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_json
+from autotune.decide import MIN_WRITER_BATCH  # the policy's home: the map rule's floor
+from autotune.supervise import Supervision, supervise
 from smt import faults
 from smt.data import rows
 from smt.data.layout import read_json
 from smt.data.records import PrepareConfig
 
-MIN_WRITER_BATCH = 10            # below this the Arrow writer's per-batch overhead dominates
 RAM_TRIGGER = 0.9                # act at 90% of the budget: the sampler polls, spikes are fast
 STARTUP_TIMEOUT_S = 120.0        # spawn + imports; minutes under heavy load, never hours
 
@@ -114,53 +115,6 @@ def _child_main(job: ShardJob, counter: Any, ready: Any, error_path: str,
         raise SystemExit(1)
 
 
-def _stop_tree(proc: Any, grace_s: float = 3.0) -> None:
-    """SIGTERM the child and its workers, then SIGKILL whatever is left."""
-    from autotune.measure import kill_tree
-    kill_tree(proc.pid, grace_s=grace_s)
-    proc.join(5)
-
-
-class _Watch:
-    """The watchdog around one shard attempt: a rows counter fed to ProgressWatchdog, and an
-    RssSampler on this process's tree with the budget's trigger."""
-
-    def __init__(self, stall_s: float | None, ram_limit: int | None) -> None:
-        from autotune.measure import ProgressWatchdog, RssSampler
-        self.event = threading.Event()
-        self.armed = False
-        self.reason = ""
-        self.detail = ""
-        self.watchdog = ProgressWatchdog(stall_s, on_stall=self._stall) if stall_s else None
-        self.sampler = RssSampler(interval_ms=200, limit_bytes=ram_limit, on_limit=self._ram,
-                                  keep_samples=False)
-
-    def _stall(self, idle: float) -> None:
-        if not self.event.is_set():
-            self.reason, self.detail = "stall", f"no row for {idle:.0f} s"
-            self.event.set()
-
-    def _ram(self, rss: int) -> None:
-        if not self.event.is_set():
-            self.reason, self.detail = "ram", f"process tree RSS {rss / 2**30:.2f} GiB"
-            self.event.set()
-
-    def arm(self) -> None:
-        """Start the stall clock (once the child has finished importing)."""
-        self.armed = True
-        if self.watchdog:
-            self.watchdog.start()
-
-    def __enter__(self) -> "_Watch":
-        self.sampler.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.watchdog and self.armed:
-            self.watchdog.stop()
-        self.sampler.stop()
-
-
 def lower(num_proc: int, wbs: int) -> tuple[int, int]:
     """The next lighter setting: writer_batch_size first (it multiplies every worker's
     buffer), then num_proc (each worker also holds a copy of the decoder state)."""
@@ -186,26 +140,16 @@ def attempt(job: ShardJob, cfg: PrepareConfig, ram_budget: int,
     error_path.unlink(missing_ok=True)
     # Not daemonic: a daemonic process may not start the map's own worker pool.
     proc = ctx.Process(target=_child_main, args=(job, counter, ready, str(error_path), os.getpid()))
-    with _Watch(cfg.stall_timeout_s, int(ram_budget * RAM_TRIGGER)) as watch:
-        proc.start()
-        last = 0
-        while proc.is_alive():
-            if not watch.armed:
-                if ready.value:
-                    watch.arm()
-                elif time.perf_counter() - t0 > STARTUP_TIMEOUT_S:
-                    watch.reason, watch.detail = "stall", f"worker did not start in {STARTUP_TIMEOUT_S:.0f} s"
-                    watch.event.set()
-            if watch.event.wait(0.25):
-                _stop_tree(proc)
-                return watch.reason, watch.detail, time.perf_counter() - t0
-            now = counter.value
-            if now != last:
-                if watch.watchdog:
-                    watch.watchdog.beat(now - last)
-                last = now
-                on_rows(now)
-        proc.join()
+    # Stall clock from the end of the child's imports; the budget's trigger on this process's
+    # tree (the child and its map workers); SIGTERM, then SIGKILL, when it must stop.
+    out = supervise(proc, Supervision(
+        progress=lambda: counter.value, stall_s=cfg.stall_timeout_s or None,
+        ready=lambda: bool(ready.value), startup_s=STARTUP_TIMEOUT_S,
+        ram_limit_bytes=int(ram_budget * RAM_TRIGGER), rss_of_child=False, kill_grace_s=3.0,
+        on_progress=lambda rows_done: on_rows(rows_done) if rows_done else None))
+    if out.stopped:
+        # A child that never got going counts as a stall: the caller retries lighter.
+        return ("ram" if out.reason == "ram" else "stall"), out.detail, out.seconds
     if proc.exitcode == 0 and (Path(job.folder) / "done.json").is_file():
         return None
     err = read_json(error_path) or {}
