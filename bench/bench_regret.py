@@ -1,29 +1,31 @@
-"""Regret of the probe's choice: how close its settings come to the best of a grid measured for
-real on this machine, in one run.
+"""Regret of the probe's choice over every axis it decides: how close its settings come to the
+best of a grid measured for real on this machine, in one run.
 
-    python bench/bench_regret.py [--preset debug] [--map-rows 300] [--seconds 6]
+    python bench/bench_regret.py [--preset small] [--map-rows 300] [--seconds 5]
 
 1. Probe (the real `autotune probe`, default dataset, the preset) -> chosen settings.
-2. Map grid: the real preparation (`smt.data.prepare`, spawned shard child, watchdog and all)
+2. Training grid at the chosen reduce_ratio: precision x torch threads x batch size at the
+   chosen loader workers, plus loader workers at the chosen precision, threads and batch.
+   Each cell is the workload's own training step (`Workload.make_step`: the LightningModule's
+   step with its autocast and optimizer) fed by the training DataLoader over prepared rows
+   (shuffled, padded, real mixed image sizes); one warm-up batch, then samples/s over
+   `--seconds` (at least two steps). One optimizer step per batch (accumulation changes how
+   often the optimizer runs, not the per-sample cost, which the optimizer step of a small
+   model barely moves). Two repetitions per cell, interleaved: the whole grid once, then
+   again, so that load from other work on a shared machine falls on every cell alike; a
+   cell's figure is the mean of its two.
+3. Map grid: the real preparation (`smt.data.prepare`, spawned shard child, watchdog and all)
    of the same `--map-rows` raw rows at each num_proc x writer_batch_size, each into its own
-   empty cache, twice (best of two: the shared CPU only slows cells down): rows/s and the
-   process tree's peak RSS.
-3. Training grid: batch_size x num_workers at the chosen reduce_ratio and precision, with the
-   training DataLoader over prepared rows (shuffled, padded, real mixed image sizes) and
-   forward + backward + Adam steps every `accumulate` batches; samples/s over `--seconds` of
-   steady state (the first batch, which pays for worker start-up and lazy init, not timed).
-   This is the training step without Lightning's bookkeeping, which costs the same for every
-   cell of the grid.
+   empty cache, twice (interleaved the same way), mean of two: rows/s and the tree's peak RSS.
 
-Prints one table per grid (the chosen cell marked) and the ratios chosen/best. Goal: >= 0.95,
-and no OOM or stall in the chosen cells. Single cells carry noise of
-several percent (more on a busy machine: the closing line prints the load average).
+Prints one table per grid (the chosen cell marked), then chosen/best for both, the OOM and
+stall counts, and the load average. Goal: chosen/best >= 0.9 for both, 0 OOM, 0 stall.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,8 +39,11 @@ from rich.table import Table  # noqa: E402
 
 from autotune.measure import RssSampler, free_memory, is_oom_error  # noqa: E402
 from autotune.probe import ProbeOptions, run_probe_stages  # noqa: E402
+from autotune.probes.step import thread_candidates, threads  # noqa: E402
 from autotune.units import format_bytes  # noqa: E402
 from autotune.workload import load_workload  # noqa: E402
+
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def map_cell(raw_dir: str, num_proc: int, wbs: int, ratio: float) -> dict[str, Any]:
@@ -55,50 +60,50 @@ def map_cell(raw_dir: str, num_proc: int, wbs: int, ratio: float) -> dict[str, A
                 os.environ.pop("SMT_AUTOTUNE_CACHE", None)
             else:
                 os.environ["SMT_AUTOTUNE_CACHE"] = old
-    return {"rows_per_s": result.rows_per_s or 0.0, "peak": rss.peak_rss_bytes,
-            "stalled": any(a.reason == "stall" for a in result.actions),
-            "actions": len(result.actions)}
+    return {"rate": result.rows_per_s or 0.0, "peak": rss.peak_rss_bytes,
+            "stalled": any(a.reason == "stall" for a in result.actions)}
 
 
-def train_cell(work: Any, model: Any, optimizer: Any, batch: int, workers: int, ratio: float,
-               precision: str, accumulate: int, seconds: float, rows: int) -> dict[str, Any]:
-    from autotune.probes.model import autocast_for
-    loader = work.make_loader(batch, workers, ratio, rows)
-    samples = 0
-    oom = False
+def train_cell(work: Any, ratio: float, precision: str, n_threads: int, batch: int,
+               workers: int, seconds: float, rows: int) -> dict[str, Any]:
+    """samples/s of the real training step fed by the real loader (see the module doc)."""
+    from smt.builder import batch_to
+    shape = work.largest_shape(ratio)
+    loader = work.make_loader(batch, workers, ratio, max(rows, 4 * batch))
+    step = None
     try:
-        it = iter(loader)
-        step = 0
-        t0 = None
-        while True:
-            try:
-                b = next(it)
-            except StopIteration:
-                it = iter(loader)
-                continue
-            with autocast_for("cpu", precision):
-                loss = work.training_loss(model, b)
-            (loss / accumulate).backward()
-            step += 1
-            if step % accumulate == 0:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if t0 is None:
-                t0 = time.perf_counter()          # steady state starts after the first batch
-                continue
-            samples += b["images"].shape[0]
-            if time.perf_counter() - t0 >= seconds and samples >= 2 * batch:
-                break
-        rate = samples / (time.perf_counter() - t0)
+        with threads(n_threads):
+            it = iter(loader)
+
+            def next_batch() -> Any:
+                nonlocal it
+                try:
+                    return next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    return next(it)
+            first = next_batch()
+            while int(first["images"].shape[0]) != batch:
+                first = next_batch()
+            step = work.make_step(batch, shape, precision, "cpu", batch=first)
+            step.step()                                   # warm-up: not timed
+            samples, steps, t0 = 0, 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds or steps < 2:
+                b = next_batch()
+                step.batch = batch_to(b, "cpu")           # the same step, the loader's batch
+                step.step()
+                samples += int(b["images"].shape[0])
+                steps += 1
+            return {"rate": samples / (time.perf_counter() - t0), "oom": False}
     except Exception as exc:
         if not is_oom_error(exc):
             raise
-        oom, rate = True, 0.0
+        return {"rate": 0.0, "oom": True}
     finally:
+        if step is not None:
+            step.close()
         del loader
-        optimizer.zero_grad(set_to_none=True)
         free_memory()
-    return {"samples_per_s": rate, "oom": oom}
 
 
 def subset_source(work: Any, rows: int, out: Path) -> str:
@@ -110,19 +115,74 @@ def subset_source(work: Any, rows: int, out: Path) -> str:
     return str(out)
 
 
+def train_grid(s: Any, cores: int, batches: list[int], workers: list[int]
+               ) -> list[tuple[str, int, int, int]]:
+    chosen_threads = s.num_threads or cores
+    grid = {(p, n, b, s.num_workers) for p in PRECISIONS for n in thread_candidates(cores)
+            for b in batches}
+    grid |= {(s.precision, chosen_threads, s.batch_size, w) for w in workers}
+    grid.add((s.precision, chosen_threads, s.batch_size, s.num_workers))
+    return sorted(grid)
+
+
+def run_reps(cells: list[Any], reps: int, run: Any, say: Any) -> dict[Any, list[dict[str, Any]]]:
+    """Each cell `reps` times, interleaved: the whole list once, then again."""
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for rep in range(reps):
+        for cell in cells:
+            r = run(cell)
+            out.setdefault(cell, []).append(r)
+            say(f"rep {rep + 1} {cell}: {r['rate']:.2f}/s")
+    return out
+
+
+def print_train(console: Console, res: dict[Any, list[dict[str, Any]]], chosen: Any,
+                title: str) -> tuple[float, float, int]:
+    means = {c: statistics.mean(r["rate"] for r in runs) for c, runs in res.items()}
+    best = max(means.values())
+    t = Table(title=title)
+    for col in ("precision", "threads", "batch", "workers", "rep 1", "rep 2", "mean", "OOM",
+                "vs best", ""):
+        t.add_column(col, justify="right")
+    for c, runs in res.items():
+        t.add_row(c[0], str(c[1]), str(c[2]), str(c[3]),
+                  *[f"{r['rate']:.2f}" for r in runs], f"{means[c]:.2f}",
+                  "yes" if any(r["oom"] for r in runs) else "", f"{means[c] / best:.2f}",
+                  "chosen" if c == chosen else "")
+    console.print(t)
+    return means[chosen], best, sum(r["oom"] for runs in res.values() for r in runs)
+
+
+def print_map(console: Console, res: dict[Any, list[dict[str, Any]]], chosen: Any,
+              title: str) -> tuple[float, float, int]:
+    means = {c: statistics.mean(r["rate"] for r in runs) for c, runs in res.items()}
+    best = max(means.values())
+    t = Table(title=title)
+    for col in ("num_proc", "writer_batch_size", "rep 1", "rep 2", "mean rows/s",
+                "peak RSS (tree)", "stall", "vs best", ""):
+        t.add_column(col, justify="right")
+    for c, runs in res.items():
+        t.add_row(str(c[0]), str(c[1]), *[f"{r['rate']:.1f}" for r in runs], f"{means[c]:.1f}",
+                  format_bytes(max(r["peak"] or 0 for r in runs)),
+                  "yes" if any(r["stalled"] for r in runs) else "", f"{means[c] / best:.2f}",
+                  "chosen" if c == chosen else "")
+    console.print(t)
+    return means[chosen], best, sum(r["stalled"] for runs in res.values() for r in runs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="debug")
+    ap.add_argument("--preset", default="small")
     ap.add_argument("--data", default=None)
     ap.add_argument("--map-rows", type=int, default=300)
-    ap.add_argument("--train-rows", type=int, default=96)
-    ap.add_argument("--map-passes", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--train-rows", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--time-budget", type=float, default=90.0)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=140)
     import datasets
     datasets.disable_progress_bars()
 
@@ -131,78 +191,33 @@ def main() -> int:
     outcome = run_probe_stages(ProbeOptions(data=args.data, preset=args.preset,
                                             time_budget_s=args.time_budget), workload=work)
     s = outcome.profile.settings
-    console.print(f"probe ({args.preset}, default data): {outcome.seconds:.1f} s -> num_proc "
-                  f"{s.num_proc}, writer_batch_size {s.writer_batch_size}, batch {s.batch_size}, "
-                  f"num_workers {s.num_workers}, reduce_ratio {s.reduce_ratio}, accumulate "
-                  f"{s.accumulate_grad_batches}, {s.precision}")
+    console.print(f"probe ({args.preset}, {args.data or 'default data'}): {outcome.seconds:.1f} s"
+                  f" -> {s.precision}, num_threads {s.num_threads}, batch {s.batch_size}, "
+                  f"num_workers {s.num_workers}, reduce_ratio {s.reduce_ratio}, num_proc "
+                  f"{s.num_proc}, writer_batch_size {s.writer_batch_size}")
+    cores = max(1, int(outcome.profile.hardware.usable_cpus))
+    chosen_t = (s.precision, s.num_threads or cores, s.batch_size, s.num_workers)
+    cells = train_grid(s, cores, sorted({int(b) for b in args.batches.split(",")}),
+                       sorted({int(w) for w in args.workers.split(",")}))
+    train = run_reps(cells, args.reps, lambda c: train_cell(
+        work, s.reduce_ratio, c[0], c[1], c[2], c[3], args.seconds, args.train_rows),
+        console.log)
 
-    # -- map grid ----------------------------------------------------------------------------
     tmp = Path(tempfile.mkdtemp(prefix="regret-"))
     raw = subset_source(work, args.map_rows, tmp / "raw")
-    cores = max(1, int(outcome.profile.hardware.usable_cpus))
-    map_grid = sorted({(p, w) for p in range(1, cores + 1) for w in (10, 100)}
-                      | {(s.num_proc, s.writer_batch_size)})
-    # Two passes over the grid, best of two per cell: other work on the shared CPU only ever
-    # slows a cell down, and the first pass also warms the page cache for every cell alike.
-    cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for _pass in range(args.map_passes):
-        for p, w in map_grid:
-            cell = map_cell(raw, p, w, s.reduce_ratio)
-            cells.setdefault((p, w), []).append(cell)
-            console.log(f"map num_proc={p} writer_batch_size={w}: {cell['rows_per_s']:.1f} rows/s")
-    map_rows = []
-    for (p, w), runs in cells.items():
-        best = max(runs, key=lambda c: c["rows_per_s"])
-        map_rows.append((p, w, {**best, "stalled": any(c["stalled"] for c in runs),
-                                "actions": sum(c["actions"] for c in runs),
-                                "peak": max(c["peak"] or 0 for c in runs)}))
-    best_map = max(c["rows_per_s"] for _, _, c in map_rows)
-    chosen_map = next(c for p, w, c in map_rows if (p, w) == (s.num_proc, s.writer_batch_size))
+    chosen_m = (s.num_proc, s.writer_batch_size)
+    map_cells = sorted({(p, w) for p in range(1, cores + 1) for w in (10, 100)} | {chosen_m})
+    maps = run_reps(map_cells, args.reps, lambda c: map_cell(raw, c[0], c[1], s.reduce_ratio),
+                    console.log)
 
-    # -- training grid ---------------------------------------------------------------------
-    shape = work.largest_shape(s.reduce_ratio)
-    model = work.build_model(shape)
-    optimizer = work.make_optimizer(model)
-    batches = sorted({int(b) for b in args.batches.split(",")} | {s.batch_size})
-    workers = sorted({int(w) for w in args.workers.split(",")} | {s.num_workers})
-    train_rows = []
-    for b in batches:
-        for w in workers:
-            cell = train_cell(work, model, optimizer, b, w, s.reduce_ratio, s.precision,
-                              s.accumulate_grad_batches if b == s.batch_size
-                              else max(1, math.ceil(s.effective_batch_size / b)),
-                              args.seconds, max(args.train_rows, 4 * b))
-            train_rows.append((b, w, cell))
-            console.log(f"train batch={b} workers={w}: {cell['samples_per_s']:.2f} samples/s")
-    best_train = max(c["samples_per_s"] for _, _, c in train_rows)
-    chosen_train = next(c for b, w, c in train_rows if (b, w) == (s.batch_size, s.num_workers))
-
-    t = Table(title=f"map: prepare {args.map_rows} rows at reduce_ratio {s.reduce_ratio}")
-    for col in ("num_proc", "writer_batch_size", "rows/s", "peak RSS (tree)", "watchdog",
-                "vs best", ""):
-        t.add_column(col, justify="right")
-    for p, w, c in map_rows:
-        mark = "chosen" if (p, w) == (s.num_proc, s.writer_batch_size) else ""
-        t.add_row(str(p), str(w), f"{c['rows_per_s']:.1f}", format_bytes(c["peak"]),
-                  "stall" if c["stalled"] else str(c["actions"]),
-                  f"{c['rows_per_s'] / best_map:.2f}", mark)
-    console.print(t)
-    t = Table(title=f"training: {args.preset}, reduce_ratio {s.reduce_ratio}, {s.precision}, "
-                    f"samples/s over {args.seconds:g} s")
-    for col in ("batch", "num_workers", "samples/s", "OOM", "vs best", ""):
-        t.add_column(col, justify="right")
-    for b, w, c in train_rows:
-        mark = "chosen" if (b, w) == (s.batch_size, s.num_workers) else ""
-        t.add_row(str(b), str(w), f"{c['samples_per_s']:.2f}", "yes" if c["oom"] else "",
-                  f"{c['samples_per_s'] / best_train:.2f}", mark)
-    console.print(t)
-    map_ratio = chosen_map["rows_per_s"] / best_map
-    train_ratio = chosen_train["samples_per_s"] / best_train
-    bad = [x for x, bad_ in (("map stalled", chosen_map["stalled"]),
-                             ("training OOM", chosen_train["oom"])) if bad_]
-    console.print(f"chosen/best: map {map_ratio:.2f}, training {train_ratio:.2f} (goal >= 0.95); "
-                  f"OOM/stall among chosen: {', '.join(bad) or 'none'}; "
-                  f"bench took {time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    tc, tb, ooms = print_train(console, train, chosen_t,
+                               f"training: {args.preset}, reduce_ratio {s.reduce_ratio}, samples/s "
+                               f"over {args.seconds:g} s per rep")
+    mc, mb, stalls = print_map(console, maps, chosen_m,
+                               f"map: prepare {args.map_rows} rows at reduce_ratio {s.reduce_ratio}")
+    console.print(f"chosen/best: training {tc / tb:.2f}, map {mc / mb:.2f} (goal >= 0.9); "
+                  f"OOM {ooms}, stall {stalls}; bench took {time.monotonic() - t0:.0f} s; "
+                  f"load average {os.getloadavg()[0]:.1f} (other work on this machine)")
     return 0
 
 

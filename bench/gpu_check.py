@@ -111,16 +111,17 @@ def memory_section(work: Any, ratio: float, batches: list[int], deadline: float,
 def speed_section(work: Any, ratio: float, batch: int, deadline: float,
                   capability: tuple[int, int]) -> list[dict[str, Any]]:
     from autotune.probes.step import precision_candidates, time_cell
-    shape = work.typical_shape(ratio)
-    print(f"== 4. samples/s at typical images {shape.height}x{shape.width} px, batch {batch}, "
-          f"1 warm-up + 5 timed, median ==")
+    shape = work.largest_shape(ratio)
+    typical = work.typical_batch(batch, ratio, "cpu")
+    print(f"== 4. samples/s on {batch} typical rows (model sized for "
+          f"{shape.height}x{shape.width} px), 1 warm-up + 5 timed, median ==")
     rows = []
     for precision in precision_candidates("cuda:0", capability):
         if time.monotonic() > deadline:
             print("  (time budget spent)")
             break
         t = time_cell(work, precision=precision, batch_size=batch, shape=shape,
-                      device="cuda:0", warmup_steps=1, timed_steps=5)
+                      device="cuda:0", batch=typical, warmup_steps=1, timed_steps=5)
         rows.append({"precision": precision, "samples_per_s": t.samples_per_s, "oom": t.oom})
         print(f"  {precision:<11} "
               f"{'OOM' if t.oom else f'{t.samples_per_s:.1f} samples/s, {t.step_s * 1000:.0f} ms/step'}",
@@ -136,12 +137,23 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def oom_section(fraction: float, batch: int, timeout_s: float) -> dict[str, Any]:
-    print(f"== 5. forced CUDA OOM: memory fraction {fraction}, batch {batch}, accumulate 1 ==")
+def oom_fraction(mem_rows: list[dict[str, Any]], total_bytes: int, default: float) -> float:
+    """A memory cap 3x what batch 1 measured in bf16 (else fp16): batch 1 fits, a large
+    batch cannot."""
+    one = [r["measured"] for r in mem_rows if r["batch"] == 1 and r["measured"]
+           and r["precision"] in ("bf16-mixed", "16-mixed")]
+    return round(min(0.5, 3 * one[0] / total_bytes), 4) if one else default
+
+
+def oom_section(fraction: float, batch: int, ratio: float, precision: str, preset: str,
+                timeout_s: float) -> dict[str, Any]:
+    print(f"== 5. forced CUDA OOM: memory fraction {fraction}, batch {batch}, accumulate 1, "
+          f"{precision}, reduce ratio {ratio} ==")
     with tempfile.TemporaryDirectory(prefix="gpu-check-oom-") as out:
-        cmd = [sys.executable, "-c", OOM_CHILD, str(fraction), "--preset", "paper",
+        cmd = [sys.executable, "-c", OOM_CHILD, str(fraction), "--preset", preset,
                "--batch-size", str(batch), "--accumulate", "1", "--max-steps", "6",
-               "--precision", "bf16-mixed", "--val-batches", "1", "--out", out]
+               "--precision", precision, "--reduce-ratio", str(ratio), "--val-batches", "1",
+               "--out", out]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
@@ -186,8 +198,9 @@ def main() -> int:
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--probe-budget-s", type=float, default=90.0)
     ap.add_argument("--batches", default="1,2,4,8,16")
-    ap.add_argument("--oom-fraction", type=float, default=0.02)
-    ap.add_argument("--oom-batch", type=int, default=16)
+    ap.add_argument("--oom-fraction", type=float, default=None,
+                    help="default: 3x the batch-1 peak measured in section 3")
+    ap.add_argument("--oom-batch", type=int, default=64)
     ap.add_argument("--skip-tests", action="store_true")
     args = ap.parse_args()
     torch = _require_cuda()
@@ -213,8 +226,12 @@ def main() -> int:
                   time.monotonic() + 0.3 * (end - time.monotonic()), cap)
     left = end - time.monotonic()
     if left > 60:
+        total = torch.cuda.get_device_properties(0).total_memory
+        fraction = args.oom_fraction or oom_fraction(mem, total, 0.02)
+        oom_precision = "bf16-mixed" if cap >= (8, 0) else "16-mixed"
         goals["OOM back-off keeps the effective batch"] = oom_section(
-            args.oom_fraction, args.oom_batch, min(240.0, left - 30))["ok"]
+            fraction, args.oom_batch, s.reduce_ratio, oom_precision, args.preset,
+            min(240.0, left - 30))["ok"]
     else:
         print("== 5. forced CUDA OOM: skipped, time budget spent ==")
     if not args.skip_tests:

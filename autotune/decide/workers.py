@@ -17,8 +17,9 @@ def worker_caps(ctx: Context) -> dict[str, int]:
     """The most workers per rank each resource allows."""
     devices, batch = ctx.chosen["devices"], ctx.chosen["batch_size"]
     cores = max(1.0, float(ctx.hw.usable_cpus))
-    # CPU training computes in the main process on the same cores: leave it one.
-    caps: dict[str, int] = {"cores": max(1, int(cores // devices) - (0 if ctx.on_gpu else 1))}
+    # CPU training computes in the main process on the same cores: leave it its threads.
+    own = 0 if ctx.on_gpu else (ctx.chosen.get("num_threads") or 1)
+    caps: dict[str, int] = {"cores": max(1, int(cores // devices) - own)}
     per_worker = loader_worker_rss(ctx.m.loader_trials)
     if per_worker:
         used = ctx.details.get("model_predicted_peak_bytes", 0) if not ctx.on_gpu else 0
@@ -75,11 +76,20 @@ class WorkersRule(Rule):
 
     @staticmethod
     def _feeding(usable: list[LoaderTrial], need: float, bound: str) -> tuple[LoaderTrial, str]:
-        enough = [t for t in usable if (t.samples_per_s or 0) >= need * LOADER_HEADROOM]
+        # With 0 workers the main process loads between steps: the times add up, so the
+        # loader must be 1/(headroom - 1) times faster than the model (5x) to cost it no more
+        # than a worker running alongside would.
+        def feeds(t: LoaderTrial) -> bool:
+            factor = LOADER_HEADROOM if t.num_workers else 1 / (LOADER_HEADROOM - 1)
+            return (t.samples_per_s or 0) >= need * factor
+        enough = [t for t in usable if feeds(t)]
         if enough:
             w = enough[0]
+            factor = LOADER_HEADROOM if w.num_workers else 1 / (LOADER_HEADROOM - 1)
             return w, (f"the fewest workers that feed the model: {w.samples_per_s:.1f} "
-                       f"samples/s >= {need:.1f} needed x {LOADER_HEADROOM} headroom")
+                       f"samples/s >= {need:.1f} needed x {factor:g} headroom"
+                       + ("" if w.num_workers else " (loading in the main process adds to "
+                          "the step time)"))
         w = max(usable, key=lambda t: t.samples_per_s or 0)
         return w, (f"loader is the bottleneck: best {w.samples_per_s:.1f} samples/s within "
                    f"bounds < {need:.1f} the model takes (bound by {bound})")

@@ -28,7 +28,7 @@ from autotune.decide.batch import REDUCE_LADDER
 from autotune.fits import bound_memory
 from autotune.measure import (PeakRssMeter, cuda_peak_bytes, cuda_peak_reset, current_rss_bytes,
                               free_memory, is_oom_error, trim_heap)
-from autotune.probes.step import TIMED_STEPS, WARMUP_STEPS, threads, time_cell
+from autotune.probes.step import TIMED_STEPS, WARMUP_STEPS, threads, time_cell, typical_batch
 from autotune.records import MemoryFit, ModelTrial
 from autotune.units import format_bytes
 from autotune.workload import ModelShape, Workload
@@ -185,7 +185,7 @@ class _Cell:
         peak, oom, error = self._memory(shape, batch_size)
         step_s = speed_shape = None
         if not oom:
-            typical = self.workload.typical_batch(batch_size, ratio, "cpu")
+            typical = typical_batch(self.workload, batch_size, ratio)
             timing = time_cell(self.workload, precision=self.precision, batch_size=batch_size,
                                shape=shape, device=self.device, batch=typical,
                                warmup_steps=self.warmup_steps, timed_steps=self.timed_steps)

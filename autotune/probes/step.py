@@ -211,6 +211,13 @@ def batch_extent(batch: Any, shape: ModelShape) -> tuple[int, int, int]:
     return shape.height, shape.width, shape.seq_len
 
 
+def typical_batch(workload: Workload, batch_size: int, reduce_ratio: float) -> Any:
+    """`batch_size` rows all at the data's median size (`Workload.typical_shape`): what speed
+    is timed on. Not rows drawn at random: one draw of 1 row and one of 4 differ by the rows'
+    lengths more than by the batch size, and the batch rule compares rates across sizes."""
+    return workload.make_batch(batch_size, workload.typical_shape(reduce_ratio), "cpu")
+
+
 def fastest(trials: Sequence[StepTrial]) -> StepTrial | None:
     ok = [t for t in trials if t.samples_per_s and not t.oom]
     return max(ok, key=lambda t: t.samples_per_s or 0.0) if ok else None
@@ -222,7 +229,7 @@ def probe_steps(workload: Workload, *, reduce_ratio: float, device: str, usable_
                 thread_counts: Sequence[int] | None = None,
                 on_trial: Callable[[StepTrial], None] | None = None) -> StepProbeResult:
     """Time the training step of a model sized for the largest image at `reduce_ratio`, on
-    one batch of typical rows (the same batch for every cell, so only the setting differs),
+    one batch of median-size rows (the same batch for every cell, so only the setting differs),
     for every precision candidate x thread count (on CUDA: torch's own threads), interleaved.
 
     The precisions are compared at their best thread count each (the ranking can change with
@@ -232,7 +239,7 @@ def probe_steps(workload: Workload, *, reduce_ratio: float, device: str, usable_
     out = StepProbeResult()
     say = on_trial or (lambda _t: None)
     shape = workload.largest_shape(reduce_ratio)
-    batch = workload.typical_batch(batch_size, reduce_ratio, "cpu")
+    batch = typical_batch(workload, batch_size, reduce_ratio)
     cands = precisions or precision_candidates(device, capability)
     counts: Sequence[int | None] = [None] if device.startswith("cuda") else \
         (thread_counts or thread_candidates(usable_cpus))

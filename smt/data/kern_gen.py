@@ -59,6 +59,9 @@ PRESETS: dict[str, GenConfig] = {
     "system": GenConfig(),
     # A 2100 px page holds 4-6 systems of 3-5 measures each.
     "page": GenConfig(measures_min=14, measures_max=26, title_p=0.5),
+    # The embedded default (the CPU demo's data): systems of 1-3 measures, about half the
+    # tokens and width of 2-5, so that a 12-minute CPU run shows its SER falling.
+    "short-system": GenConfig(measures_min=1, measures_max=3),
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
 from autotune.outdir import check_out_dir, replace_dir
+from smt.data.kern_gen import PRESETS as GEN_PRESETS
 from smt.data.kern_gen import generate
 from smt.data.render import KINDS, quiet_datasets, render
 from smt.tokenizer import normalize_kern
@@ -49,6 +50,7 @@ class _Job:
     key: str            # generator seed (synthetic) or file path (--kern-dir)
     kind: str
     from_file: bool
+    gen: str | None = None   # kern_gen.PRESETS name (None: the kind's own)
 
 
 def _render_job(job: _Job) -> dict[str, Any] | str:
@@ -57,7 +59,7 @@ def _render_job(job: _Job) -> dict[str, Any] | str:
         if job.from_file:
             text = normalize_kern(Path(job.key).read_text(encoding="utf-8", errors="strict"))
         else:
-            text = generate(job.key, job.kind)
+            text = generate(job.key, job.kind, GEN_PRESETS[job.gen] if job.gen else None)
         png = render(text, job.kind, seed=hash_seed(job.key))
     except UnicodeDecodeError:
         return "not utf-8 text"
@@ -83,10 +85,10 @@ def split_counts(count: int, val: int | None = None, test: int | None = None) ->
 
 
 def _jobs(count: int, kind: str, seed: int, kern_dir: Path | None,
-          val: int | None, test: int | None) -> dict[str, list[_Job]]:
+          val: int | None, test: int | None, gen: str | None = None) -> dict[str, list[_Job]]:
     if kern_dir is None:
         counts = split_counts(count, val, test)
-        return {s: [_Job(f"{seed}-{s}-{i}", kind, False) for i in range(n)]
+        return {s: [_Job(f"{seed}-{s}-{i}", kind, False, gen) for i in range(n)]
                 for s, n in counts.items()}
     if not kern_dir.is_dir():
         raise UserError(f"--kern-dir {kern_dir}: no such folder")
@@ -119,13 +121,15 @@ SYNTH_COMMAND = "smt.data synth"         # the --out marker's command (autotune.
 def build(out: str | os.PathLike[str], count: int = 100, kind: str = "system", seed: int = 0,
           num_proc: int = 1, kern_dir: str | os.PathLike[str] | None = None,
           val: int | None = None, test: int | None = None, quiet: bool = False,
-          overwrite: bool = False, meta: dict[str, Any] | None = None) -> SynthResult:
+          overwrite: bool = False, meta: dict[str, Any] | None = None,
+          gen: str | None = None) -> SynthResult:
     """Render `count` rows (or every .krn under `kern_dir`) into `out` (save_to_disk).
 
     `out` is checked before any rendering and written through `autotune.outdir.replace_dir`:
     never over `kern_dir`, an existing folder only if an earlier synth wrote it (or with
     `overwrite`). `meta`, when given, is written as the folder's `meta.json` (the cache
-    marker of the embedded default dataset)."""
+    marker of the embedded default dataset). `gen` names a `kern_gen.PRESETS` generator
+    configuration (default: the kind's own)."""
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if num_proc < 1:
@@ -133,7 +137,9 @@ def build(out: str | os.PathLike[str], count: int = 100, kind: str = "system", s
     inputs = [kern_dir]
     check_out_dir(out, SYNTH_COMMAND, inputs, overwrite)
     out_dir = Path(out).expanduser()
-    jobs = _jobs(count, kind, seed, Path(kern_dir) if kern_dir else None, val, test)
+    if gen is not None and gen not in GEN_PRESETS:
+        raise UserError(f"unknown generator preset {gen!r}; choose one of {sorted(GEN_PRESETS)}")
+    jobs = _jobs(count, kind, seed, Path(kern_dir) if kern_dir else None, val, test, gen)
     failed: Counter = Counter()
     start = time.perf_counter()
     with replace_dir(out_dir, SYNTH_COMMAND, inputs, overwrite) as tmp_out:

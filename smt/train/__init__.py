@@ -30,7 +30,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from smt.train.cli import PROG, build_parser, main, parse_duration  # noqa: E402
-from smt.train.plan import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_BATCHES,  # noqa: E402
+from smt.train.plan import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_ROWS,  # noqa: E402
                             CPU_DEMO_VAL_SAMPLES, ENV_RUN_DIR, RunPlan, default_precision,
                             default_settings, describe, plan_run)
 
@@ -42,7 +42,7 @@ _LAZY = {"train": "smt.train.run", "RunData": "smt.train.data", "load_data": "sm
          "make_loaders": "smt.train.assembly", "model_config": "smt.train.assembly",
          "one_line": "smt.train.summary"}
 
-__all__ = ["CPU_DEMO_MAX_TIME_S", "CPU_DEMO_PRESET", "CPU_DEMO_VAL_BATCHES",
+__all__ = ["CPU_DEMO_MAX_TIME_S", "CPU_DEMO_PRESET", "CPU_DEMO_VAL_ROWS",
            "CPU_DEMO_VAL_SAMPLES", "ENV_RUN_DIR", "PROG", "RunPlan", "build_parser",
            "default_precision", "default_settings", "describe", "main", "parse_duration",
            "plan_run", *sorted(_LAZY)]

@@ -96,7 +96,8 @@ def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> pl.
                                interface=plan.ddp_interface),
         precision=s.precision, max_steps=plan.max_steps, max_epochs=max_epochs or -1,
         max_time=dt.timedelta(seconds=plan.max_time_s) if plan.max_time_s else None,
-        limit_val_batches=None, num_sanity_val_steps=0, callbacks=callbacks, logger=loggers,
+        # The CPU demo's validations are bounded (loss too, not only decoding).
+        limit_val_batches=plan.val_batches if plan.cpu_demo else None, num_sanity_val_steps=0, callbacks=callbacks, logger=loggers,
         default_root_dir=str(plan.out), plugins=[AtomicCheckpointIO()],
         log_every_n_steps=10, enable_model_summary=True, use_distributed_sampler=True,
         **kwargs)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,16 @@ ENV_RUN_DIR = "SMT_RUN_DIR"
 # and probe included, with several validations so that the falling loss and SER are visible.
 CPU_DEMO_PRESET = "small"
 CPU_DEMO_MAX_TIME_S = 12 * 60
-# Validate every ~400 samples: a few times in the demo whatever batch size the profile picked.
-CPU_DEMO_VAL_SAMPLES = 400
-CPU_DEMO_VAL_BATCHES = 4
+# Validate every ~200 samples (at >= 1.1 samples/s, four or more times in the cap) on the
+# batches that hold ~16 samples (loss and decoding both: ~20 s a validation on the 2-core box,
+# far under a tenth of the cap).
+CPU_DEMO_VAL_SAMPLES = 200
+CPU_DEMO_VAL_ROWS = 16
+# The demo sees ~1,000 samples. At the recipe's effective batch 16 and lr 1e-4 that is ~60
+# optimizer steps, too few to see the SER move; one optimizer step per batch at lr 1e-3 (20
+# warm-up steps) is. Flags (--accumulate, --lr, --warmup-steps) still win.
+CPU_DEMO_LR = 1e-3
+CPU_DEMO_WARMUP_STEPS = 20
 # last.ckpt at least this often (minutes) besides every --ckpt-every steps: a pre-empted or
 # timed-out session loses at most this much, whatever a step costs.
 DEFAULT_CKPT_EVERY_MIN = 30.0
@@ -226,7 +234,12 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         """The flag, else the resumed run's value, else the default."""
         return flag if flag is not None else previous.get(name, default)
 
+    demo = cpu_demo and not previous
+    if demo and args.accumulate is None:
+        settings = replace(settings, accumulate_grad_batches=1,
+                           effective_batch_size=settings.batch_size * settings.devices)
     demo_val_every = max(5, round(CPU_DEMO_VAL_SAMPLES / settings.effective_batch_size))
+    demo_val_batches = max(1, math.ceil(CPU_DEMO_VAL_ROWS / settings.batch_size))
     return RunPlan(
         out=out, settings=settings, preset=preset, fmt=previous.get("fmt", args.fmt),
         data=args.data if args.data is not None else previous.get("data"),
@@ -235,13 +248,13 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         max_time_s=CPU_DEMO_MAX_TIME_S if cpu_demo else pick("max_time_s", args.max_time, None),
         val_every=demo_val_every if cpu_demo and args.val_every is None
         else pick("val_every", args.val_every, None),
-        val_batches=CPU_DEMO_VAL_BATCHES if cpu_demo and args.val_batches is None
+        val_batches=demo_val_batches if cpu_demo and args.val_batches is None
         else pick("val_batches", args.val_batches, None),
         ckpt_every=pick("ckpt_every", args.ckpt_every, 200),
         ckpt_every_min=pick("ckpt_every_min", args.ckpt_every_min, DEFAULT_CKPT_EVERY_MIN),
         patience=pick("patience", args.patience, 10),
-        lr=pick("lr", args.lr, 1e-4),
-        warmup_steps=pick("warmup_steps", args.warmup_steps, 0),
+        lr=pick("lr", args.lr, CPU_DEMO_LR if demo else 1e-4),
+        warmup_steps=pick("warmup_steps", args.warmup_steps, CPU_DEMO_WARMUP_STEPS if demo else 0),
         grad_clip=None if args.no_grad_clip else pick("grad_clip", args.grad_clip, 1.0),
         teacher_noise=pick("teacher_noise", args.teacher_noise, DEFAULT_TEACHER_NOISE),
         augment=pick("augment", args.augment, "none"),
@@ -289,6 +302,7 @@ def describe(plan: RunPlan) -> str:
         lines.append(
             f"[{PROG}] no GPU found: CPU demo mode - preset {plan.preset}, stops after "
             f"{plan.max_time_s / 60:.0f} min, validates every {plan.val_every} steps on "
-            f"{plan.val_batches} batches. Lift it with --max-time/--max-steps/--max-epochs "
-            "(and --preset paper for the full model).")
+            f"{plan.val_batches} batches, one optimizer step per batch at lr {plan.lr:g}. "
+            "Lift it with --max-time/--max-steps/--max-epochs (and --preset paper for the "
+            "full model).")
     return "\n".join(lines)

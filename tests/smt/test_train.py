@@ -127,6 +127,22 @@ def test_cpu_demo_cap_applies_only_without_limits() -> None:
     assert not lifted.cpu_demo and lifted.max_time_s == 3 * 3600 and lifted.preset == "paper"
 
 
+def test_cpu_demo_validates_often_on_a_bounded_sample_and_steps_every_batch() -> None:
+    from smt.train import CPU_DEMO_VAL_ROWS, CPU_DEMO_VAL_SAMPLES, plan_run
+    if torch.cuda.is_available():
+        pytest.skip("the cap is for machines without an accelerator")
+    demo = plan_run(build_parser().parse_args(["--out", "unused-dir", "--batch-size", "2",
+                                               "--accumulate", "8"]))
+    assert demo.settings.accumulate_grad_batches == 8        # a flag still wins
+    demo = plan_run(build_parser().parse_args(["--out", "unused-dir", "--batch-size", "2"]))
+    s = demo.settings
+    assert s.accumulate_grad_batches == 1 and s.effective_batch_size == 2 and demo.lr == 1e-3
+    assert demo.val_every * s.effective_batch_size <= CPU_DEMO_VAL_SAMPLES
+    assert demo.val_batches * s.batch_size <= CPU_DEMO_VAL_ROWS
+    # At the 1.1 samples/s the demo must reach, the cap holds at least 3 validations.
+    assert demo.max_time_s * 1.1 / (demo.val_every * s.effective_batch_size) >= 3
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_out_with_a_run_in_it_is_refused() -> None:
