@@ -97,3 +97,41 @@ def test_oom_at_batch_one_stops_with_the_reduce_ratio_to_try(
     monkeypatch.setenv(ENV_INJECT_OOM_ABOVE, "0")
     with pytest.raises(OutOfMemoryAtBatchOne, match=r"--reduce-ratio 0\.75"):
         _fit(ds, vocab, steps=2, batch=2)
+
+
+@pytest.mark.timeout(120)
+def test_fp16_clipping_bounds_the_unscaled_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the fp16 grad scaler (loss scale 2^16) the clip sees the true gradient norm, not
+    the scaled one: clipping scaled gradients would shrink every fp16 step by the scale."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    import smt.step as step_mod
+    from smt.builder import synthetic_batch
+
+    def fp16_on_cpu(precision: str, device: str) -> pl.Trainer:
+        # Lightning turns "16-mixed" into bf16 on a CPU; the plugin itself runs here as on a GPU.
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        return pl.Trainer(accelerator="cpu", devices=1, logger=False,
+                          plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+                          enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+
+    monkeypatch.setattr(step_mod, "_shell_trainer", fp16_on_cpu)
+    vocab = Vocab.build([], fmt="bekern")
+    config = SMTConfig.preset("debug")
+    module = SMTModule(config, vocab, "bekern", TrainHParams(grad_clip=1.0))
+    seen: list[float] = []
+    clip = module.clip_gradients
+
+    def recording_clip(optimizer, **kwargs):  # noqa: ANN001, ANN003
+        grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+        seen.append(float(torch.stack(grads).norm()))
+        return clip(optimizer, **kwargs)
+
+    module.clip_gradients = recording_clip  # type: ignore[method-assign]
+    batch = synthetic_batch(2, 64, 256, 33, config.vocab_size)
+    with step_mod.TrainStep(module, batch, "16-mixed") as step:
+        assert step.trainer.precision_plugin.scaler is not None
+        losses = [step() for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert len(seen) == 2 and all(0 < n < 2.0 ** 8 for n in seen), seen
