@@ -117,6 +117,28 @@ def pin_sockets(num_nodes: int, interface: str | None = None,
             f"--ddp-interface NAME (or {ENV_IFNAME})")
 
 
+def check_launch(num_nodes: int, devices: int,
+                 environ: MutableMapping[str, str] = os.environ) -> None:
+    """A multi-node run needs a launcher whose world matches the flags, else one line.
+
+    Without one, rank 0 would wait for ranks that never come (30 minutes, then a traceback);
+    with a world of another size, Lightning stops deep in its set-up.
+    """
+    if num_nodes == 1:
+        return
+    ranks = num_nodes * devices
+    world = environ.get("WORLD_SIZE") or environ.get("SLURM_NTASKS")   # torchrun / srun
+    if world is None:
+        if environ.get("NODE_RANK") is not None and environ.get("MASTER_ADDR"):
+            return       # Lightning's own launch: MASTER_ADDR/PORT and NODE_RANK on each node
+        raise UserError(f"--num-nodes {num_nodes}: start it on every node with torchrun "
+                        f"--nnodes {num_nodes} --nproc-per-node {devices} or srun (README: "
+                        "several machines); no launcher found in the environment")
+    if world.isdigit() and int(world) != ranks:
+        raise UserError(f"--num-nodes {num_nodes} x --devices {devices} = {ranks} ranks, but "
+                        f"the launcher started {world}; make --devices the processes per node")
+
+
 def _is_local_zero() -> bool:
     return all(os.environ.get(var, "0") in ("", "0") for var in ("LOCAL_RANK", "SLURM_LOCALID"))
 

@@ -209,8 +209,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.profile:
         base, profile_name = _profile_settings(args, preset)
     settings = _apply_overrides(base or default_settings(), args)
-    return _plan(args, previous, out, resume_ckpt, settings, preset, cpu_demo,
+    plan = _plan(args, previous, out, resume_ckpt, settings, preset, cpu_demo,
                  profile_name or previous.get("profile"))
+    from smt.distributed import check_launch
+    check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
+    return plan
 
 
 def _curriculum(args: argparse.Namespace, previous: dict[str, Any]) -> dict[str, Any] | None:
