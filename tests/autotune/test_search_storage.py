@@ -240,3 +240,16 @@ def test_storage_flag_errors_are_one_line(tmp_path, env, capsys):
     assert "journal:PATH" in capsys.readouterr().err
     assert cli.entry(argv(tmp_path, "runs/db", "j", 1)) == 2
     assert "journal:" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_postgres_urls_name_the_installed_driver(monkeypatch):
+    import importlib.util
+
+    from autotune.search import storage
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    assert storage._postgres_url("postgres://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert storage._postgres_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert storage._postgres_url("postgresql+psycopg2://h/db") == "postgresql+psycopg2://h/db"
+    assert storage._postgres_url("sqlite:///x.db") == "sqlite:///x.db"
