@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from autotune.errors import UserError
 from autotune.measure import free_memory, is_oom_error
 from smt import faults
-from smt.faults import ENV_INJECT_OOM_ABOVE, ENV_INJECT_OOM_RANKS  # noqa: F401 - old names
 
 
 

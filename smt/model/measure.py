@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-# reset_peak_rss is re-exported: callers ask here whether the peak is exact on this machine.
-from autotune.measure import PeakRssMeter, current_rss_bytes, reset_peak_rss  # noqa: F401
+from autotune.measure import PeakRssMeter, current_rss_bytes
 from smt.builder import synthetic_batch
 from smt.config import SMTConfig
 

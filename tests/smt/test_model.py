@@ -230,7 +230,8 @@ def test_memory_estimate_within_25_percent_of_measured_cpu_step_rss() -> None:
     """One steady-state CPU training step (forward + backward + Adam) of the small preset at a
     system-sized image, batch 2, in a fresh process: peak RSS growth over the process before
     the model existed vs `estimate_memory(...).total_bytes`."""
-    from smt.model.measure import measure_in_subprocess, reset_peak_rss
+    from autotune.measure import reset_peak_rss
+    from smt.model.measure import measure_in_subprocess
 
     if not reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs: peak RSS cannot be reset here")

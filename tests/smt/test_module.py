@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 
 from smt.config import SMTConfig
 from smt.data.loader import ScoreDataset, collate
-from smt.module import ENV_INJECT_OOM_ABOVE, OutOfMemoryAtBatchOne, SMTModule, TrainHParams, _split_batch
+from smt.faults import ENV_INJECT_OOM_ABOVE
+from smt.module import OutOfMemoryAtBatchOne, SMTModule, TrainHParams, _split_batch
 from smt.tokenizer import Vocab, detokenize, tokenize
 from tiny_scores import tiny_rows
 
