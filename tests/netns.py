@@ -27,9 +27,8 @@ if [ -n "$NETNS_LAN" ]; then
     ip link set smt0 up
     ip link set smt1 up
     hostname "$NETNS_HOST"
-    hosts=$(mktemp)
-    { echo "$NETNS_LAN $NETNS_HOST"; echo "127.0.0.1 localhost"; } > "$hosts"
-    mount --bind "$hosts" /etc/hosts
+    { echo "$NETNS_LAN $NETNS_HOST"; echo "127.0.0.1 localhost"; } > "$NETNS_HOSTS"
+    mount --bind "$NETNS_HOSTS" /etc/hosts
 fi
 exec "$@"
 """
@@ -56,7 +55,8 @@ def run(commands: list[dict], workdir: Path, lan: bool = False, timeout_s: float
     "returncodes": [...]}. Raises AssertionError with the logs' tails when one failed."""
     spec, report = workdir / "netns-spec.json", workdir / "netns-report.json"
     spec.write_text(json.dumps({"commands": commands}))
-    extra = {"NETNS_LAN": LAN_ADDRESS if lan else "", "NETNS_HOST": LAN_HOSTNAME}
+    extra = {"NETNS_LAN": LAN_ADDRESS if lan else "", "NETNS_HOST": LAN_HOSTNAME,
+             "NETNS_HOSTS": str(workdir / "netns-hosts")}
     argv = ["unshare", "--net", "--uts", "--mount", "sh", "-c", _SETUP, "sh",
             sys.executable, str(WATCH), str(spec), str(report)]
     res = subprocess.run(argv, env={**(env or {}), **extra}, cwd=workdir, stdout=subprocess.PIPE,
