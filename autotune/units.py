@@ -37,6 +37,15 @@ def parse_size(value: str | int | float, what: str = "size") -> int:
     return int(size)
 
 
+def size_arg(text: str) -> int:
+    """An argparse `type` for a size flag (`--ram-budget 24GB`): bytes via `parse_size`."""
+    import argparse
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def format_bytes(n: float | int | None) -> str:
     """Binary units with one decimal: 1.5 GiB, 300.0 MiB; '?' for unknown."""
     if n is None:

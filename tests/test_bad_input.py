@@ -74,6 +74,8 @@ FLAGS = [
     ("smt.data", ["prepare", "--stall-timeout", "-1"], "--stall-timeout"),
     ("smt.data", ["prepare", "--stall-timeout", "inf"], "--stall-timeout"),
     ("smt.data", ["prepare", "--ram-budget-gb", "0"], "--ram-budget-gb"),
+    ("smt.data", ["prepare", "--ram-budget", "0"], "--ram-budget"),
+    ("smt.data", ["prepare", "--ram-budget", "lots"], "--ram-budget"),
     ("smt.data", ["prepare", "--format", "midi"], "--format"),
     ("smt.data", ["synth", "--out", "x", "--num-proc", "0"], "--num-proc"),
     ("smt.data", ["synth", "--out", "x", "--count", "-5"], "--count"),

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
+from autotune.units import size_arg
 from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
 
 # Upper bounds for "absurd" values: far above any real machine (1024 map processes, a
@@ -54,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="rows per resumable shard (default: chosen from the split size)")
     q.add_argument("--stall-timeout", type=float_in(0.0, 7 * 86400.0), default=None,
                    help="seconds without progress before the watchdog steps in")
+    q.add_argument("--ram-budget", type=size_arg, default=None, metavar="SIZE",
+                   help="stop and retry lighter when the process tree nears this RSS, e.g. "
+                        "24GB or 12GiB (default: the RAM available at the start)")
+    # The old spelling (GiB as a number): still works, with a warning (autotune's is SIZE).
     q.add_argument("--ram-budget-gb", type=float_in(0.0, 2.0**20), default=None,
-                   help="stop and retry lighter when the process tree nears this RSS")
+                   help=argparse.SUPPRESS)
     q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -73,14 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("failed: " + ", ".join(f"{k}: {v}" for k, v in sorted(r.failed.items())))
         return 0
     from smt.data.prepare import PrepareConfig, prepare
+    ram_budget = args.ram_budget
+    if args.ram_budget_gb is not None:
+        print(f"python -m smt.data: warning: --ram-budget-gb is deprecated; use --ram-budget "
+              f"{args.ram_budget_gb:g}GiB", file=sys.stderr)
+        if ram_budget is None:
+            ram_budget = int(args.ram_budget_gb * 2**30)
     try:
         cfg = PrepareConfig(reduce_ratio=args.reduce_ratio, num_proc=args.num_proc,
                             writer_batch_size=args.writer_batch_size, fmt=args.fmt,
                             max_tokens=args.max_tokens, max_image_pixels=args.max_image_area,
                             shard_rows=args.shard_rows,
                             stall_timeout_s=args.stall_timeout,
-                            ram_budget_bytes=(int(args.ram_budget_gb * 2**30)
-                                              if args.ram_budget_gb is not None else None))
+                            ram_budget_bytes=ram_budget)
     except ValueError as exc:        # the flags above already bound each value; this is the net
         raise UserError(str(exc)) from None
     result = prepare(args.data, cfg, out=args.out, overwrite=args.overwrite)

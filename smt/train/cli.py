@@ -117,8 +117,9 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default runs/<timestamp>); --resume auto looks here")
-    o.add_argument("--resume", default=None, metavar="auto|RUN|CKPT",
-                   help="continue a run from its last.ckpt (auto: the latest under --out or runs/)")
+    o.add_argument("--resume", default=None, nargs="?", const="auto", metavar="auto|RUN|CKPT",
+                   help="continue a run from its last.ckpt (auto, or the flag alone: --out "
+                        "itself when it holds a run, else the latest run under --out or runs/)")
     o.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     o.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -153,15 +153,20 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
     return out, resume_ckpt, previous
 
 
-def _profile_settings(args: argparse.Namespace, preset: str) -> tuple[Settings, str]:
-    """The settings of `--profile` (probing when it says auto) and the profile's name."""
+def _profile_settings(args: argparse.Namespace,
+                      preset: str) -> tuple[Settings, str, float | None]:
+    """The settings of `--profile` (probing when it says auto), the profile's name, and the
+    learning rate a search saved with it (details.lr; not a `settings` key of the schema)."""
     from autotune.resolve import resolve_profile  # only --profile needs the probe side
     resolved = resolve_profile(args.profile, data=args.data, preset=preset, devices=args.devices)
     settings, ref = _unpack_resolved(resolved)
     note = getattr(resolved, "note", "")
     if note and is_rank_zero():
         print(f"[{PROG}] {note}", flush=True)
-    return settings, str(ref) if ref is not None else args.profile
+    details = (getattr(resolved, "profile", None) or {}).get("details") or {}
+    lr = details.get("lr")
+    lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else None
+    return settings, str(ref) if ref is not None else args.profile, lr
 
 
 def _unpack_resolved(resolved: Any) -> tuple[Settings, Any]:
@@ -205,10 +210,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     cpu_demo = (not _accelerator_present() and not previous
                 and args.max_steps is None and args.max_epochs is None and args.max_time is None)
     preset = args.preset or previous.get("preset") or (CPU_DEMO_PRESET if cpu_demo else "paper")
-    profile_name = None
+    profile_name, profile_lr = None, None
     if args.profile:
-        base, profile_name = _profile_settings(args, preset)
+        base, profile_name, profile_lr = _profile_settings(args, preset)
     settings = _apply_overrides(base or default_settings(), args)
+    if profile_lr is not None and args.lr is None:
+        args.lr = profile_lr                       # the profile's lr; an explicit --lr wins
     plan = _plan(args, previous, out, resume_ckpt, settings, preset, cpu_demo,
                  profile_name or previous.get("profile"))
     from smt.distributed import check_launch

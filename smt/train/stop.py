@@ -43,14 +43,18 @@ class StopRequest:
 
 
 class Stopped(UserError):
-    """A run stopped by a signal after saving: one line and exit 128 + signal number."""
+    """A run stopped by a signal: one line and exit 128 + signal number."""
 
-    def __init__(self, signum: int, step: int, out: Path) -> None:
+    def __init__(self, signum: int, out: Path) -> None:
         self.exit_code = 128 + signum
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after step {step}; "
-            f"{out / 'checkpoints' / LAST_NAME} is saved: resume with "
-            f"python -m smt.train --resume {out}")
+        name = signal.Signals(signum).name
+        ckpt = out / "checkpoints" / LAST_NAME
+        if ckpt.is_file():
+            message = (f"stopped by {name}; {ckpt} is saved: resume with "
+                       f"python -m smt.train --resume {out}")
+        else:       # before the first step ended: there is nothing to continue
+            message = f"stopped by {name} before the first training step; nothing was saved"
+        super().__init__(message)
 
 
 @contextmanager
@@ -111,13 +115,29 @@ class SaveAndStop(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal during the epoch-end validation: Lightning stops right after this hook.
+        self._check(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        # Lightning's own SIGTERM exit (a SystemExit, raised on every rank together) can come
+        # before any of our hooks saw the signal: save what the last finished step left.
+        if self.request.signum and isinstance(exception, SystemExit) \
+                and trainer.global_step not in (0, self.saved_step):
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = trainer.global_step
+
+    def _check(self, trainer: pl.Trainer) -> None:
         strategy = trainer.strategy
         stop = bool(self.request.signum)
         due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
         if trainer.world_size > 1:
             stop = strategy.reduce_boolean_decision(stop, all=False)
             due = bool(strategy.broadcast(due, src=0))
-        if (stop or due) and trainer.global_step != self.saved_step:
+        if (stop or due) and trainer.global_step not in (0, self.saved_step):
             trainer.save_checkpoint(self.path, weights_only=False)
             self.saved_step = trainer.global_step
             self._last_save = time.monotonic()

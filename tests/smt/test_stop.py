@@ -29,21 +29,22 @@ def _step(ckpt: Path) -> int:
 
 def _start(data: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     argv = ["--data", str(data), *FAST_WORKERS, "--batch-size", "2", "--max-steps", "100000",
-            "--ckpt-every", "1000000", "--out", str(out), *extra]
+            "--out", str(out), *extra]
     return subprocess.Popen([sys.executable, "-m", "smt.train", *argv], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def _wait_training(proc: subprocess.Popen, out: Path, seconds: float) -> None:
-    deadline = time.monotonic() + 400
-    while not (out / "run.json").is_file():
+def _wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path) -> int:
+    """Wait until training has written its first periodic last.ckpt; its step."""
+    deadline = time.monotonic() + 450
+    while not ckpt.is_file():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "training never started"
+        assert time.monotonic() < deadline, "training never saved"
         time.sleep(0.2)
-    time.sleep(seconds)                                   # some steps (the debug model is fast)
-    assert proc.poll() is None
+    time.sleep(0.5)                                       # the rename is done; let it settle
+    return _step(ckpt)
 
 
 @pytest.mark.slow
@@ -52,9 +53,10 @@ def _wait_training(proc: subprocess.Popen, out: Path, seconds: float) -> None:
 def test_a_signal_saves_last_ckpt_and_says_how_to_resume(sig: int, tmp_path: Path) -> None:
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=4, n_val=1, n_test=1)
     out = tmp_path / "run"
-    proc = _start(data, out)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    proc = _start(data, out, "--ckpt-every", "5")
     try:
-        _wait_training(proc, out, 6.0)
+        seen = _wait_for_checkpoint(proc, ckpt)
         # Ctrl-C reaches the whole process group (loader workers too); SIGTERM the main process.
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)
@@ -68,11 +70,11 @@ def test_a_signal_saves_last_ckpt_and_says_how_to_resume(sig: int, tmp_path: Pat
     assert "Traceback" not in err, err[-3000:]
     last_line = err.strip().splitlines()[-1]
     assert f"--resume {out}" in last_line and signal.Signals(sig).name in last_line
-    ckpt = out / "checkpoints" / "last.ckpt"
     saved = _step(ckpt)
-    assert saved > 0
-    # Resume carries on from exactly that step.
-    assert main(["--resume", str(out), "--max-steps", str(saved + 3)]) == 0
+    assert saved > seen                   # the step in progress at the signal, saved on stop
+    # Resume carries on from exactly that step (bare --resume: the --out folder, item 9).
+    resume = ["--resume", str(out)] if sig == signal.SIGINT else ["--resume", "--out", str(out)]
+    assert main([*resume, "--max-steps", str(saved + 3)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == saved + 3 and summary["samples"] == 3 * 2
 
@@ -83,7 +85,32 @@ def test_ckpt_every_min_saves_on_time(tmp_path: Path) -> None:
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=4, n_val=1, n_test=1)
     out = tmp_path / "run"
     # Killed outright (no chance to save at the end): only the time interval can have saved.
-    proc = _start(data, out, "--ckpt-every-min", "0.02", env={"SMT_INJECT_KILL_AT_STEP": "60"})
+    proc = _start(data, out, "--ckpt-every", "1000000", "--ckpt-every-min", "0.02",
+                  env={"SMT_INJECT_KILL_AT_STEP": "60"})
     _, err = proc.communicate(timeout=500)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     assert 0 < _step(out / "checkpoints" / "last.ckpt") <= 60
+
+
+def test_bare_resume_looks_in_out(tmp_path: Path) -> None:
+    from autotune.errors import UserError
+    with pytest.raises(UserError, match=f"no run with checkpoints/last.ckpt under {tmp_path}"):
+        main(["--resume", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("flags, lr", [([], 0.0042), (["--lr", "0.01"], 0.01)],
+                         ids=["profile", "flag wins"])
+def test_a_profiles_lr_is_applied_and_a_flag_wins(flags: list[str], lr: float,
+                                                  tmp_path: Path) -> None:
+    """Issue 13 item 11: a profile saved by search carries details.lr; smt.train uses it."""
+    from smt.train.cli import build_parser
+    from smt.train.plan import plan_run
+    profile = json.loads((REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json")
+                         .read_text())
+    profile.setdefault("details", {})["lr"] = 0.0042
+    path = tmp_path / "searched.json"
+    path.write_text(json.dumps(profile))
+    data = tiny_dataset_dict(tmp_path / "tiny", n_train=2, n_val=1, n_test=1)
+    args = build_parser().parse_args(["--profile", str(path), "--data", str(data), "--max-steps",
+                                      "1", "--out", str(tmp_path / "run"), *flags])
+    assert plan_run(args).lr == lr

@@ -181,3 +181,20 @@ def test_transparent_images_become_white_paper() -> None:
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")
     gray = prep.decode_gray({"bytes": buf.getvalue(), "path": None})
     assert gray[0, 0] == 255 and gray[5, 5] == 0
+
+
+@pytest.mark.parametrize("argv, warned", [(["--ram-budget", "3GiB"], False),
+                                          (["--ram-budget-gb", "3"], True)])
+def test_ram_budget_is_one_size_flag_and_the_old_spelling_warns(
+        argv, warned, monkeypatch, capsys) -> None:
+    """Issue 13 item 10: `--ram-budget SIZE` as autotune spells it; `--ram-budget-gb` warns."""
+    seen = {}
+
+    def fake_prepare(data, cfg, **kw):
+        seen["bytes"] = cfg.ram_budget_bytes
+        raise UserError("stop here")
+    monkeypatch.setattr(prep, "prepare", fake_prepare)
+    assert run_cli(main, ["prepare", *argv], prog="python -m smt.data") == 2
+    assert seen["bytes"] == 3 * 2**30
+    err = capsys.readouterr().err
+    assert ("--ram-budget-gb is deprecated; use --ram-budget 3GiB" in err) == warned
