@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch names the refused global further down its message: that is what to look at.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused:
+            reason = f"it needs the global {refused.group(1)}, which a weights-only load refuses"
         raise UserError(f"cannot load checkpoint {p} (weights-only): {reason[:300]}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")

@@ -61,16 +61,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
                         reduce_ratio: float | None = None) -> "Predictor":
-        import torch
-
         from smt import checkpoint as ck
         from smt.config import SMTConfig
         from smt.convert import CHECKPOINT_NAME, read_image_convention
         from smt.model import SMTModel
         from smt.tokenizer import Vocab
 
-        if Path(path).is_dir() and (Path(path) / CHECKPOINT_NAME).is_file():
-            path = Path(path) / CHECKPOINT_NAME          # a folder written by smt.convert
+        if Path(path).is_dir():
+            path = _checkpoint_in(Path(path), CHECKPOINT_NAME)
+        dev = resolve_device(device)                   # a bad --device: before loading anything
         ckpt = ck.load_checkpoint(path)
         config_path = ck.find_metadata(path, ck.CONFIG_NAME)
         vocab_path = ck.find_metadata(path, ck.VOCAB_NAME)
@@ -86,7 +85,7 @@ class Predictor:
             run = ck.read_json(run_json)
             fmt = run.get("fmt", fmt)
             if ratio is None:
-                ratio = float(run.get("settings", {}).get("reduce_ratio", 1.0))
+                ratio = _run_ratio(run, run_json)
         # A converted model scales images the way the reference did (recorded by smt.convert).
         convention = None
         recorded = read_image_convention(config_path.parent)
@@ -102,7 +101,6 @@ class Predictor:
         except RuntimeError as exc:
             raise UserError(f"{path} does not match {config_path}: "
                             f"{str(exc).splitlines()[0]}") from None
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(dev).eval()
         return cls(model, vocab, fmt, ratio if ratio is not None else 1.0, dev, convention)
 
@@ -120,7 +118,7 @@ class Predictor:
                 arr = convention.apply(im)
         except FileNotFoundError:
             raise UserError(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise UserError(f"cannot read image {path}: {exc}") from None
         cfg = self.model.config
         h, w = arr.shape
@@ -157,6 +155,50 @@ class Predictor:
                 for j, i in enumerate(idx):
                     out[i] = detokenize(self.vocab.decode(ids[j]), self.fmt)
         return out
+
+
+def _checkpoint_in(folder: Path, converted_name: str) -> Path:
+    """The checkpoint a folder given as --checkpoint stands for: a converted model's, else a
+    run folder's checkpoints/last.ckpt; else say what is expected."""
+    from smt import checkpoint as ck
+    for candidate in (folder / converted_name, folder / "checkpoints" / ck.LAST_NAME):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--checkpoint {folder}: a folder without checkpoints/{ck.LAST_NAME} or "
+                    f"{converted_name}; pass a .ckpt file, a run folder or a folder written by "
+                    "smt.convert")
+
+
+def _run_ratio(run: dict[str, Any], run_json: Path) -> float:
+    value = (run.get("settings") or {}).get("reduce_ratio", 1.0)
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        ratio = math.nan
+    if not (math.isfinite(ratio) and 0 < ratio <= 1):
+        raise UserError(f"{run_json}: settings.reduce_ratio must be a number in (0, 1], got "
+                        f"{value!r}; pass --reduce-ratio")
+    return ratio
+
+
+def resolve_device(spec: str | None) -> Any:
+    """`--device` as a torch device, or one line saying why it cannot be used here."""
+    import torch
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {spec}: unknown device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {spec}: CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {spec}: this machine has {count} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {spec}: only cpu and cuda are supported")
+    return dev
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -423,3 +423,69 @@ def test_resuming_on_images_larger_than_the_model_is_one_line(
     capsys.readouterr()
     _one_line_error(capsys, "smt.train", ["--resume", str(run), "--data", str(tmp_path / "big"),
                                           "--max-steps", str(step + 2)], "maximum")
+
+
+# ------------------------------------------------------------------ predict (issue 13 item 8)
+class _Refused:
+    """Any class outside torch's weights-only allow-list."""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "CUDA is not available here"),
+    (["--device", "tpu9"], "unknown device"),
+], ids=["cuda without CUDA", "unknown device"])
+def test_predict_refuses_a_bad_device_before_loading(argv: list[str], message: str,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _one_line_error(capsys, "smt.predict", ["--checkpoint", str(tmp_path / "none.ckpt"),
+                                            str(tmp_path / "x.png"), *argv], "--device", message)
+
+
+def test_predict_checkpoint_folder_without_one_says_what_is_expected(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line_error(capsys, "smt.predict", ["--checkpoint", str(tmp_path), "x.png"],
+                    str(tmp_path), "checkpoints/last.ckpt")
+
+
+def test_the_weights_only_refusal_names_the_global_in_full(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    ckpt = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "extra": _Refused()}, ckpt)
+    _one_line_error(capsys, "smt.predict", ["--checkpoint", str(ckpt), "x.png"],
+                    str(ckpt), f"{__name__}._Refused")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("ratio", ["abc", 0], ids=["non-numeric", "zero"])
+def test_predict_with_a_broken_run_json_ratio_is_one_line(ratio: object, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from tiny_scores import trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained_run(), run)
+    record = json.loads((run / "run.json").read_text())
+    record["settings"]["reduce_ratio"] = ratio
+    (run / "run.json").write_text(json.dumps(record))
+    from PIL import Image
+    Image.new("L", (64, 32), 255).save(tmp_path / "x.png")
+    # A folder as --checkpoint: its checkpoints/last.ckpt.
+    _one_line_error(capsys, "smt.predict", ["--checkpoint", str(run), str(tmp_path / "x.png")],
+                    "run.json", "reduce_ratio")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_predict_on_a_decompression_bomb_is_one_line(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+    from tiny_scores import trained_run
+    image = tmp_path / "bomb.png"
+    Image.new("L", (64, 64), 255).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # 4096 px > 2x the limit
+    _one_line_error(capsys, "smt.predict", ["--checkpoint", str(trained_run()), str(image)],
+                    str(image), "decompression bomb")

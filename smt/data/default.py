@@ -11,7 +11,6 @@ row looks like: a new folder is built and old caches are simply not used.
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,13 +21,6 @@ VERSION = "synth-system-v2"
 GEN = "short-system"
 COUNTS = {"train": 1000, "val": 100, "test": 100}
 SEED = 20240
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:                      # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def ensure_default_dataset(quiet: bool = False) -> Path:
@@ -54,7 +46,8 @@ def _build(path: Path, quiet: bool) -> None:
               f"systems) into {path} (once)")
     total = sum(COUNTS.values())
     # overwrite: a folder here without dataset_dict.json is our own interrupted build.
-    build(path, count=total, kind="system", seed=SEED, num_proc=usable_cpus(),
+    from autotune.hardware import usable_cpus
+    build(path, count=total, kind="system", seed=SEED, num_proc=max(1, int(usable_cpus())),
           val=COUNTS["val"], test=COUNTS["test"], quiet=quiet, overwrite=True, meta=_marker(),
           gen=GEN)
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,14 +52,6 @@ def exclusive(folder: Path, waiting: str, quiet: bool = False) -> Iterator[None]
         yield
     finally:
         os.close(fd)                                    # releases the lock
-
-
-def disk_free_bytes(path: str | os.PathLike[str]) -> int:
-    """Free bytes on the filesystem holding `path` (its nearest existing parent)."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
 
 
 def shard_plan(n: int, shard_rows: int) -> list[tuple[int, int]]:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_json
+from autotune.disk import disk_free_bytes
 from autotune.errors import UserError
 from autotune.outdir import check_out_dir, replace_dir
-from smt.data.layout import (cache_key, disk_free_bytes, exclusive, load_prepared, read_json,
-                              shard_plan)
+from smt.data.layout import cache_key, exclusive, load_prepared, read_json, shard_plan
 from smt.data.records import PREP_VERSION, PrepareConfig, PrepareResult, WatchdogAction
 from smt.data.render import quiet_datasets
 from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TOKENS,
@@ -93,7 +93,7 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
     replaced only if an earlier prepare wrote it, or with `overwrite`)."""
     from smt.data.sources import open_source
 
-    cfg = config or PrepareConfig()
+    cfg = _capped(config or PrepareConfig(), quiet)
     start = time.perf_counter()
     target = None
     if out is not None:
@@ -106,6 +106,21 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
                f"finish ({root}); its result will be reused")
     with exclusive(root, waiting, quiet=quiet):
         return _prepare_locked(root, src, raw, cfg, target, start, quiet)
+
+
+def _capped(cfg: PrepareConfig, quiet: bool) -> PrepareConfig:
+    """num_proc above the usable CPUs only adds processes fighting for them: cap it, say so."""
+    import dataclasses
+    import sys
+
+    from autotune.hardware import usable_cpus
+    cpus = max(1, int(usable_cpus()))
+    if cfg.num_proc <= cpus:
+        return cfg
+    if not quiet:
+        print(f"python -m smt.data: warning: --num-proc {cfg.num_proc} is more than the {cpus} "
+              f"usable CPU(s) here; using {cpus}", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, num_proc=cpus)
 
 
 def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: _Out | None,
@@ -217,7 +232,7 @@ def _check_disk(raw: Any, cfg: PrepareConfig, root: Path, todo_rows: int) -> Non
     per_row = (sum(sizes) / len(sizes)) if sizes else 0.0
     need = int(per_row * todo_rows * DISK_MARGIN)
     free = disk_free_bytes(root)
-    if need > free:
+    if free is not None and need > free:
         raise UserError(f"not enough disk for the prepared cache at {root}: need about "
                         f"{need / 2**30:.2f} GiB ({todo_rows} rows x {per_row / 1024:.0f} KiB "
                         f"x {DISK_MARGIN} margin), {free / 2**30:.2f} GiB free; free space or "

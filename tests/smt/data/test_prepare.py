@@ -198,3 +198,16 @@ def test_ram_budget_is_one_size_flag_and_the_old_spelling_warns(
     assert seen["bytes"] == 3 * 2**30
     err = capsys.readouterr().err
     assert ("--ram-budget-gb is deprecated; use --ram-budget 3GiB" in err) == warned
+
+
+def test_num_proc_above_the_usable_cpus_is_capped_with_a_warning(synth_raw_dir, capsys) -> None:
+    """Issue 13 item 8: a --num-proc the machine cannot run is capped, not obeyed."""
+    from autotune.hardware import usable_cpus
+    cpus = max(1, int(usable_cpus()))
+    capsys.readouterr()
+    assert run_cli(main, ["prepare", "--data", str(synth_raw_dir), "--num-proc", str(cpus + 7)],
+                   prog="python -m smt.data") == 0
+    captured = capsys.readouterr()
+    assert f"--num-proc {cpus + 7} is more than the {cpus} usable CPU(s) here; using {cpus}" \
+        in captured.err
+    assert f"num_proc {cpus}," in captured.out
