@@ -14,7 +14,7 @@ Cases, each in a fresh process so one case's peak cannot leak into the next:
 Peak RSS is of the case's whole process tree (psutil, sampled every 50 ms by
 `autotune.measure.RssSampler`); "growth" subtracts the tree's RSS just before the map.
 
-Size cap: the reference costs ~40x the raw image per buffered row (DESIGN.md section 5). A
+Size cap: the reference costs ~40x the raw image per buffered row. A
 reduced page is ~1050x1450 gray = 1.5 MB raw, ~60 MB buffered; 100 rows would want ~6 GB
 and an RGB source three times that, too much for a 24 GiB machine shared by others. So the
 run is capped at `--rows` (default 20) pages, fewer than one writer batch: the reference's

@@ -196,7 +196,7 @@ class SMTConfig:
 
 # Named presets: plain field dicts, so `SMTConfig.preset(name, **changes)` can override any of them.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The reference SMT architecture (DESIGN.md section 5): ~10.9 M parameters at vocab 181.
+    # The reference SMT architecture: ~10.9 M parameters at vocab 181.
     "paper": {},
     # A half-width model (~1.8 M parameters at vocab 181) for small GPUs and CPU runs that still learn.
     "small": {

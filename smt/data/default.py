@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from autotune.atomic import atomic_write_json
-from smt.paths import default_dataset_dir
+from smt.paths import CREATOR, MARKER_FILE, default_dataset_dir
 
 VERSION = "synth-system-v2"
 GEN = "short-system"
@@ -27,8 +27,8 @@ def ensure_default_dataset(quiet: bool = False) -> Path:
     """The default dataset's folder, rendering it first if this machine has none yet."""
     path = default_dataset_dir(VERSION)
     if (path / "dataset_dict.json").is_file():
-        if not (path / "meta.json").is_file():        # built before the marker existed
-            atomic_write_json(path / "meta.json", _marker())
+        if not (path / MARKER_FILE).is_file():        # built before the marker existed
+            atomic_write_json(path / MARKER_FILE, _marker())
         return path
     from smt.data.layout import exclusive
     # Two processes (DDP ranks, two notebooks) starting together: one builds, one waits.
@@ -54,6 +54,6 @@ def _build(path: Path, quiet: bool) -> None:
 
 def _marker() -> dict[str, object]:
     """The cache marker (`autotune cache` lists and removes only folders that carry one)."""
-    return {"creator": "smt-autotune", "kind": "default", "source": "embedded synthetic",
+    return {"creator": CREATOR, "kind": "default", "source": "embedded synthetic",
             "params": {"version": VERSION, "seed": SEED, "generator": GEN, **COUNTS},
             "created": datetime.now(timezone.utc).isoformat(), "complete": True}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from smt.data.records import PrepareConfig
+from smt.paths import MARKER_FILE
 
 
 def cache_key(source_fingerprint: str, cfg: PrepareConfig) -> str:
@@ -64,7 +65,7 @@ def load_prepared(cache_dir: str | os.PathLike[str]) -> Any:
     """The prepared DatasetDict of a completed cache folder (memory-mapped, instant)."""
     import datasets
     root = Path(cache_dir)
-    meta = json.loads((root / "meta.json").read_text())
+    meta = json.loads((root / MARKER_FILE).read_text())
     splits = {}
     for split, shard_names in meta["shards"].items():
         parts = []

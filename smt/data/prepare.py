@@ -39,7 +39,7 @@ from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TO
                            check_transcription, decode_gray, map_function, map_spec,
                            output_features, prepare_example)
 from smt.data.shard import MIN_WRITER_BATCH, ShardJob, attempt, lower, run_shard
-from smt.paths import cache_root, prepared_root
+from smt.paths import CREATOR, MARKER_FILE, cache_root, prepared_root
 from smt.tokenizer import Vocab, tokenize
 
 __all__ = ["MIN_WRITER_BATCH", "PREP_VERSION", "PrepareConfig", "PrepareResult", "R_EMPTY",
@@ -127,7 +127,7 @@ def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: 
                     start: float, quiet: bool) -> PrepareResult:
     """The work under the key's lock: reuse a complete cache, else resume or start one."""
     rows_in = sum(len(raw[s]) for s in raw)
-    meta = read_json(root / "meta.json")
+    meta = read_json(root / MARKER_FILE)
     if meta and meta.get("complete"):
         return _finish(root, meta, src, rows_in, start, cached=True, out=target,
                        mapped_rows=0, map_seconds=0.0, reused=meta["shards_total"],
@@ -150,13 +150,13 @@ def _start(root: Path, src: Any, raw: Any, cfg: PrepareConfig) -> _Plan:
     shard_rows = cfg.shard_rows or 500
     bounds = {s: shard_plan(len(raw[s]), shard_rows) for s in raw}
     shard_names = {s: [f"{s}-{i:05d}" for i in range(len(p))] for s, p in bounds.items()}
-    meta = {"creator": "smt-autotune", "kind": "prepared", "source": src.spec,
+    meta = {"creator": CREATOR, "kind": "prepared", "source": src.spec,
             "source_kind": src.kind, "source_fingerprint": src.fingerprint,
             "params": cfg.output_params(), "created": datetime.now(timezone.utc).isoformat(),
             "shards": shard_names, "shards_total": sum(len(v) for v in shard_names.values()),
             "complete": False}
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "meta.json", meta)
+    atomic_write_json(root / MARKER_FILE, meta)
     todo = [(s, i) for s in bounds for i in range(len(bounds[s]))
             if not (root / "shards" / shard_names[s][i] / "done.json").is_file()]
     return _Plan(root, meta, bounds, todo)
@@ -281,7 +281,7 @@ def _finish(root: Path, meta: dict[str, Any], src: Any, rows_in: int, start: flo
         meta.update(complete=True, completed=datetime.now(timezone.utc).isoformat(),
                     rows_kept={s: len(dd[s]) for s in dd}, skipped=dict(skipped),
                     vocab_size=len(vocab))
-        atomic_write_json(root / "meta.json", meta)
+        atomic_write_json(root / MARKER_FILE, meta)
     out_str = _save_out(dd, vocab_path, out) if out is not None else None
     return PrepareResult(
         cache_dir=str(root), source=src.spec, rows_in=rows_in,

@@ -26,6 +26,7 @@ from autotune.outdir import check_out_dir, replace_dir
 from smt.data.kern_gen import PRESETS as GEN_PRESETS
 from smt.data.kern_gen import generate
 from smt.data.render import KINDS, quiet_datasets, render
+from smt.paths import MARKER_FILE
 from smt.tokenizer import normalize_kern
 
 SPLITS = ("train", "val", "test")
@@ -151,7 +152,7 @@ def build(out: str | os.PathLike[str], count: int = 100, kind: str = "system", s
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if meta is not None:
-            atomic_write_json(tmp_out / "meta.json", meta)
+            atomic_write_json(tmp_out / MARKER_FILE, meta)
     seconds = time.perf_counter() - start
     kept = sum(rows.values())
     return SynthResult(str(out_dir), rows, seconds, kept / seconds if seconds else 0.0, dict(failed))

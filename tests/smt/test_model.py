@@ -32,7 +32,7 @@ def test_paper_preset_has_the_reference_size() -> None:
     model = make("paper", vocab_size=181)
     n = model.num_params()
     assert n == count_params(model.config)
-    assert abs(n - 10.9e6) / 10.9e6 < 0.01, n          # DESIGN.md: ~10.9 M at vocab 181
+    assert abs(n - 10.9e6) / 10.9e6 < 0.01, n          # the published SMT: ~10.9 M at vocab 181
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
