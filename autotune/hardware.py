@@ -287,11 +287,14 @@ def _disk_free(cache_dir: str | os.PathLike[str] | None) -> int | None:
     return None if root is None else disk_free_bytes(root)
 
 
-def _shm_bytes(path: str) -> int | None:
+def shm_usage(path: str = SHM_PATH) -> tuple[int, int] | None:
+    """(total_bytes, used_bytes) of the shared-memory mount, None where there is none: the
+    inventory records its size, the resource monitor watches it fill."""
     try:
-        return int(shutil.disk_usage(path).total)
+        usage = shutil.disk_usage(path)
     except OSError:
         return None
+    return int(usage.total), int(usage.used)
 
 
 def fingerprint(info: HardwareInfo) -> str:
@@ -331,12 +334,13 @@ def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
               shm_path: str = SHM_PATH, nvml: Any = None) -> HardwareInfo:
     """Inventory this machine; every figure that cannot be read is None (GPUs: empty list)."""
     ram_total, ram_avail = ram_now(cgroup_root, proc_root)
+    shm = shm_usage(shm_path)
     info = HardwareInfo(
         cpu_count=os.cpu_count() or 1,
         usable_cpus=usable_cpus(cgroup_root, proc_root),
         ram_bytes=ram_total,
         ram_available_bytes=ram_avail,
-        shm_bytes=_shm_bytes(shm_path),
+        shm_bytes=shm[0] if shm else None,
         disk_free_bytes=_disk_free(cache_dir),
         gpus=gpu_inventory(nvml),
     )

@@ -9,7 +9,6 @@ a thread every few seconds it costs nothing measurable (bench/bench_monitor.py).
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,21 +16,13 @@ from typing import Any
 
 import psutil
 
-from autotune.hardware import SHM_PATH, nvml_close, nvml_devices, nvml_open, ram_now, visible_order
+from autotune.hardware import (nvml_close, nvml_devices, nvml_open, ram_now, shm_usage,
+                               visible_order)
 from autotune.measure import tree_rss_bytes
 from autotune.polling import PollingThread
 from autotune.monitor.records import GpuSample, ResourceSample
 
 log = logging.getLogger(__name__)
-
-
-def shm_usage(path: str = SHM_PATH) -> tuple[int, int] | None:
-    """(total_bytes, used_bytes) of the shared-memory mount, None where there is none."""
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError:
-        return None
-    return int(usage.total), int(usage.used)
 
 
 class GpuReader:
