@@ -93,6 +93,25 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
     return target
 
 
+def check_run_dir(out: PathLike, inputs: Iterable[PathLike | None] = (),
+                  flag: str = "--out") -> Path:
+    """A folder a command writes into over time and resumes (a training run): not a file, not
+    overlapping an input (checkpoints and plots inside an image folder would be read back
+    as data), and creatable. Nothing is replaced, so no marker is needed."""
+    target = Path(out).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{flag} {out}: is an existing file; pass a folder")
+    resolved = target.resolve()
+    for item in inputs:
+        if item is None or not Path(item).expanduser().exists():
+            continue
+        how = _overlap(resolved, Path(item).expanduser().resolve())
+        if how:
+            raise UserError(f"{flag} {out} {how} the input {item}: choose a folder outside it")
+    _writable_parent(target, flag)
+    return target
+
+
 def check_out_file(out: PathLike, flag: str = "--out") -> Path:
     """An output *file* (a profile): not a folder, and its folder writable, checked before any
     work. The write itself is `autotune.atomic` (a temporary file renamed into place)."""

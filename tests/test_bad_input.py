@@ -157,7 +157,23 @@ OUT_CASES = [
     ("smt.predict", ["--checkpoint", "c.ckpt", "x.png", "--out", "{file}"], "--out",
      "is an existing file"),
     ("smt.predict", ["--checkpoint", "c.ckpt", "x.png", "--out", "{ro}/k"], "--out", "cannot write"),
+    ("smt.train", ["--max-steps", "1", "--out", "{file}"], "--out", "is an existing file"),
+    ("smt.train", ["--max-steps", "1", "--out", "{ro}/run"], "--out", "cannot write"),
+    ("smt.train", ["--data", "{dir}", "--max-steps", "1", "--out", "{dir}/run"], "--out",
+     "lies inside the input"),
 ]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_a_gpu_only_strategy_on_cpu_is_one_line_before_the_data(
+        strategy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    missing = tmp_path / "no-such-data"        # the data would be an error too: it comes later
+    _one_line_error(capsys, "smt.train", ["--strategy", strategy, "--data", str(missing),
+                                          "--max-steps", "1", "--out", str(tmp_path / "run")],
+                    f"--strategy {strategy}", "CUDA")
 
 
 @pytest.mark.parametrize("cli, argv, flag, message", OUT_CASES,

@@ -131,7 +131,18 @@ def _apply_overrides(base: Settings, args: argparse.Namespace) -> Settings:
         raise UserError(f"{flag}: {text}" if flag else text) from None
     if settings.devices > 1 and settings.strategy == "auto" and args.strategy is None:
         settings = Settings.from_dict({**settings.to_dict(), "strategy": "ddp"})
+    _check_strategy(settings.strategy)
     return settings
+
+
+def _check_strategy(strategy: str) -> None:
+    """What Lightning would refuse with a traceback after the data is prepared: refuse now."""
+    import importlib.util
+    if strategy in ("fsdp", "deepspeed") and not _accelerator_present():
+        raise UserError(f"--strategy {strategy} needs a CUDA GPU and this machine has none; "
+                        "use --strategy auto (or ddp)")
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise UserError("--strategy deepspeed needs the deepspeed package (pip install deepspeed)")
 
 
 def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, Any]]:
@@ -143,6 +154,8 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
         if ck.last_checkpoint(out):
             raise UserError(f"--out {out} already holds a run (checkpoints/last.ckpt); "
                             "pass --resume to continue it or choose another --out")
+        from autotune.outdir import check_run_dir
+        check_run_dir(out, [args.data])           # a file, the data folder, read-only: now
         return out, None, {}
     out, resume_ckpt = ck.resolve_resume(args.resume, Path(args.out) if args.out else Path("runs"))
     # Fail before any data work if the checkpoint is unreadable or not weights-only.
