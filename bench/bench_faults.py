@@ -2,6 +2,7 @@
 run end where a clean run ends?
 
     python bench/bench_faults.py            # ~3-5 min on 2 cores, small sizes
+    python bench/bench_faults.py signals "concurrent prepare"    # only those rows
 
 Every row runs the real code path with a real fault: child processes killed with SIGKILL,
 the preparation's map stalled or swollen through SMT_PREPARE_FAULT, corrupt files on disk, a
@@ -333,6 +334,90 @@ def fault_training(work: Path) -> list[Row]:
     return rows
 
 
+def _stop_by_signal(data: Path, out: Path, sig: int, total: int, cache: Path) -> tuple[int, int, str]:
+    """Train `total` steps, send `sig` once the first periodic last.ckpt exists (Ctrl-C goes to
+    the whole process group, SIGTERM to the main process); (exit code, step saved, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(cache)}
+    argv = ["--data", str(data), *FAST, "--batch-size", "2", "--max-steps", str(total),
+            "--ckpt-every", "3", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "smt.train", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=600)
+    saved = int(_weights(ckpt)["global_step"]) if ckpt.is_file() else -1
+    return proc.returncode, saved, err
+
+
+def fault_signals(work: Path) -> list[Row]:
+    """SIGINT and SIGTERM mid-run: steps lost, and a bare --resume ends where a clean run does."""
+    from tiny_scores import tiny_dataset_dict
+    data = tiny_dataset_dict(work / "tiny-sig", n_train=2, n_val=1, n_test=1)
+    cache = work / "sig-cache"
+    total = 40
+    clean, clean_s = _train(data, work / "clean40", total, {}, cache)
+    rows = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        name = signal.Signals(sig).name
+        out = work / f"run-{name}"
+        t0 = time.perf_counter()
+        code, saved, err = _stop_by_signal(data, out, sig, total, cache)
+        stop_s = time.perf_counter() - t0
+        resumed, resume_s = _train(data, out, total, {}, cache,
+                                   extra=["--resume", "--out", str(out)])
+        ok = code == 128 + sig and saved > 0 and resumed.returncode == 0 and not clean.returncode
+        if not ok:
+            rows.append(Row(f"train: {name} mid-run, bare --resume", "NO", "-", "-", "-",
+                            (err or resumed.stderr)[-70:]))
+            continue
+        s = json.loads((out / "summary.json").read_text())
+        diff = _max_diff(work / "clean40" / "checkpoints" / "last.ckpt",
+                         out / "checkpoints" / "last.ckpt")
+        line = err.strip().splitlines()[-1]
+        rows.append(Row(f"train: {name} mid-run, bare --resume",
+                        _yes(s["steps"] == total and "--resume" in line), "at the step's end",
+                        f"0 steps (saved step {saved}); +{stop_s + resume_s - clean_s:.1f} s",
+                        _yes(diff < 1e-4) + f" (max |dw| {diff:.1e})",
+                        f"exit {code}, one line: {line[:60]}..."))
+    return rows
+
+
+def fault_concurrent_prepare(raw: Path, work: Path) -> Row:
+    """Two processes prepare the same data at once: the second waits, then reuses."""
+    cache = work / "conc-cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(cache),
+           "SMT_PREPARE_FAULT": "sleep_ms=150"}
+    cmd = [sys.executable, "-m", "smt.data", "prepare", "--data", str(raw), "--shard-rows", "8"]
+    t0 = time.perf_counter()
+    first = subprocess.Popen(cmd + ["--out", str(work / "conc-a")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list(cache.glob("prepared/*/meta.json")) and first.poll() is None:
+        time.sleep(0.05)
+    t1 = time.perf_counter()
+    second = subprocess.run(cmd + ["--out", str(work / "conc-b")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    wait_s = time.perf_counter() - t1
+    first.communicate(timeout=600)
+    import datasets
+    if first.returncode or second.returncode:
+        return Row("prepare: two processes, same data", "NO", "-", "-", "-",
+                   (second.stderr or "")[-70:])
+    same = _same_rows(datasets.load_from_disk(str(work / "conc-a")),
+                      datasets.load_from_disk(str(work / "conc-b")))
+    waited = "waiting for another preparation" in second.stderr
+    reused = "reusing cached preparation" in second.stdout
+    return Row("prepare: two processes, same data", _yes(waited and reused),
+               f"{wait_s:.1f} s waited", "0 rows (the second maps none)", _yes(same),
+               f"first took {time.perf_counter() - t0:.1f} s; the second printed one line, then reused")
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     from rich.console import Console
@@ -356,7 +441,11 @@ def main() -> int:
                  ("corrupt rows", lambda: [fault_corrupt_rows(raw, work)]),
                  ("profile write killed", lambda: [fault_profile_write_killed(work)]),
                  ("truncated profile", lambda: [fault_truncated_profile(work)]),
-                 ("training", lambda: fault_training(work))]
+                 ("training", lambda: fault_training(work)),
+                 ("concurrent prepare", lambda: [fault_concurrent_prepare(raw, work)]),
+                 ("signals", lambda: fault_signals(work))]
+        only = set(sys.argv[1:])            # e.g. `signals "concurrent prepare"`: those only
+        steps = [(n, f) for n, f in steps if not only or n in only]
         for name, step in steps:
             console.print(f"[dim]running: {name}...[/]")
             t0 = time.perf_counter()
