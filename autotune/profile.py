@@ -145,6 +145,10 @@ def _check_shape(data: Any, where: str) -> None:
         lacking = [k for k in _REQUIRED_GPU if not isinstance(gpu, dict) or k not in gpu]
         if lacking:
             raise ProfileError(f"{where}: missing key 'hardware.gpus[{i}].{lacking[0]}'")
+        memory = gpu["memory_bytes"]
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+            raise ProfileError(f"{where}: key 'hardware.gpus[{i}].memory_bytes' must be a "
+                               f"positive integer, got {memory!r}")
     for key in ("cpu_count", "ram_bytes"):
         if isinstance(hw[key], bool) or not isinstance(hw[key], int) or hw[key] < 1:
             raise ProfileError(f"{where}: key 'hardware.{key}' must be a positive integer")
@@ -171,6 +175,8 @@ def parse_json_file(path: str | os.PathLike[str], what: str = "profile") -> Any:
         raise ProfileError(f"{p}: {what} file is empty (0 bytes of JSON)")
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ProfileError(f"{p}: {what} is nested too deeply to be a {what}") from None
     except json.JSONDecodeError as exc:
         # EOF inside a string or where a value/closer was expected: the file was cut short.
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):

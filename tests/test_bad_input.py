@@ -211,6 +211,12 @@ def _write_profile(tmp: Path, kind: str) -> Path:
         path.write_text(json.dumps({**_valid_profile(), "schema": 99}))
     elif kind == "empty":
         path.write_text("")
+    elif kind == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "gpu-memory":
+        data = _valid_profile()
+        data["hardware"]["gpus"] = [{"name": "T4", "memory_bytes": "lots", "capability": [7, 5]}]
+        path.write_text(json.dumps(data))
     elif kind == "bad-setting":
         data = _valid_profile()
         data["settings"]["batch_size"] = -2
@@ -219,7 +225,9 @@ def _write_profile(tmp: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind, message", [("truncated", "truncated"), ("future", "schema"),
-                                           ("empty", "empty"), ("bad-setting", "batch_size")])
+                                           ("empty", "empty"), ("bad-setting", "batch_size"),
+                                           ("deep", "nested too deeply"),
+                                           ("gpu-memory", "gpus[0].memory_bytes")])
 @pytest.mark.parametrize("cli", ["smt.train", "autotune-show", "autotune-search"])
 def test_a_broken_profile_stops_every_cli_in_one_line(cli: str, kind: str, message: str,
                                                       tmp_path: Path,
