@@ -513,3 +513,20 @@ def test_predict_on_a_decompression_bomb_is_one_line(tmp_path: Path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # 4096 px > 2x the limit
     _one_line_error(capsys, "smt.predict", ["--checkpoint", str(trained_run()), str(image)],
                     str(image), "decompression bomb")
+
+
+def test_convert_out_over_its_source_is_refused_and_the_source_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13 item 1 for smt.convert: our config.json must not replace the source's."""
+    from reference_fixture import write_reference_folder
+    from smt.convert.__main__ import main as convert_main
+    src = tmp_path / "ref"
+    write_reference_folder(src)
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    for out in (src, src / "converted"):
+        capsys.readouterr()
+        code = run_cli(convert_main, [str(src), "--out", str(out), "--dataset", "grandstaff"],
+                       prog="smt.convert")
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "--out" in err, err
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before

@@ -27,7 +27,8 @@ def build_parser() -> UserErrorParser:
     p.add_argument("--positional", choices=("reference", "ours"), default="reference",
                    help="positional tables to build the model with (default: the reference's, "
                         "which its weights need)")
-    p.add_argument("--force", action="store_true", help="overwrite DIR/model.ckpt")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace DIR (an earlier conversion, or a folder smt.convert did not write)")
     p.add_argument("--debug", action="store_true")
     return p
 

@@ -9,12 +9,14 @@ from typing import Any
 import torch
 
 from autotune.atomic import atomic_write_json
+from autotune.outdir import check_out_dir, replace_dir
 from autotune.errors import UserError
 from smt.convert.conventions import DATASETS, ImageConvention, ReferenceDataset, dataset_of
 from smt.convert.keys import check_complete, decoder_layers, detect_layout, encoder_shape, map_keys, strip_prefix
 from smt.convert.source import ReferenceConfig, load_weights, read_config, resolve
 
 CHECKPOINT_NAME = "model.ckpt"
+CONVERT_COMMAND = "smt.convert"             # the --out marker's command (autotune.outdir)
 REFERENCE_NAME = "reference.json"
 SMTPP_HEADS = 4          # SMT-plusplus builds every attention with 4 heads, whatever its config says
 
@@ -85,6 +87,10 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     target = out_dir / CHECKPOINT_NAME
     if target.exists() and not force:
         raise UserError(f"{target} exists; pass --force to overwrite it")
+    # The output never overlaps a local source (its config.json would be replaced by ours) and
+    # is written through a temporary sibling (autotune.outdir): checked now, before any work.
+    inputs = [src] if Path(src).expanduser().exists() else []
+    check_out_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=force)
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(FORMATS)}")
     ds = pick_dataset(src, dataset)
@@ -102,14 +108,14 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     vocab = Vocab(ref.tokens, fmt=fmt or ds.fmt, given_ids=True)
     convention = ds.convention(reduce_ratio)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(out_dir / ck.CONFIG_NAME)
-    vocab.save(out_dir / ck.VOCAB_NAME)
-    ck.AtomicCheckpointIO().save_checkpoint(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 0},
-        target)
-    write_reference(out_dir, src=src, commit=commit, layout=layout, ds=ds, fmt=vocab.fmt,
-                    convention=convention, ref=ref, dropped=mapped.dropped)
+    with replace_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=True) as tmp:
+        config.save(tmp / ck.CONFIG_NAME)
+        vocab.save(tmp / ck.VOCAB_NAME)
+        ck.AtomicCheckpointIO().save_checkpoint(
+            {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+             "global_step": 0}, tmp / CHECKPOINT_NAME)
+        write_reference(tmp, src=src, commit=commit, layout=layout, ds=ds, fmt=vocab.fmt,
+                        convention=convention, ref=ref, dropped=mapped.dropped)
     return Conversion(out_dir, target, layout, ds.name, model.num_params(), mapped.dropped)
 
 
