@@ -3,8 +3,9 @@ stops reading: the measurement behind `autotune.staff.DEFAULT_STAFF_SPACE_PX`.
 
     python bench/bench_staff.py [--rows 100]
 
-1. The embedded default dataset: staff space and line thickness (run-length modes) over an
-   even sample of `--rows` training images, with the spread of the per-image values.
+1. The embedded default dataset: staff space and line thickness (run-length modes per image,
+   their median) over an even sample of `--rows` training images, with the spread of the
+   per-image values.
 2. verovio at scale 100 (its default; GrandStaff is verovio-rendered): the staff
    space at full resolution, and at the reference's reduce ratio 0.5.
 3. One scale-100 render reduced with the preparation's own resize (cv2 INTER_AREA) down a
@@ -64,7 +65,8 @@ def main() -> int:
     per = [measure_staff([i]).staff_space_px or 0.0 for i in imgs]
     p = np.percentile(per, [0, 10, 50, 90, 100])
     t = Table(title=f"embedded default dataset: {m.images} training images")
-    for col in ("staff space (mode)", "line thickness", "per image min/p10/median/p90/max",
+    for col in ("staff space (median of images)", "line thickness",
+                "per image min/p10/median/p90/max",
                 f"ratio for {DEFAULT_STAFF_SPACE_PX:g} px", "seconds"):
         t.add_column(col, justify="right")
     t.add_row(f"{m.staff_space_px:.2f}", f"{m.line_thickness_px:.2f}",
