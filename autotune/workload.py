@@ -156,8 +156,9 @@ class Workload(Protocol):
     def largest_shape(self, reduce_ratio: float) -> ModelShape:
         """The largest image (after reduction) and longest target sequence the data gives."""
 
-    def typical_shape(self, reduce_ratio: float) -> ModelShape:
-        """The median image (each side on its own, after reduction) and median target length."""
+    def typical_shape(self, reduce_ratio: float, quantile: float = 0.5) -> ModelShape:
+        """The image (each side on its own, after reduction) and target length at `quantile`
+        of the data's distribution (default the median)."""
 
     def build_model(self, shape: ModelShape) -> Any:
         """A fresh `torch.nn.Module` able to take inputs of `shape` (on CPU; the probe moves it)."""

@@ -73,6 +73,17 @@ class Extent:
             return self.max_height_px, self.max_width_px, self.max_seq_len_tokens
         return tuple(int(statistics.median_low(col)) for col in zip(*self.sizes))  # type: ignore[return-value]
 
+    def quantile_size(self, q: float) -> tuple[int, int, int]:
+        """Height, width and token count (each on its own) at quantile `q` of the scanned
+        rows (0.5: the median; 1.0: the maximum)."""
+        if not self.sizes:
+            return self.max_height_px, self.max_width_px, self.max_seq_len_tokens
+        out = []
+        for col in zip(*self.sizes):
+            ordered = sorted(col)
+            out.append(int(ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]))
+        return out[0], out[1], out[2]
+
 
 def _rows_of(split: Any, step: int) -> Iterator[tuple[Any, Any]]:
     """(image value, transcription) of every `step`-th row, images left undecoded."""

@@ -119,10 +119,12 @@ class SMTWorkload:
         return ModelShape(reduced(ext.max_height_px, reduce_ratio),
                           reduced(ext.max_width_px, reduce_ratio), ext.max_seq_len_tokens)
 
-    def typical_shape(self, reduce_ratio: float) -> ModelShape:
-        """The median image (each side on its own) and median target length of the scan."""
+    def typical_shape(self, reduce_ratio: float, quantile: float = 0.5) -> ModelShape:
+        """The image (each side on its own) and target length at `quantile` of the scan
+        (default the median)."""
         from smt.builder import reduced
-        h, w, t = self.extent().median_size()
+        ext = self.extent()
+        h, w, t = ext.median_size() if quantile == 0.5 else ext.quantile_size(quantile)
         return ModelShape(reduced(h, reduce_ratio), reduced(w, reduce_ratio), t)
 
     # -- the map ----------------------------------------------------------------------------

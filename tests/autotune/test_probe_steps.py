@@ -83,3 +83,12 @@ def test_thread_candidates_cover_one_to_the_usable_cpus():
     assert thread_candidates(2) == (1, 2)
     assert thread_candidates(1.5) == (1,)
     assert thread_candidates(32)[0] == 1 and thread_candidates(32)[-1] == 32
+
+
+def test_speed_is_timed_on_rows_padded_like_a_training_batch_of_that_size():
+    from autotune.probes.step import pad_quantile, typical_batch
+    work = FakeWorkload(rows=8, height=64, width=256)
+    one, many = typical_batch(work, 1, 1.0), typical_batch(work, 16, 1.0)
+    assert pad_quantile(1) == 0.5 and pad_quantile(16) > 0.9
+    assert one.shape[0] == 1 and many.shape[0] == 16
+    assert many.shape[-1] > one.shape[-1]       # a bigger batch pads to a longer row

@@ -98,9 +98,10 @@ class FakeWorkload:
         return ModelShape(max(16, int(self.height * reduce_ratio)),
                           max(16, int(self.width * reduce_ratio)), 8)
 
-    def typical_shape(self, reduce_ratio: float) -> ModelShape:
+    def typical_shape(self, reduce_ratio: float, quantile: float = 0.5) -> ModelShape:
         shape = self.largest_shape(reduce_ratio)
-        return ModelShape(max(16, shape.height // 2), max(16, shape.width // 2), 8)
+        f = 0.5 + 0.5 * max(0.0, quantile - 0.5) / 0.5      # median half size .. max full size
+        return ModelShape(max(16, int(shape.height * f)), max(16, int(shape.width * f)), 8)
 
     def build_model(self, shape: ModelShape) -> Any:
         import torch
