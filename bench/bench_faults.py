@@ -381,11 +381,15 @@ def fault_signals(work: Path) -> list[Row]:
         diff = _max_diff(work / "clean40" / "checkpoints" / "last.ckpt",
                          out / "checkpoints" / "last.ckpt")
         line = err.strip().splitlines()[-1]
+        import re
+        at = re.search(r"at step (\d+)", line)
+        lost = f"{int(at.group(1)) - saved} steps" if at else "?"
         rows.append(Row(f"train: {name} mid-run, bare --resume",
                         _yes(s["steps"] == total and "--resume" in line), "at the step's end",
-                        f"0 steps (saved step {saved}); +{stop_s + resume_s - clean_s:.1f} s",
+                        f"{lost} (stopped and saved at {saved}); "
+                        f"+{stop_s + resume_s - clean_s:.1f} s",
                         _yes(diff < 1e-4) + f" (max |dw| {diff:.1e})",
-                        f"exit {code}, one line: {line[:60]}..."))
+                        f"exit {code}; one line: {line.split(': error: ')[-1][:48]}..."))
     return rows
 
 

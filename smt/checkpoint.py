@@ -78,6 +78,33 @@ def find_metadata(ckpt_path: str | os.PathLike[str], name: str) -> Path:
                     f"(looked in {p.parent} and {run_dir_of(p)})")
 
 
+def check_matches_run(ckpt: dict[str, Any], ckpt_path: Path) -> None:
+    """A checkpoint resumed with its run folder's config.json and vocab.json must be of that
+    model: checked on the parameter shapes (a model built on the meta device, no memory)
+    before any data work, instead of failing inside the fit."""
+    from smt.config import SMTConfig
+    from smt.model import SMTModel
+    from smt.tokenizer import Vocab
+    config_path = find_metadata(ckpt_path, CONFIG_NAME)
+    vocab_path = find_metadata(ckpt_path, VOCAB_NAME)
+    try:
+        config = SMTConfig.load(config_path)
+        vocab = Vocab.load(vocab_path)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"cannot rebuild the resumed model: {exc}") from None
+    if len(vocab) != config.vocab_size:
+        raise UserError(f"{vocab_path} has {len(vocab)} tokens but {config_path} says "
+                        f"vocab_size {config.vocab_size}: they are from different runs")
+    with torch.device("meta"):
+        expected = {f"model.{k}": tuple(v.shape) for k, v in SMTModel(config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    for key, shape in expected.items():
+        if got.get(key) != shape:
+            found = "is missing" if key not in got else f"has shape {list(got[key])}"
+            raise UserError(f"{ckpt_path} is not a checkpoint of the model in {config_path}: "
+                            f"{key} {found}, expected {list(shape)}")
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

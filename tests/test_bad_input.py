@@ -530,3 +530,28 @@ def test_convert_out_over_its_source_is_refused_and_the_source_kept(
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and "--out" in err, err
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("change", ["vocabulary", "config"])
+def test_resuming_a_checkpoint_of_another_model_is_one_line_before_the_data(
+        change: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tiny_scores import trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained_run(), run)
+    if change == "vocabulary":
+        vocab = json.loads((run / "vocab.json").read_text())
+        vocab["tokens"] = vocab["tokens"][:-3]
+        (run / "vocab.json").write_text(json.dumps(vocab))
+    else:
+        config = json.loads((run / "config.json").read_text())
+        config["d_model"], config["ff_dim"] = config["d_model"] * 2, config["ff_dim"] * 2
+        config["encoder_widths"][-1] = config["d_model"]
+        (run / "config.json").write_text(json.dumps(config))
+    record = json.loads((run / "run.json").read_text())
+    record["data"] = str(tmp_path / "no-such-data")         # data work would fail differently
+    (run / "run.json").write_text(json.dumps(record))
+    err = _one_line_error(capsys, "smt.train", ["--resume", str(run), "--max-steps", "500"])
+    assert "no-such-data" not in err
+    assert ("vocab" in err) if change == "vocabulary" else ("config.json" in err)

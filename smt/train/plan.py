@@ -159,7 +159,9 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
         return out, None, {}
     out, resume_ckpt = ck.resolve_resume(args.resume, Path(args.out) if args.out else Path("runs"))
     # Fail before any data work if the checkpoint is unreadable or not weights-only.
-    step = ck.load_checkpoint(resume_ckpt).get("global_step")
+    ckpt = ck.load_checkpoint(resume_ckpt)
+    ck.check_matches_run(ckpt, resume_ckpt)         # another run's model or vocabulary: now
+    step = ckpt.get("global_step")
     if is_rank_zero():
         print(f"[{PROG}] resuming {out} from {resume_ckpt.name} at step {step}", flush=True)
     previous = ck.read_json(out / ck.RUN_NAME) if (out / ck.RUN_NAME).is_file() else {}

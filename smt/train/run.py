@@ -84,7 +84,7 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
             if not request.signum:
                 raise
     if request.signum:
-        raise stop.Stopped(request.signum, plan.out)
+        raise stop.Stopped(request.signum, plan.out, trainer.global_step)
     if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
             and not trainer.interrupted:
         # The run stopped between validations (max_time, max_steps): one last look, which

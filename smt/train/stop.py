@@ -45,12 +45,12 @@ class StopRequest:
 class Stopped(UserError):
     """A run stopped by a signal: one line and exit 128 + signal number."""
 
-    def __init__(self, signum: int, out: Path) -> None:
+    def __init__(self, signum: int, out: Path, step: int) -> None:
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         ckpt = out / "checkpoints" / LAST_NAME
         if ckpt.is_file():
-            message = (f"stopped by {name}; {ckpt} is saved: resume with "
+            message = (f"stopped by {name} at step {step}; {ckpt} is saved: resume with "
                        f"python -m smt.train --resume {out}")
         else:       # before the first step ended: there is nothing to continue
             message = f"stopped by {name} before the first training step; nothing was saved"
