@@ -387,7 +387,7 @@ def fault_signals(work: Path) -> list[Row]:
         rows.append(Row(f"train: {name} mid-run, bare --resume",
                         _yes(s["steps"] == total and "--resume" in line), "at the step's end",
                         f"{lost} (stopped and saved at {saved}); "
-                        f"+{stop_s + resume_s - clean_s:.1f} s",
+                        f"{stop_s + resume_s - clean_s:+.1f} s",
                         _yes(diff < 1e-4) + f" (max |dw| {diff:.1e})",
                         f"exit {code}; one line: {line.split(': error: ')[-1][:48]}..."))
     return rows
