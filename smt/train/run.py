@@ -39,6 +39,14 @@ def _module(plan: RunPlan, config: Any, data: RunData) -> SMTModule:
     return SMTModule(config, data.vocab, plan.fmt, hp)
 
 
+def _weights_only(trainer: Any) -> dict[str, bool]:
+    """`weights_only=True` where `Trainer.fit` takes it (Lightning 2.6+). Older releases load
+    the checkpoint their own way; plan_run has already read it with torch.load(weights_only=
+    True), so a checkpoint that would run code is refused before either load."""
+    import inspect
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+
+
 def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     """Run (or continue) a training run; returns the summary written to OUT/summary.json."""
     configure_torch(plan.settings.num_threads)
@@ -79,7 +87,7 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
         try:
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                         ckpt_path=str(plan.resume_ckpt) if plan.resume_ckpt else None,
-                        weights_only=True)
+                        **_weights_only(trainer))
         except SystemExit:              # Lightning's own SIGTERM exit, after our save
             if not request.signum:
                 raise
