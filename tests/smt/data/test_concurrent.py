@@ -78,3 +78,22 @@ def test_two_processes_building_the_default_dataset_both_succeed(tmp_path: Path)
     assert len(paths) == 1
     dd = datasets.load_from_disk(paths.pop())
     assert {k: len(v) for k, v in dd.items()} == {"train": 40, "val": 4, "test": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_ddp_ranks_starting_together_prepare_once(synth_raw_dir: Path, tmp_path: Path) -> None:
+    """torchrun starts every rank at once and each prepares: one maps, the other waits and
+    reuses (before the lock, one removed the other's shards)."""
+    cache = tmp_path / "cache"
+    env = _env(cache, SMT_PREPARE_FAULT="sleep_ms=100")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
+           "2", "--master-addr", "127.0.0.1", "--master-port", "29517", "-m", "smt.train",
+           "--data", str(synth_raw_dir), "--preset", "debug", "--devices", "2", "--strategy",
+           "ddp", "--num-workers", "0", "--precision", "32-true", "--batch-size", "2",
+           "--max-steps", "1", "--patience", "0", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=560,
+                          cwd=str(Path(__file__).resolve().parents[3]))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert len(list(cache.glob("prepared/*/meta.json"))) == 1
+    assert (tmp_path / "run" / "summary.json").is_file()
