@@ -82,6 +82,12 @@ class SMTWorkload:
         dd = self.source.dataset
         return sum(len(dd[s]) for s in dd)
 
+    def _row_max_tokens(self) -> int:
+        """The bound training's preparation holds rows to (`smt.data.limits`): the probe must
+        not size the model for a row that training skips."""
+        from smt.data.records import DEFAULT_MAX_TOKENS
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
+
     # -- the worst case the data gives ------------------------------------------------------
     def extent(self) -> Any:
         """`smt.builder.Extent` of the source: largest image (each side), longest token
@@ -89,7 +95,7 @@ class SMTWorkload:
         past SCAN_ROWS); rows the preparation would skip are skipped."""
         if self._extent is None:
             from smt.builder import scan_extent
-            ext = scan_extent(self.source.dataset, self.fmt, max_tokens=self.max_tokens,
+            ext = scan_extent(self.source.dataset, self.fmt, max_tokens=self._row_max_tokens(),
                               max_rows=SCAN_ROWS)
             if ext.rows == 0:
                 from autotune.errors import UserError
@@ -139,7 +145,9 @@ class SMTWorkload:
 
     def map_spec(self, reduce_ratio: float) -> MapSpec:
         from smt.data.prepare import map_spec
-        return map_spec(reduce_ratio, self.fmt, self.max_tokens)
+        from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS
+        return map_spec(reduce_ratio, self.fmt, self._row_max_tokens(),
+                        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
 
     # -- the model --------------------------------------------------------------------------
     def config(self, shape: ModelShape | None = None) -> Any:

@@ -78,3 +78,11 @@ def test_the_default_bounds_are_what_the_reference_model_derives() -> None:
     assert (cfg.max_tokens, cfg.max_image_pixels) == (DEFAULT_MAX_TOKENS, DEFAULT_MAX_IMAGE_PIXELS)
     # A smaller memory budget lowers the token bound (one sample must fit at batch 1).
     assert row_limits(memory_budget_bytes=3 * 2**30).max_tokens < DEFAULT_MAX_TOKENS
+
+
+def test_the_probe_does_not_size_the_model_for_a_row_training_skips(
+        synth_raw_dir: Path, tmp_path: Path) -> None:
+    from smt.workload import SMTWorkload
+    folder = _folder(synth_raw_dir, tmp_path)
+    extent = SMTWorkload(data=str(folder), preset="debug").extent()
+    assert extent.max_seq_len_tokens <= DEFAULT_MAX_TOKENS
