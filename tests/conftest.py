@@ -7,6 +7,22 @@ from smt.paths import ENV_CACHE
 
 
 @pytest.fixture(autouse=True)
+def _one_os_environ():
+    """datasets' `map(num_proc>1)` replaces `os.environ` with a deep copy (datasets 5.2,
+    arrow_dataset.py): code holding the original (a default argument, rich's Console) then
+    reads stale values and a later test's monkeypatch.setenv misses it. Put the original back,
+    with the copy's contents, after each test."""
+    import os
+    env = os.environ
+    yield
+    if os.environ is not env:
+        current = dict(os.environ)
+        env.clear()
+        env.update(current)
+        os.environ = env
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv(ENV_CACHE, str(root))
