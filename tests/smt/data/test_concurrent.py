@@ -85,10 +85,15 @@ def test_two_processes_building_the_default_dataset_both_succeed(tmp_path: Path)
 def test_two_ddp_ranks_starting_together_prepare_once(synth_raw_dir: Path, tmp_path: Path) -> None:
     """torchrun starts every rank at once and each prepares: one maps, the other waits and
     reuses (before the lock, one removed the other's shards)."""
+    import socket
     cache = tmp_path / "cache"
     env = _env(cache, SMT_PREPARE_FAULT="sleep_ms=100")
+    env.pop("SMT_RUN_DIR", None)            # an earlier in-process run's folder: not this run's
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
-           "2", "--master-addr", "127.0.0.1", "--master-port", "29517", "-m", "smt.train",
+           "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "smt.train",
            "--data", str(synth_raw_dir), "--preset", "debug", "--devices", "2", "--strategy",
            "ddp", "--num-workers", "0", "--precision", "32-true", "--batch-size", "2",
            "--max-steps", "1", "--patience", "0", "--out", str(tmp_path / "run")]
