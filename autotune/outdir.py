@@ -53,6 +53,18 @@ def _overlap(out: Path, item: Path) -> str:
     return ""
 
 
+def _first_overlap(target: Path, inputs: Iterable[PathLike | None]) -> tuple[str, PathLike] | None:
+    """(how, input) for the first existing input that `target` is, contains or lies inside."""
+    resolved = target.resolve()
+    for item in inputs:
+        if item is None or not Path(item).expanduser().exists():
+            continue
+        how = _overlap(resolved, Path(item).expanduser().resolve())
+        if how:
+            return how, item
+    return None
+
+
 def _writable_parent(target: Path, flag: str) -> None:
     """Create the parent if needed and prove we can make a folder in it (the real test: as
     root, permission bits say yes on a read-only mount)."""
@@ -76,14 +88,10 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
         raise UserError(f"{flag} {out}: is a symbolic link; pass a real folder")
     if target.exists() and not target.is_dir():
         raise UserError(f"{flag} {out}: is an existing file; pass a folder")
-    resolved = target.resolve()
-    for item in inputs:
-        if item is None or not Path(item).expanduser().exists():
-            continue
-        how = _overlap(resolved, Path(item).expanduser().resolve())
-        if how:
-            raise UserError(f"{flag} {out} {how} the input {item}; writing there would replace "
-                            f"it: choose a folder outside the input")
+    clash = _first_overlap(target, inputs)
+    if clash:
+        raise UserError(f"{flag} {out} {clash[0]} the input {clash[1]}; writing there would "
+                        f"replace it: choose a folder outside the input")
     if target.is_dir() and any(target.iterdir()):
         marker = read_out_marker(target)
         if not overwrite and (marker is None or marker.get("command") != command):
@@ -101,13 +109,9 @@ def check_run_dir(out: PathLike, inputs: Iterable[PathLike | None] = (),
     target = Path(out).expanduser()
     if target.exists() and not target.is_dir():
         raise UserError(f"{flag} {out}: is an existing file; pass a folder")
-    resolved = target.resolve()
-    for item in inputs:
-        if item is None or not Path(item).expanduser().exists():
-            continue
-        how = _overlap(resolved, Path(item).expanduser().resolve())
-        if how:
-            raise UserError(f"{flag} {out} {how} the input {item}: choose a folder outside it")
+    clash = _first_overlap(target, inputs)
+    if clash:
+        raise UserError(f"{flag} {out} {clash[0]} the input {clash[1]}: choose a folder outside it")
     _writable_parent(target, flag)
     return target
 

@@ -32,6 +32,26 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     yield root
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be created in. As root, permission bits do not stop a write, so
+    there a read-only kernel filesystem (/sys) serves; skipped where neither is available."""
+    import os
+    import shutil
+    from pathlib import Path
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    try:
+        (Path("/sys") / "smt-autotune-probe").mkdir()
+    except OSError:
+        return Path("/sys") / "smt-autotune-probe"
+    shutil.rmtree("/sys/smt-autotune-probe", ignore_errors=True)
+    pytest.skip("no read-only folder available")
+
+
 # -- shared data fixtures (owned by the data layer; cheap: ~24 rendered systems per session) --
 
 SYNTH_COUNTS = {"train": 16, "val": 4, "test": 4}

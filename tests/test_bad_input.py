@@ -128,20 +128,6 @@ def test_debug_shows_the_traceback_of_a_flag_error(cli: str, argv: list[str],
 
 
 # ------------------------------------------------------------------ output paths (issue 13 item 8)
-def _read_only(tmp: Path) -> Path:
-    """A folder nothing can be created in; as root, permission bits do not stop a write, so
-    use a read-only kernel filesystem there."""
-    if os.geteuid() != 0:
-        ro = tmp / "ro"
-        ro.mkdir()
-        ro.chmod(0o555)
-        return ro
-    try:
-        (Path("/sys") / "smt-autotune-probe").mkdir()
-    except OSError:
-        return Path("/sys") / "smt-autotune-probe"
-    shutil.rmtree("/sys/smt-autotune-probe", ignore_errors=True)
-    pytest.skip("no read-only folder available")
 
 
 OUT_CASES = [
@@ -181,7 +167,7 @@ def test_a_gpu_only_strategy_on_cpu_is_one_line_before_the_data(
 @pytest.mark.timeout(60)
 def test_an_unusable_output_path_is_one_line_before_any_work(
         cli: str, argv: list[str], flag: str, message: str, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest) -> None:
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("keep me")
     spec = tmp_path / "spec.json"
@@ -189,7 +175,7 @@ def test_an_unusable_output_path_is_one_line_before_any_work(
     values = {"dir": tmp_path / "dir", "file": tmp_path / "file", "spec": spec,
               "profile": REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json"}
     if any("{ro}" in a for a in argv):
-        values["ro"] = _read_only(tmp_path)
+        values["ro"] = request.getfixturevalue("read_only_dir")
     argv = [a.format(**values) for a in argv]
     _one_line_error(capsys, cli, argv, flag, message)
     assert (tmp_path / "file").read_text() == "keep me"
