@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,47 +108,43 @@ def fault_prepare_sigkill(raw: Path, work: Path) -> Row:
                "in the killed run only")
 
 
-def fault_prepare_stall(raw: Path, work: Path) -> Row:
-    clean, clean_s = prepare_clean(raw, work)
+def _watchdog_row(raw: Path, work: Path, label: str, fault: str, reason: str,
+                  cfg: Callable[[], dict[str, Any]], detail: Callable[[Any], str]) -> Row:
+    """Prepare with `fault` armed; the row says whether the watchdog acted for `reason`, how
+    far into the shard, the time lost against a clean run, and whether the rows came out the
+    same after the lighter retry. `cfg` is read after the clean run (a budget follows the RSS
+    that run leaves)."""
     from smt.data.prepare import PrepareConfig, prepare
-    _cache(work / "stall")
-    os.environ["SMT_PREPARE_FAULT"] = "stall_after=2;above_wbs=50"
+    clean, clean_s = prepare_clean(raw, work)
+    _cache(work / reason)
+    os.environ["SMT_PREPARE_FAULT"] = fault
     try:
         t0 = time.perf_counter()
-        res = prepare(raw, PrepareConfig(writer_batch_size=100, stall_timeout_s=3.0), quiet=True)
+        res = prepare(raw, PrepareConfig(writer_batch_size=100, **cfg()), quiet=True)
         took = time.perf_counter() - t0
     finally:
         del os.environ["SMT_PREPARE_FAULT"]
-    stalls = [a for a in res.actions if a.reason == "stall"]
-    a = stalls[0] if stalls else None
-    return Row("prepare: map hangs after 2 rows", _yes(bool(stalls)),
-               f"{a.seconds_into_shard:.1f}" if a else "-", f"+{took - clean_s:.1f} s",
-               _yes(_same_rows(res.dataset, clean.dataset)),
-               (f"stall timeout 3 s; writer_batch_size {a.writer_batch_size_before}->"
+    acted = [a for a in res.actions if a.reason == reason]
+    a = acted[0] if acted else None
+    return Row(label, _yes(bool(acted)), f"{a.seconds_into_shard:.1f}" if a else "-",
+               f"+{took - clean_s:.1f} s", _yes(_same_rows(res.dataset, clean.dataset)),
+               (f"{detail(a)}; writer_batch_size {a.writer_batch_size_before}->"
                 f"{a.writer_batch_size_after}" if a else ""))
+
+
+def fault_prepare_stall(raw: Path, work: Path) -> Row:
+    return _watchdog_row(raw, work, "prepare: map hangs after 2 rows",
+                         "stall_after=2;above_wbs=50", "stall", lambda: {"stall_timeout_s": 3.0},
+                         lambda a: "stall timeout 3 s")
 
 
 def fault_prepare_ram(raw: Path, work: Path) -> Row:
     from autotune.measure import tree_rss_bytes
-    from smt.data.prepare import PrepareConfig, prepare
-    clean, clean_s = prepare_clean(raw, work)
-    _cache(work / "ram")
-    os.environ["SMT_PREPARE_FAULT"] = "ram_mb=1200;sleep_ms=300;above_wbs=50"
-    budget = tree_rss_bytes() + 2**30
-    try:
-        t0 = time.perf_counter()
-        res = prepare(raw, PrepareConfig(writer_batch_size=100, ram_budget_bytes=budget,
-                                         stall_timeout_s=60), quiet=True)
-        took = time.perf_counter() - t0
-    finally:
-        del os.environ["SMT_PREPARE_FAULT"]
-    rams = [a for a in res.actions if a.reason == "ram"]
-    a = rams[0] if rams else None
-    return Row("prepare: worker takes +1.2 GB (budget +1 GiB)", _yes(bool(rams)),
-               f"{a.seconds_into_shard:.1f}" if a else "-", f"+{took - clean_s:.1f} s",
-               _yes(_same_rows(res.dataset, clean.dataset)),
-               (f"{a.detail}; writer_batch_size {a.writer_batch_size_before}->"
-                f"{a.writer_batch_size_after}" if a else ""))
+    return _watchdog_row(raw, work, "prepare: worker takes +1.2 GB (budget +1 GiB)",
+                         "ram_mb=1200;sleep_ms=300;above_wbs=50", "ram",
+                         lambda: {"ram_budget_bytes": tree_rss_bytes() + 2**30,
+                                 "stall_timeout_s": 60},
+                         lambda a: a.detail)
 
 
 def fault_corrupt_rows(raw: Path, work: Path) -> Row:
