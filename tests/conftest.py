@@ -11,15 +11,17 @@ def _one_os_environ():
     """datasets' `map(num_proc>1)` replaces `os.environ` with a deep copy (datasets 5.2,
     arrow_dataset.py): code holding the original (a default argument, rich's Console) then
     reads stale values and a later test's monkeypatch.setenv misses it. Put the original back,
-    with the copy's contents, after each test."""
+    after each test, with the contents it had before the test: an in-process run that set a
+    variable for its own child processes (SMT_RUN_DIR, the DDP socket interface) must not
+    reach the next test's subprocesses."""
     import os
     env = os.environ
+    before = dict(env)
     yield
-    if os.environ is not env:
-        current = dict(os.environ)
+    os.environ = env
+    if dict(env) != before:
         env.clear()
-        env.update(current)
-        os.environ = env
+        env.update(before)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Sequence
 
@@ -136,6 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from smt.train.plan import plan_run
     from smt.train.run import train   # torch and Lightning: only once the flags are good
 
-    plan = plan_run(args)
-    train(plan, wandb=args.wandb)
+    from smt.distributed import SOCKET_IFNAME_VARS
+    from smt.train.plan import ENV_RUN_DIR
+
+    # A run sets these for its own DDP ranks (the run folder, the socket interface). Put them
+    # back when it ends, so a second run in the same process (a notebook, a test) does not
+    # inherit them: as a non-zero rank it would read the first run's run.json.
+    saved = {var: os.environ.get(var) for var in (ENV_RUN_DIR, *SOCKET_IFNAME_VARS)}
+    try:
+        plan = plan_run(args)
+        train(plan, wandb=args.wandb)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
     return 0
