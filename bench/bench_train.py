@@ -20,7 +20,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smt.model.measure import measure_in_subprocess  # noqa: E402
+from smt.measure_step import measure_in_subprocess  # noqa: E402
 
 MIB = 2 ** 20
 

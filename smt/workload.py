@@ -85,7 +85,7 @@ class SMTWorkload:
     def _row_max_tokens(self) -> int:
         """The bound training's preparation holds rows to (`smt.data.limits`): the probe must
         not size the model for a row that training skips."""
-        from smt.data.records import DEFAULT_MAX_TOKENS
+        from smt.data.prepconfig import DEFAULT_MAX_TOKENS
         return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
 
     # -- the worst case the data gives ------------------------------------------------------
@@ -145,7 +145,7 @@ class SMTWorkload:
 
     def map_spec(self, reduce_ratio: float) -> MapSpec:
         from smt.data.prepare import map_spec
-        from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS
+        from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS
         return map_spec(reduce_ratio, self.fmt, self._row_max_tokens(),
                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
 

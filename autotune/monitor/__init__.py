@@ -16,7 +16,7 @@ from autotune.monitor.files import load_samples, samples_to_csv, write_outputs
 from autotune.monitor.hints import (ram_hint, shm_hint, starved_hint, tensor_bytes,
                                     vram_headroom_hint)
 from autotune.monitor.plot import plot_resources
-from autotune.monitor.records import GpuSample, Hint, ResourceHint, ResourceSample, vram_peaks
+from autotune.monitor.samples import GpuSample, Hint, ResourceHint, ResourceSample, vram_peaks
 from autotune.monitor.sampling import (GpuReader, ResourceSampler, nvml_indices_for,
                                        sample_resources, shm_usage)
 from autotune.hardware import SHM_PATH

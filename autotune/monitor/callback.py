@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from autotune.monitor.files import write_outputs
 from autotune.monitor.hints import ram_hint, shm_hint, starved_hint, tensor_bytes, vram_headroom_hint
-from autotune.monitor.records import Hint, ResourceHint, ResourceSample, vram_peaks
+from autotune.monitor.samples import Hint, ResourceHint, ResourceSample, vram_peaks
 from autotune.monitor.sampling import GpuReader, ResourceSampler, shm_usage
 from autotune.units import GIB
 

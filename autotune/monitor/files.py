@@ -13,7 +13,7 @@ from typing import Any
 
 from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autotune.monitor.plot import plot_resources
-from autotune.monitor.records import Hint, ResourceSample
+from autotune.monitor.samples import Hint, ResourceSample
 
 
 def samples_to_csv(samples: Sequence[ResourceSample]) -> str:

@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from autotune.monitor.records import Hint, ResourceSample
+from autotune.monitor.samples import Hint, ResourceSample
 from autotune.units import GIB
 
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"}

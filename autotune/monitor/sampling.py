@@ -20,7 +20,7 @@ from autotune.hardware import (nvml_close, nvml_devices, nvml_open, ram_now, shm
                                visible_order)
 from autotune.measure import tree_rss_bytes
 from autotune.polling import PollingThread
-from autotune.monitor.records import GpuSample, ResourceSample
+from autotune.monitor.samples import GpuSample, ResourceSample
 
 log = logging.getLogger(__name__)
 

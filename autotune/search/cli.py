@@ -17,7 +17,7 @@ from rich.table import Table
 from autotune.errors import MAX_FLAG_SECONDS, UserError, float_in
 from autotune.outdir import check_out_dir, check_out_file, replace_dir
 from autotune.search import results
-from autotune.search.memory import (FitPredictor, MemoryPredictor, NullPredictor,
+from autotune.search.feasible import (FitPredictor, MemoryPredictor, NullPredictor,
                                     fits_from_profile, offset_from_profile, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.space import space_for

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
-from autotune.search.memory import Feasibility, MemoryPredictor, NullPredictor
+from autotune.search.feasible import Feasibility, MemoryPredictor, NullPredictor
 from autotune.search.objectives import Objective, TrialFailed
 from autotune.search.runner import TrialResult, TrialRunner
 from autotune.search.space import SearchSpace, TrialPoint

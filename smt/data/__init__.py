@@ -10,8 +10,8 @@ from typing import Any
 
 _EXPORTS = {
     # preparation
-    "PrepareConfig": "smt.data.records", "PrepareResult": "smt.data.records",
-    "WatchdogAction": "smt.data.records", "prepare": "smt.data.prepare",
+    "PrepareConfig": "smt.data.prepconfig", "PrepareResult": "smt.data.prepconfig",
+    "WatchdogAction": "smt.data.prepconfig", "prepare": "smt.data.prepare",
     "load_prepared": "smt.data.layout", "map_function": "smt.data.rows",
     "map_spec": "smt.data.rows", "prepare_example": "smt.data.rows",
     "output_features": "smt.data.rows", "decode_gray": "smt.data.rows",

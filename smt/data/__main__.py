@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.units import size_arg
-from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
+from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
 
 # Upper bounds for "absurd" values: far above any real machine (1024 map processes, a
 # million rows buffered per write), low enough that a typo is caught before it starts.

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from smt.data.records import PrepareConfig
+from smt.data.prepconfig import PrepareConfig
 from smt.paths import MARKER_FILE
 
 

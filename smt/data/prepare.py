@@ -33,7 +33,7 @@ from autotune.disk import disk_free_bytes
 from autotune.errors import UserError
 from autotune.outdir import check_out_dir, replace_dir
 from smt.data.layout import cache_key, exclusive, load_prepared, read_json, shard_plan
-from smt.data.records import PREP_VERSION, PrepareConfig, PrepareResult, WatchdogAction
+from smt.data.prepconfig import PREP_VERSION, PrepareConfig, PrepareResult, WatchdogAction
 from smt.data.render import quiet_datasets
 from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TOKENS,
                            check_transcription, decode_gray, map_function, map_spec,

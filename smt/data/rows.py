@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from smt import faults
-from smt.data.records import PrepareConfig
+from smt.data.prepconfig import PrepareConfig
 from smt.tokenizer import TokenizeError, normalize_kern, tokenize
 
 # Reasons a row is skipped (the keys of PrepareResult.skipped).

@@ -26,7 +26,7 @@ from autotune.supervise import Supervision, supervise
 from smt import faults
 from smt.data import rows
 from smt.data.layout import read_json
-from smt.data.records import PrepareConfig
+from smt.data.prepconfig import PrepareConfig
 
 RAM_TRIGGER = 0.9                # act at 90% of the budget: the sampler polls, spikes are fast
 STARTUP_TIMEOUT_S = 120.0        # spawn + imports; minutes under heavy load, never hours

@@ -30,7 +30,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from smt.train.cli import PROG, build_parser, main, parse_duration  # noqa: E402
-from smt.train.plan import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_ROWS,  # noqa: E402
+from smt.train.runconfig import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_ROWS,  # noqa: E402
                             CPU_DEMO_VAL_SAMPLES, ENV_RUN_DIR, RunPlan, default_precision,
                             default_settings, describe, plan_run)
 

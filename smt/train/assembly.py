@@ -19,7 +19,7 @@ from smt.checkpoint import AtomicCheckpointIO
 from smt.config import SMTConfig
 from smt.distributed import make_strategy
 from smt.train.data import RunData
-from smt.train.plan import RunPlan
+from smt.train.runconfig import RunPlan
 
 
 def model_config(plan: RunPlan, data: RunData) -> Any:
@@ -61,7 +61,7 @@ def _note_image_scale(plan: RunPlan, folder: Path) -> None:
     """A converted model saw images at the reference's scale; say so when this run differs."""
     from smt.convert import read_image_convention
     from smt.train.cli import PROG
-    from smt.train.plan import is_rank_zero
+    from smt.train.runconfig import is_rank_zero
 
     recorded = read_image_convention(folder)
     ratio = plan.settings.reduce_ratio

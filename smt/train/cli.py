@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from smt.train.plan import plan_run
+    from smt.train.runconfig import plan_run
     from smt.train.run import train   # torch and Lightning: only once the flags are good
 
     from smt.distributed import SOCKET_IFNAME_VARS
-    from smt.train.plan import ENV_RUN_DIR
+    from smt.train.runconfig import ENV_RUN_DIR
 
     # A run sets these for its own DDP ranks (the run folder, the socket interface). Put them
     # back when it ends, so a second run in the same process (a notebook, a test) does not

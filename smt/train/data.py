@@ -11,7 +11,7 @@ from smt.builder import scan_extent
 from smt.data import prepare as prep
 from smt.tokenizer import Vocab, tokenize
 from smt.train.cli import PROG
-from smt.train.plan import RunPlan, is_rank_zero
+from smt.train.runconfig import RunPlan, is_rank_zero
 
 
 @dataclass

@@ -16,7 +16,7 @@ from smt.module import SMTModule, TrainHParams
 from smt.train import assembly, stop, summary
 from smt.train.cli import PROG
 from smt.train.data import RunData, load_curriculum, load_data
-from smt.train.plan import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
+from smt.train.runconfig import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
 
 
 def _write_run_files(plan: RunPlan, config: Any, data: RunData) -> None:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from autotune.units import format_bytes
 from smt import checkpoint as ck
 from smt.train.cli import PROG
-from smt.train.plan import RunPlan
+from smt.train.runconfig import RunPlan
 
 
 def best_callback(trainer: Any) -> ModelCheckpoint | None:

@@ -231,7 +231,7 @@ def test_memory_estimate_within_25_percent_of_measured_cpu_step_rss() -> None:
     system-sized image, batch 2, in a fresh process: peak RSS growth over the process before
     the model existed vs `estimate_memory(...).total_bytes`."""
     from autotune.measure import reset_peak_rss
-    from smt.model.measure import measure_in_subprocess
+    from smt.measure_step import measure_in_subprocess
 
     if not reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs: peak RSS cannot be reset here")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from autotune.errors import run_cli
 from smt.data.__main__ import main
-from smt.data.records import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS, PrepareConfig
+from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS, PrepareConfig
 
 
 def _folder(raw_dir: Path, root: Path) -> Path:

@@ -100,7 +100,7 @@ def measure_in_subprocess(preset: str, batch_size: int, height: int, width: int,
                           warmup_steps: int = 1, threads: int | None = None,
                           timeout_s: float = 600) -> StepMeasurement:
     """`measure_training_step` in a fresh Python process (clean allocator, clean peak)."""
-    cmd = [sys.executable, "-m", "smt.model.measure", "--preset", preset, "--batch-size", str(batch_size),
+    cmd = [sys.executable, "-m", "smt.measure_step", "--preset", preset, "--batch-size", str(batch_size),
            "--height", str(height), "--width", str(width), "--seq-len", str(seq_len),
            "--warmup-steps", str(warmup_steps)]
     if threads:
@@ -114,7 +114,7 @@ def measure_in_subprocess(preset: str, batch_size: int, height: int, width: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smt.model.measure",
+    parser = argparse.ArgumentParser(prog="python -m smt.measure_step",
                                      description="Time and peak RSS of one SMT training step (JSON on stdout)")
     parser.add_argument("--preset", default="debug")
     parser.add_argument("--batch-size", type=int, default=1)
