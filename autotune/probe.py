@@ -1,11 +1,14 @@
 """`python -m autotune probe`: measure the machine and the workload, decide, explain, save.
 
     hardware -> map probe -> staff space -> step (precision x threads) -> model probe
-             -> loader probe -> decide -> profile JSON -> table
+             -> loader probe -> loop (loader + step together) -> decide -> profile JSON -> table
 
-The probe keeps to a time budget (default 90 s): each stage gets a deadline and stops
-starting trials past it, so a slow machine gets fewer points, not a longer wait (the shares
-are MAP_SHARE, MODEL_SHARE and LOADER_SHARE below). Building the embedded default dataset on
+The part stages narrow the field; the loop stage times the few cells of threads x loader
+workers x batch they leave as the real loader feeding the real step, and the decision on those
+three comes from it (`autotune.decide.loop`). The probe keeps to a time budget (default 90 s):
+each stage gets a deadline and stops starting trials past it, so a slow machine gets fewer
+points, not a longer wait (the shares are MAP_SHARE, MODEL_SHARE, LOADER_SHARE and LOOP_SHARE
+below). Building the embedded default dataset on
 first use is not probing and is reported on its own line.
 """
 from __future__ import annotations
@@ -19,27 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from autotune.decide import (REDUCE_LADDER, Budgets, Context, Decision, DevicesRule,
-                             PrecisionRule, ThreadsRule, decide, estimate_table)
+                             NothingFitsError, PrecisionRule, ThreadsRule, candidate_loop_cells,
+                             decide, estimate_table)
 from autotune.errors import UserError
 from autotune.hardware import describe as describe_hardware
 from autotune.hardware import inventory
 from autotune.measure import current_rss_bytes
 from autotune.probes.loader import LoaderProbeResult, probe_loader
+from autotune.probes.loop import LoopProbeResult, probe_loop, timed_steps_for
 from autotune.probes.map import MapProbeResult, probe_map
 from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
 from autotune.probes.step import StepProbeResult, probe_steps
 from autotune.profile import Profile, profiles_dir, save_profile
-from autotune.records import HardwareInfo, Measurements, StepTrial
+from autotune.records import HardwareInfo, LoopTrial, Measurements, StepTrial
 from autotune.staff import DEFAULT_STAFF_SPACE_PX, StaffMeasure, measure_staff, ratio_for_staff_space
 from autotune.show import profile_table
 from autotune.units import format_bytes, parse_size
 from autotune.workload import Workload, load_workload
 
 DEFAULT_TIME_BUDGET_S = 90.0
-# Shares of the time budget each stage may use, cumulative (map ends by 25%, model by 85%).
+# Shares of the time budget each stage may use, cumulative (map ends by 20%, model by 60%).
 # The precision and thread cells between map and model are not cut short: each candidate
-# needs its warm-up and two timed steps to be compared at all.
-MAP_SHARE, MODEL_SHARE, LOADER_SHARE = 0.25, 0.85, 0.97
+# needs its warm-up and two timed steps to be compared at all. The loop's first round is not
+# cut either (a cell with no round has no rate); its second starts only before LOOP_SHARE.
+MAP_SHARE, MODEL_SHARE, LOADER_SHARE, LOOP_SHARE = 0.20, 0.60, 0.70, 0.97
 # Images the staff space is measured on (~5 ms each for a system).
 STAFF_ROWS = 32
 # Batch of typical rows the precision and thread candidates are timed at.
@@ -183,6 +189,10 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
             workload, ratios=tuple(sorted({*REDUCE_LADDER, top_ratio}, reverse=True)))],
         "dataset_rows": workload.dataset_rows(), "num_params": model_result.num_params,
     })
+    loop = _loop_stage(run, measurements, precision, model_result)
+    if loop is not None:
+        measurements.loop_trials = loop.trials
+        measurements.extra["loop"] = {k: v for k, v in loop.to_dict().items() if k != "trials"}
     return _outcome(run, measurements, model_result.notes, setup_s)
 
 
@@ -251,13 +261,7 @@ def _outcome(run: _Run, measurements: Measurements, model_notes: list[str],
     """Decide from the measurements and wrap it all in a profile."""
     workload, hardware = run.workload, run.hardware
 
-    def estimate(batch: int, ratio: float, precision_: str) -> int | None:
-        try:
-            return workload.estimate_memory(batch, workload.largest_shape(ratio), precision_)
-        except (NotImplementedError, ValueError):
-            return None
-
-    decision = decide(hardware, measurements, run.budgets, estimate=estimate)
+    decision = decide(hardware, measurements, run.budgets, estimate=_estimate_fn(workload))
     seconds = round(time.monotonic() - run.start, 2)
     measurements.probe_seconds = seconds
     details = {**decision.details, "probe_seconds": seconds, "setup_seconds": round(setup_s, 2),
@@ -270,6 +274,54 @@ def _outcome(run: _Run, measurements: Measurements, model_notes: list[str],
                       details=details)
     profile.provenance = provenance(run.opts, hardware, profile.created)
     return ProbeOutcome(profile, decision, seconds, round(setup_s, 2), run.stage_s)
+
+
+def _estimate_fn(workload: Workload) -> Callable[[int, float, str], int | None]:
+    """The workload's own memory estimate as decide reads it (None where it has none)."""
+    def estimate(batch: int, ratio: float, precision_: str) -> int | None:
+        try:
+            return workload.estimate_memory(batch, workload.largest_shape(ratio), precision_)
+        except (NotImplementedError, ValueError):
+            return None
+    return estimate
+
+
+def _say_loop(say: Callable[[str], None]) -> Callable[[LoopTrial], None]:
+    return lambda t: say(
+        f"  loop threads={t.num_threads or 'torch'} workers={t.num_workers} "
+        f"batch={t.batch_size}: "
+        + (f"{t.samples_per_s:.3g} samples/s (rounds "
+           + ", ".join(f"{x:.3g}" for x in t.round_samples_per_s)
+           + (f"; waits for data {t.data_wait_frac:.0%}" if t.data_wait_frac is not None else "")
+           + ")" if t.samples_per_s else f"{t.error}"))
+
+
+def _loop_stage(run: _Run, measurements: Measurements, precision: str,
+                model: ModelProbeResult) -> LoopProbeResult | None:
+    """Time the cells the part stages leave as the real loop; None when there is nothing to
+    time (no batch fits, no step measured)."""
+    try:
+        cells = candidate_loop_cells(run.hardware, measurements, run.budgets,
+                                     estimate=_estimate_fn(run.workload))
+    except NothingFitsError:
+        return None
+    if not cells:
+        return None
+    prelim = decide(run.hardware, measurements, run.budgets, estimate=_estimate_fn(run.workload))
+    ratio = prelim.settings.reduce_ratio
+    steps = [t for t in model.trials if t.step_s and not t.oom and t.error is None]
+    near = min(steps, key=lambda t: abs(t.batch_size - cells[0].batch_size), default=None)
+    per_step = near.step_s * cells[0].batch_size / near.batch_size if near and near.step_s \
+        else None
+    timed = timed_steps_for(per_step)
+    run.say(f"loop: the real loader feeding the real step, {len(cells)} cells of threads x "
+            f"workers x batch at reduce ratio {ratio:g} ({precision}), {timed} timed steps "
+            f"each, 2 interleaved rounds")
+    result = probe_loop(run.workload, cells, precision=precision, device=pick_device(),
+                        reduce_ratio=ratio, timed_steps=timed,
+                        deadline=run.deadline(LOOP_SHARE), on_trial=_say_loop(run.say))
+    run.stage_s["loop"] = result.seconds
+    return result
 
 
 def provenance(opts: ProbeOptions, hardware: HardwareInfo, created: str) -> dict[str, Any]:

@@ -128,6 +128,25 @@ class LoaderTrial(_Record):
 
 
 @dataclass
+class LoopTrial(_Record):
+    """The training loop timed at one (threads, loader workers, batch) cell: the real loader
+    feeding the real step, warm (workers started, one step run), over `rounds` interleaved
+    rounds. `samples_per_s` is the median of the rounds' rates; `round_samples_per_s` each
+    round's (samples over wall time of next batch + step, for the round's timed steps)."""
+    num_threads: int | None             # torch intra-op threads of the training process
+    num_workers: int                    # DataLoader worker processes
+    batch_size: int
+    precision: str
+    device: str
+    samples_per_s: float | None
+    round_samples_per_s: list[float] = field(default_factory=list)
+    data_wait_frac: float | None = None  # share of the loop's time spent waiting for a batch
+    timed_steps: int = 0                 # per round
+    peak_rss_bytes: int | None = None    # process tree (workers included) while it ran
+    error: str | None = None
+
+
+@dataclass
 class MemoryFit:
     """memory = fixed_bytes + per_sample_bytes x batch, fitted on ModelTrials of one ratio."""
     reduce_ratio: float
@@ -186,6 +205,7 @@ class Measurements:
     model_base_rss_bytes: int | None = None  # training process RSS before the first step
     precision_trials: list[StepTrial] = field(default_factory=list)  # one per candidate
     thread_trials: list[StepTrial] = field(default_factory=list)     # at the chosen precision
+    loop_trials: list[LoopTrial] = field(default_factory=list)  # loader + step together
     staff_space_px: float | None = None      # run-length mode over a sample of images
     staff_line_thickness_px: float | None = None
     staff_images: int | None = None          # images the staff figures rest on
@@ -211,6 +231,8 @@ class Measurements:
         step_s = _section(data.pop("step", None))
         m.precision_trials = [StepTrial.from_dict(t) for t in step_s.get("precision_trials", [])]
         m.thread_trials = [StepTrial.from_dict(t) for t in step_s.get("thread_trials", [])]
+        loop_s = _section(data.pop("loop", None))
+        m.loop_trials = [LoopTrial.from_dict(t) for t in loop_s.get("trials", [])]
         staff_s = _section(data.pop("staff", None))
         m.staff_space_px = staff_s.get("staff_space_px")
         m.staff_line_thickness_px = staff_s.get("line_thickness_px")
@@ -235,6 +257,7 @@ class Measurements:
                               if k not in ("trials", "batch_size", "reduce_ratio")},
                    "step": {k: v for k, v in step_s.items()
                             if k not in ("precision_trials", "thread_trials")},
+                   "loop": {k: v for k, v in loop_s.items() if k != "trials"},
                    **data}
         return m
 
@@ -255,10 +278,12 @@ class Measurements:
         step_s = {**_section(extra.pop("step", None)),
                   "precision_trials": [asdict(t) for t in self.precision_trials],
                   "thread_trials": [asdict(t) for t in self.thread_trials]}
+        loop_s = {**_section(extra.pop("loop", None)),
+                  "trials": [asdict(t) for t in self.loop_trials]}
         staff_s = {"staff_space_px": self.staff_space_px,
                    "line_thickness_px": self.staff_line_thickness_px,
                    "images": self.staff_images}
         return {**extra, "dataset_rows": self.dataset_rows, "num_params": self.num_params,
                 "probe_seconds": self.probe_seconds, "map": map_s, "model": model_s,
                 "loader": loader_s, "estimates": [asdict(e) for e in self.estimates],
-                "step": step_s, "staff": staff_s}
+                "step": step_s, "loop": loop_s, "staff": staff_s}

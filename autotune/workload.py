@@ -121,9 +121,10 @@ class TrialReport:
 class TrainingStep(Protocol):
     """What `Workload.make_step` returns (also a context manager that closes it)."""
 
-    def step(self) -> float:
+    def step(self, batch: Any = None) -> float:
         """One full optimizer step (forward, loss, backward, clipping, optimizer and
-        scheduler step); returns the loss."""
+        scheduler step) on `batch` (one the workload's own loader gave, as the training loop
+        feeds it) or, when None, on the batch the step was built with; returns the loss."""
 
     def close(self) -> None:
         """Drop the model, optimizer and batch and give their memory back."""

@@ -82,12 +82,17 @@ class TrainStep:
         self.module: Any = module
         self.batch: Any = batch_to(batch, strategy.root_device)
 
-    def step(self) -> float:
-        """One optimizer step; on a GPU it returns once the device finished it, so that the
-        wall time of a call is the step's time."""
+    def step(self, batch: Mapping[str, Any] | None = None) -> float:
+        """One optimizer step on `batch` (a loader's batch, moved to the device here, as
+        Lightning's loop moves it) or, when None, on the batch the step was built with; on a
+        GPU it returns once the device finished it, so that the wall time of a call is the
+        step's time."""
         if self.trainer is None:
             raise RuntimeError("TrainStep is closed")
-        loss = self.trainer.strategy.training_step(self.batch, 0)
+        if batch is not None:
+            from smt.builder import batch_to
+            batch = batch_to(batch, self.trainer.strategy.root_device)
+        loss = self.trainer.strategy.training_step(self.batch if batch is None else batch, 0)
         root = self.trainer.strategy.root_device
         if root.type == "cuda":
             import torch

@@ -27,6 +27,8 @@ def launch(request: TrialRequest) -> TrialLaunch:
             "--num-proc", str(s.num_proc), "--writer-batch-size", str(s.writer_batch_size),
             "--precision", s.precision, "--max-steps", str(request.max_steps),
             "--out", str(request.out_dir)]
+    if s.num_threads:
+        args += ["--num-threads", str(s.num_threads)]
     if s.devices > 1:
         args += ["--devices", str(s.devices), "--strategy", s.strategy]
     if request.preset:

@@ -24,6 +24,7 @@ from autotune.decide.context import (Budgets, Context, Decision, EstimateFn, Not
                                      Rule)
 from autotune.decide.devices import DevicesRule
 from autotune.decide.map import MIN_WRITER_BATCH, WRITER_LADDER, MapRule, fit_map_cost
+from autotune.decide.loop import LoopCell, LoopRule, loop_cells
 from autotune.decide.estimates import estimate_from_table, estimate_table
 from autotune.decide.precision import PrecisionRule
 from autotune.decide.strategy import StrategyRule
@@ -42,12 +43,34 @@ RULES: dict[str, type[Rule]] = {
     "batch": BatchRule,
     "accumulate": AccumulateRule,
     "workers": WorkersRule,
+    # Last: where the loop was timed, its cells decide threads, workers and batch together.
+    "loop": LoopRule,
 }
 
 __all__ = ["AccumulateRule", "BatchRule", "Budgets", "Context", "Decision", "DevicesRule",
            "EstimateFn", "MIN_WRITER_BATCH", "MapCostModel", "MapRule", "NothingFitsError",
            "PrecisionRule", "REDUCE_LADDER", "RULES", "Rule", "StrategyRule", "ThreadsRule", "WRITER_LADDER",
-           "WorkersRule", "decide", "estimate_from_table", "estimate_table", "fit_map_cost", "fit_memory"]
+           "WorkersRule", "decide", "estimate_from_table", "estimate_table", "fit_map_cost", "fit_memory", "LoopCell", "LoopRule", "loop_cells",
+           "candidate_loop_cells"]
+
+
+def _context(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None,
+             estimate: EstimateFn | None, predicted: bool) -> Context:
+    return Context(hw=hw, m=measurements, budgets=budgets or Budgets(),
+                   estimate=estimate or estimate_from_table(measurements.estimates),
+                   predicted=predicted)
+
+
+def candidate_loop_cells(hw: HardwareInfo, measurements: Measurements,
+                         budgets: Budgets | None = None, *,
+                         estimate: EstimateFn | None = None) -> list[LoopCell]:
+    """The loop cells worth timing, from what the part rules choose on the measurements so
+    far (the probe calls this between its part stages and its loop stage)."""
+    ctx = _context(hw, measurements, budgets, estimate, False)
+    for name, rule in RULES.items():
+        if name != "loop":
+            rule().apply(ctx)
+    return loop_cells(ctx)
 
 
 def decide(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None = None, *,
@@ -59,9 +82,7 @@ def decide(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None
     Raises NothingFitsError (a UserError) when even the smallest setting exceeds a budget.
     """
     budgets = budgets or Budgets()
-    ctx = Context(hw=hw, m=measurements, budgets=budgets,
-                  estimate=estimate or estimate_from_table(measurements.estimates),
-                  predicted=predicted)
+    ctx = _context(hw, measurements, budgets, estimate, predicted)
     for rule in RULES.values():
         rule().apply(ctx)
     settings = Settings(**{k: ctx.chosen[k] for k in Settings.__dataclass_fields__})

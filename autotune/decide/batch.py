@@ -189,6 +189,7 @@ class BatchRule(Rule):
         why, staff_source = ratio_reason(ctx, ratio, skipped)
         ctx.choose("reduce_ratio", ratio, why,
                    line.source if skipped else staff_source or "rule")
+        ctx.details["batch_caps"] = dict(pick.caps)
         ctx.details.update(model_predicted_peak_bytes=peak, memory_fit={
             "reduce_ratio": ratio, "fixed_bytes": fit.fixed_bytes,
             "per_sample_bytes": fit.per_sample_bytes, "points": fit.points,

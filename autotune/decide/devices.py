@@ -20,5 +20,5 @@ class DevicesRule(Rule):
             names = ", ".join(sorted({g.name for g in ctx.hw.gpus}))
             ctx.choose("devices", gpus, f"every visible GPU: {gpus}x {names}", "rule")
         else:
-            ctx.choose("devices", 1, "no GPU found: one CPU process (torch uses every core)",
+            ctx.choose("devices", 1, "no GPU found: one CPU training process (its threads: see num_threads)",
                        "rule")
