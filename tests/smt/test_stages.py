@@ -45,7 +45,7 @@ def test_stage_two_images_past_the_line_shrink_the_micro_batch(tmp_path) -> None
         trainer = SimpleNamespace(global_step=step, is_global_zero=True)
         tuner.on_train_batch_start(trainer, module, {}, step)
         micro[step] = module.micro_batch_size
-        tuner.on_train_batch_end(trainer, module, None, {}, step)
+        tuner.on_train_batch_end(trainer, module, None, {"images": SimpleNamespace(shape=(4,))}, step)
     # Stage 0 (systems): the whole loader batch; stage 1 (2 systems): 2; stages 2, 3: 1.
     assert micro == {0: None, 1: None, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1, 7: 1}
     assert [c.stage for c in tuner.changes] == [0, 1, 2, 3]
