@@ -74,6 +74,7 @@ def read_lines(doc: Path) -> list[Line]:
 class Command:
     """One invocation shown in a document: `python -m MODULE [SUBCOMMAND] ...` and, for each
     physical line it spans, the flags written there."""
+    line: Line                         # where `python -m` is written
     module: str
     subcommands: tuple[str, ...]       # `synth|prepare` names two; () when none is named
     flags: list[tuple[Line, str]] = field(default_factory=list)
@@ -112,7 +113,8 @@ def _commands_in(pieces: list[Piece]) -> list[Command]:
         end = found[i + 1].start() if i + 1 < len(found) else len(text)
         words = text[match.end():end].split()
         sub = words[0] if words and SUBCOMMAND.fullmatch(words[0]) else ""
-        cmd = Command(match.group(1), tuple(sub.split("|")) if sub else ())
+        where = _cut(pieces, match.start(), match.end())[0][0]
+        cmd = Command(where, match.group(1), tuple(sub.split("|")) if sub else ())
         cmd.flags = _flags_in(_cut(pieces, match.end(), end))
         commands.append(cmd)
     return commands
@@ -149,8 +151,8 @@ def code_commands(lines: list[Line]) -> Iterator[Command]:
 
 
 def prose_spans(lines: list[Line]) -> Iterator[tuple[bool, list[Piece]]]:
-    """Every `code span` outside code blocks as (in a table row, its pieces); a span may wrap
-    over the lines of a paragraph. Table rows are read one by one."""
+    """Every `code span` outside code blocks, as (whether it sits in a table row, its pieces);
+    a span may wrap over the lines of a paragraph. Headings and table rows are read alone."""
     paragraph: list[Line] = []
 
     def spans_of(block: list[Line]) -> Iterator[tuple[bool, list[Piece]]]:
@@ -183,7 +185,7 @@ def prose_commands(lines: list[Line]) -> Iterator[Command]:
             yield from commands
             row_command = row_command or commands[0]
         elif row and row_command is not None and pieces[0][1].startswith("--"):
-            cell = Command(row_command.module, row_command.subcommands)
+            cell = Command(row_command.line, row_command.module, row_command.subcommands)
             cell.flags = _flags_in(pieces)
             yield cell
 
@@ -223,6 +225,22 @@ def dotted_references(doc: Path) -> Iterator[tuple[Line, str]]:
     for _, pieces in prose_spans(read_lines(doc)):
         span = " ".join(t for _, t in pieces)
         if DOTTED.fullmatch(span):
+            yield pieces[0][0], span
+
+
+PATH_SPAN = re.compile(r"\.?[\w-]+(?:/[\w.-]*)+|[\w-]+\.(?:toml|md|ipynb)|Makefile")
+
+
+def path_spans(doc: Path, root: Path = REPO) -> Iterator[tuple[Line, str]]:
+    """Spans that are a path in the repository (`profiles/specs/`, `examples/kaggle.ipynb`,
+    `.ci/run`): rooted at one of its top-level entries, no placeholder in capitals
+    (`profiles/NAME.json`) or angle brackets (`runs/<run>/`)."""
+    top = {p.name for p in root.iterdir()}
+    for _, pieces in prose_spans(read_lines(doc)):
+        span = " ".join(t for _, t in pieces)
+        if (PATH_SPAN.fullmatch(span) and not FILE_REF.fullmatch(span)   # .py: `references`
+                and span.split("/")[0] in top
+                and not any(re.fullmatch(r"[A-Z][A-Z_]*", Path(c).stem) for c in span.split("/"))):
             yield pieces[0][0], span
 
 

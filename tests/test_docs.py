@@ -1,10 +1,11 @@
 """README.md and docs/*.md stay true to the code: every flag a command line in them shows
-exists in that command's parser, every `make` target exists, every `file.py[:name]` and
-`smt.x.y` they name is in the repository, every relative link and anchor resolves. Each
-checker is also shown to catch a planted mistake in a copy of a document."""
+exists in that command's parser, every `make` target exists, every `file.py[:name]`,
+`smt.x.y` and repository path they name is in the repository, every relative link and anchor
+resolves. Each checker is also shown to catch a planted mistake in a copy of a document."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import re
 import shutil
@@ -31,6 +32,7 @@ DOCS = dr.doc_files()
 DOC_IDS = [d.relative_to(dr.REPO).as_posix() for d in DOCS]
 
 
+@functools.cache
 def _parser(module: str) -> argparse.ArgumentParser:
     module_name, builder = PARSERS[module]
     return getattr(importlib.import_module(module_name), builder)()
@@ -71,8 +73,7 @@ def flag_problems(doc: Path) -> list[str]:
         allowed, why = allowed_flags(cmd.module, cmd.subcommands)
         shown = " ".join((cmd.module, "|".join(cmd.subcommands))).strip()
         if why:
-            line = cmd.flags[0][0] if cmd.flags else None
-            problems.append(f"{line.where() if line else doc.name}: {why}")
+            problems.append(f"{cmd.line.where()}: {why}")
             continue
         for line, flag in cmd.flags:
             if flag not in allowed:
@@ -85,12 +86,13 @@ def flag_problems(doc: Path) -> list[str]:
 FOREIGN_FLAGS = {"--config": "lint-imports (import-linter)"}
 
 
-def every_flag() -> set[str]:
+@functools.cache
+def every_flag() -> frozenset[str]:
     flags = set()
     for module in PARSERS:
         parser = _parser(module)
         flags |= _flags(parser) | {f for sub in _subparsers(parser).values() for f in _flags(sub)}
-    return flags
+    return frozenset(flags)
 
 
 def prose_flag_problems(doc: Path) -> list[str]:
@@ -116,6 +118,9 @@ def reference_problems(doc: Path, root: Path = dr.REPO) -> list[str]:
         elif name and not any(dr.defines(f, name) for f in files):
             where = ", ".join(f.relative_to(root).as_posix() for f in files)
             problems.append(f"{line.where()}: `{path}:{name}`: {where} defines no {name!r}")
+    for line, path in dr.path_spans(doc, root):
+        if not (root / path).exists():
+            problems.append(f"{line.where()}: `{path}` does not exist")
     for line, dotted in dr.dotted_references(doc):
         if not dr.resolve_dotted(dotted, root):
             problems.append(f"{line.where()}: `{dotted}` is not a module or name of ours")
@@ -188,27 +193,27 @@ def _plant(tmp_path: Path, text: str) -> tuple[Path, int]:
     return readme, len(original.splitlines()) + 2
 
 
-FLAG_PLANTS = [
-    # (what, planted text, line offset of the bad flag, the bad flag)
-    ("code block", "Run\n\n    python -m smt.train --profile auto --no-such-flag\n", 2,
-     "--no-such-flag"),
-    ("wrapped synopsis", "Run\n\n    python -m autotune probe [--data SRC]\n"
+FLAG_PLANTS = {
+    # what: (planted text, line offset of the bad flag, the bad flag)
+    "code block": ("Run\n\n    python -m smt.train --profile auto --no-such-flag\n", 2,
+                   "--no-such-flag"),
+    "wrapped synopsis": ("Run\n\n    python -m autotune probe [--data SRC]\n"
                          "                             [--vram-budget 1GB] [--trials 3]\n", 3,
-     "--trials"),
-    ("backslash", "Run\n\n    torchrun --nnodes 2 \\\n        -m smt.train --devices 2 \\\n"
+                         "--trials"),
+    "backslash": ("Run\n\n    torchrun --nnodes 2 \\\n        -m smt.train --devices 2 \\\n"
                   "        --num-node 2\n", 4, "--num-node"),
-    ("span wrapped over two lines",
-     "Use `python -m smt.train --curriculum\n--stage-step 5` here.\n", 1, "--stage-step"),
-    ("another subcommand's flag", "See `python -m autotune show PROFILE --trials 4`.\n", 0,
-     "--trials"),
-    ("table row", "| command | what |\n|---|---|\n"
+    "span wrapped over two lines": ("Use `python -m smt.train --curriculum\n--stage-step 5`.\n",
+                                    1, "--stage-step"),
+    "another subcommand's flag": ("See `python -m autotune show PROFILE --trials 4`.\n", 0,
+                                  "--trials"),
+    "table row": ("| command | what |\n|---|---|\n"
                   "| `python -m smt.predict --checkpoint C IMAGE` | `--beam` widens |\n", 2,
-     "--beam"),
-]
+                  "--beam"),
+}
 
 
-@pytest.mark.parametrize("what, text, offset, flag", FLAG_PLANTS, ids=[p[0] for p in FLAG_PLANTS])
-def test_a_planted_wrong_flag_is_caught(tmp_path: Path, what: str, text: str, offset: int,
+@pytest.mark.parametrize("text, offset, flag", FLAG_PLANTS.values(), ids=FLAG_PLANTS.keys())
+def test_a_planted_wrong_flag_is_caught(tmp_path: Path, text: str, offset: int,
                                         flag: str) -> None:
     readme, start = _plant(tmp_path, text)
     problems = flag_problems(readme)
@@ -239,6 +244,7 @@ REFERENCE_PLANTS = [
     ("`smt/step.py:TrainStep.no_such_method`",
      "`smt/step.py:TrainStep.no_such_method`: smt/step.py defines no 'TrainStep.no_such_method'"),
     ("`smt.builder.no_such_name`", "`smt.builder.no_such_name` is not a module or name of ours"),
+    ("`profiles/no-such-specs/`", "`profiles/no-such-specs/` does not exist"),
 ]
 
 
