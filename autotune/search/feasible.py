@@ -14,6 +14,7 @@ from typing import Any
 
 from autotune.records import MemoryFit
 from autotune.settings import Settings
+from autotune.workload import DEFAULT_WORKLOAD
 
 class MemoryPredictor(ABC):
     """One method: predicted peak bytes for a trial's settings, or None when unknowable."""
@@ -142,7 +143,7 @@ class WorkloadPredictor(MemoryPredictor):
 
 
 def workload_predictor(preset: str | None, data: str | None,
-                       name: str = "smt") -> MemoryPredictor:
+                       name: str = DEFAULT_WORKLOAD) -> MemoryPredictor:
     """A WorkloadPredictor for the named workload, or a NullPredictor saying why there is none.
 
     Opening the workload opens the dataset (the embedded default is rendered once into the

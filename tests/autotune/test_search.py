@@ -28,7 +28,8 @@ from autotune.search.objectives import make_objective
 from autotune.search.runner import ProgressReader
 from autotune.search.space import SEARCHED, make_point, space_for
 from autotune.search.storage import count_trials, mask_url
-from autotune.search.study import SearchConfig, run_study, steps_for
+from autotune.search.searchconfig import SearchConfig
+from autotune.search.study import run_study, steps_for
 from autotune.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
