@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.decide.batch import REDUCE_LADDER
-from autotune.fits import bound_memory
+from autotune.fits import fit_trials
 from autotune.measure import (PeakRssMeter, cuda_peak_bytes, cuda_peak_reset, current_rss_bytes,
                               error_line, free_memory, is_oom_error, sync_device, trim_heap)
 from autotune.probes.step import TIMED_STEPS, WARMUP_STEPS, threads, time_cell, typical_batch
@@ -59,16 +59,6 @@ class ModelProbeResult:
 
 
 # -- one step ---------------------------------------------------------------------------------
-
-def fit_trials(trials: Sequence[ModelTrial], reduce_ratio: float) -> MemoryFit | None:
-    """The memory line through the successful trials of one ratio (autotune.fits.bound_memory:
-    one batch size measured gives a line through the origin, the safe reading for anyone who
-    extrapolates the stored fit, e.g. the search)."""
-    pts = [(t.batch_size, float(t.peak_memory_bytes)) for t in trials
-           if math.isclose(t.reduce_ratio, reduce_ratio) and not t.oom and t.error is None
-           and t.peak_memory_bytes is not None]
-    return bound_memory(pts, reduce_ratio)
-
 
 def _predict_next(fit: MemoryFit | None, estimate: int | None, batch: int) -> float | None:
     """Memory expected at `batch` before trying it: the measured line when there are two
