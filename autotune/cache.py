@@ -27,7 +27,7 @@ from rich.table import Table
 from autotune.disk import dir_size_bytes
 from autotune.errors import UserError, float_in
 from autotune.units import format_bytes
-from autotune.workload import CacheLayout, load_workload
+from autotune.workload import DEFAULT_WORKLOAD, CacheLayout, load_workload
 
 DAY_S = 86400.0
 # Far past any cache's age; inf or nan would select everything or nothing by accident.
@@ -46,7 +46,7 @@ class CacheEntry:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-def default_layout(workload: str = "smt") -> CacheLayout:
+def default_layout(workload: str = DEFAULT_WORKLOAD) -> CacheLayout:
     return load_workload(workload).cache_layout()
 
 
@@ -173,7 +173,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--older-than", type=float_in(0.0, MAX_DAYS, lo_open=False),
                         default=None, metavar="DAYS",
                         help="only caches created more than DAYS days ago")
-    parser.add_argument("--workload", default="smt", metavar="NAME",
+    parser.add_argument("--workload", default=DEFAULT_WORKLOAD, metavar="NAME",
                         help="workload whose caches to list (default smt)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.set_defaults(func=run_cache)
@@ -181,7 +181,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run_cache(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or Console()
-    layout = default_layout(getattr(args, "workload", "smt"))
+    layout = default_layout(getattr(args, "workload", DEFAULT_WORKLOAD))
     entries, foreign = find_caches(layout=layout)
     older = getattr(args, "older_than", None)
     if older is not None:

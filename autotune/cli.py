@@ -1,4 +1,6 @@
-"""`python -m autotune {probe,show,plan,search,cache}`.
+"""The command line, autotune's top level (search/cli.py holds `autotune search`'s flags).
+
+`python -m autotune {probe,show,plan,search,cache}`.
 
 Each subcommand registers itself with `add_parser(subparsers)` and sets `func(args) -> int`.
 `probe`, `search` and `cache` live in other modules and are imported only when registering
@@ -16,6 +18,7 @@ from typing import Any
 from autotune.errors import (MAX_FLAG_SECONDS, SubcommandParser, UserError, float_in, int_in,
                              run_cli)
 from autotune.outdir import check_out_dir, check_out_file, replace_dir
+from autotune.workload import DEFAULT_WORKLOAD
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,8 @@ def add_plan(sub: Any) -> None:
                         '"Tesla T4", "memory": "15GiB", "capability": [7, 5]}], "gpu_count": 2}')
     p.add_argument("--from", dest="source", default=None, metavar="PROFILE",
                    help="profile whose measurements to use (name or path)")
-    p.add_argument("--workload", default="smt", help="workload for the memory estimate")
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD,
+                   help="workload for the memory estimate")
     p.add_argument("--preset", default=None, help="model preset of the workload")
     _budget_flags(p)
     p.add_argument("--name", default=None, help="profile name (default: the spec's name)")

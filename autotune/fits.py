@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from autotune.records import MapTrial, MemoryFit
+from autotune.records import MapTrial, MemoryFit, ModelTrial
 
 
 def fit_memory(points: Sequence[tuple[int, float]], reduce_ratio: float,
@@ -44,6 +44,17 @@ def bound_memory(points: Sequence[tuple[int, float]], reduce_ratio: float,
         return fit
     per_sample = max(v / b for b, v in points)
     return MemoryFit(reduce_ratio, 0.0, per_sample, len(points), source)
+
+
+def fit_trials(trials: Sequence[ModelTrial], reduce_ratio: float) -> MemoryFit | None:
+    """The memory line through the successful model trials of one ratio (`bound_memory`: one
+    batch size measured gives a line through the origin, the safe reading for anyone who
+    extrapolates the stored fit, e.g. the search). The model probe fits its trials with it,
+    and the search a profile's trials."""
+    pts = [(t.batch_size, float(t.peak_memory_bytes)) for t in trials
+           if math.isclose(t.reduce_ratio, reduce_ratio) and not t.oom and t.error is None
+           and t.peak_memory_bytes is not None]
+    return bound_memory(pts, reduce_ratio)
 
 
 # -- the map's peak RSS -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ import psutil
 from autotune.disk import disk_free_bytes
 from autotune.records import GpuInfo, HardwareInfo
 from autotune.units import GIB
-from autotune.workload import default_cache_root
+from autotune.workload import DEFAULT_WORKLOAD, default_cache_root
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PROC_ROOT = "/proc"
@@ -280,10 +280,11 @@ def _gpu_info(nvml: Any, device: NvmlDevice) -> GpuInfo:
                    index=device.index)
 
 
-def _disk_free(cache_dir: str | os.PathLike[str] | None) -> int | None:
-    """Free disk where prepared data goes: `cache_dir`, else the default workload's cache
-    root (asked through the workload interface; None when no workload is installed)."""
-    root = cache_dir if cache_dir is not None else default_cache_root()
+def _disk_free(cache_dir: str | os.PathLike[str] | None,
+               workload: str = DEFAULT_WORKLOAD) -> int | None:
+    """Free disk where prepared data goes: `cache_dir`, else `workload`'s cache root (asked
+    through the workload interface; None when that workload is not installed)."""
+    root = cache_dir if cache_dir is not None else default_cache_root(workload)
     return None if root is None else disk_free_bytes(root)
 
 
@@ -331,8 +332,10 @@ def ram_now(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
 def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
               proc_root: str | os.PathLike[str] = PROC_ROOT,
               cache_dir: str | os.PathLike[str] | None = None,
-              shm_path: str = SHM_PATH, nvml: Any = None) -> HardwareInfo:
-    """Inventory this machine; every figure that cannot be read is None (GPUs: empty list)."""
+              shm_path: str = SHM_PATH, nvml: Any = None,
+              workload: str = DEFAULT_WORKLOAD) -> HardwareInfo:
+    """Inventory this machine; every figure that cannot be read is None (GPUs: empty list).
+    Free disk is read where `cache_dir`, else `workload`'s cache, puts prepared data."""
     ram_total, ram_avail = ram_now(cgroup_root, proc_root)
     shm = shm_usage(shm_path)
     info = HardwareInfo(
@@ -341,7 +344,7 @@ def inventory(cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
         ram_bytes=ram_total,
         ram_available_bytes=ram_avail,
         shm_bytes=shm[0] if shm else None,
-        disk_free_bytes=_disk_free(cache_dir),
+        disk_free_bytes=_disk_free(cache_dir, workload),
         gpus=gpu_inventory(nvml),
     )
     info.fingerprint = fingerprint(info)

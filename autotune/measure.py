@@ -1,6 +1,7 @@
 """Measuring tools shared by the probes, the preparation and the training: process-tree RSS,
 a background RSS sampler, a progress watchdog, the one definition of an OOM, stopping a
-process tree, and this process's peak RSS during a block (`PeakRssMeter`).
+process tree, this process's peak RSS during a block (`PeakRssMeter`), waiting for a device to
+finish its queued work (`sync_device`) and a failed trial's one-line reason (`error_line`).
 
 Why a process tree: `datasets.map(num_proc=N)` and DataLoader workers run in child processes;
 the parent's RSS alone misses most of the memory that gets a run OOM-killed. Forked children
@@ -212,6 +213,24 @@ def is_oom_error(exc: BaseException | None) -> bool:
                 return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` cut to `limit` characters: how a trial that failed
+    records why, one line in a profile or a table (a torch error's later lines are a C++
+    stack nobody reading the profile needs)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:limit] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def sync_device(device: Any) -> None:
+    """Wait until `device` (a name such as "cuda:0", or a torch.device) has run the work
+    queued on it; a no-op on CPU. CUDA launches are asynchronous: a clock or a peak read
+    without this measures the launch, not the step."""
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize(device)
 
 
 def is_oom_text(text: str) -> bool:

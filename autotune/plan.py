@@ -27,9 +27,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autotune.decide import Budgets, EstimateFn, decide, estimate_from_table, estimate_table
+from autotune.decide import Budgets, EstimateFn, decide, estimate_from_table
 from autotune.errors import UserError
 from autotune.hardware import fingerprint
+from autotune.probes.estimates import estimate_table
 from autotune.profile import Profile, ProfileError, parse_json_file
 from autotune.records import GpuInfo, HardwareInfo, Measurements
 from autotune.units import parse_size

@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.decide import (REDUCE_LADDER, Budgets, Context, Decision, DevicesRule,
-                             NothingFitsError, PrecisionRule, ThreadsRule, candidate_loop_cells,
-                             decide, estimate_table)
+from autotune.decide import (REDUCE_LADDER, Budgets, Decision, NothingFitsError,
+                             candidate_loop_cells, choose_step_settings, decide)
 from autotune.errors import UserError
 from autotune.hardware import describe as describe_hardware
 from autotune.hardware import inventory
@@ -31,6 +30,7 @@ from autotune.measure import current_rss_bytes
 from autotune.probes.loader import LoaderProbeResult, probe_loader
 from autotune.probes.loop import LoopProbeResult, probe_loop, timed_steps_for
 from autotune.probes.map import MapProbeResult, probe_map
+from autotune.probes.estimates import estimate_table
 from autotune.probes.model import BATCH_LADDER, ModelProbeResult, pick_device, probe_model
 from autotune.probes.step import StepProbeResult, probe_steps
 from autotune.profile import Profile, profiles_dir, save_profile
@@ -38,7 +38,7 @@ from autotune.records import HardwareInfo, LoopTrial, Measurements, StepTrial
 from autotune.staff import DEFAULT_STAFF_SPACE_PX, StaffMeasure, measure_staff, ratio_for_staff_space
 from autotune.show import profile_table
 from autotune.units import format_bytes, parse_size
-from autotune.workload import Workload, load_workload
+from autotune.workload import DEFAULT_WORKLOAD, Workload, load_workload
 
 DEFAULT_TIME_BUDGET_S = 90.0
 # Shares of the time budget each stage may use, cumulative (map ends by 20%, model by 60%).
@@ -63,6 +63,7 @@ class ProbeOptions:
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     name: str | None = None
     staff_space_px: float = DEFAULT_STAFF_SPACE_PX
+    workload: str = DEFAULT_WORKLOAD    # which workload is measured, when none is passed in
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.staff_space_px <= 200:
@@ -93,17 +94,6 @@ class ProbeOutcome:
 def profile_name(preset: str, hardware: HardwareInfo) -> str:
     """Default profile name: one per preset and machine shape (same fingerprint, same file)."""
     return f"probe-{preset}-{hardware.fingerprint[:8]}"
-
-
-def _step_choices(hardware: HardwareInfo, budgets: Budgets, steps: StepProbeResult
-                  ) -> tuple[str, int | None, str]:
-    """The precision and threads decide will choose from the timed cells, so that the model
-    is measured the way it will run; and the precision's reason."""
-    m = Measurements(precision_trials=steps.precision_trials, thread_trials=steps.thread_trials)
-    ctx = Context(hw=hardware, m=m, budgets=budgets)
-    for rule in (DevicesRule, PrecisionRule, ThreadsRule):
-        rule().apply(ctx)
-    return str(ctx.chosen["precision"]), ctx.chosen["num_threads"], ctx.reasons["precision"]
 
 
 def _staff_stage(workload: Workload, say: Callable[[str], None]) -> StaffMeasure:
@@ -158,11 +148,11 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
                      report: Callable[[str], None] | None = None) -> ProbeOutcome:
     say = report or (lambda _msg: None)
     setup_start = time.monotonic()
-    hardware = hardware or inventory()
+    hardware = hardware or inventory(workload=opts.workload)
     say(f"hardware: {describe_hardware(hardware)} (fingerprint {hardware.fingerprint})")
     if workload is None:
         say("workload: loading the data source (the embedded dataset is built on first use)")
-        workload = load_workload("smt", data=opts.data, preset=opts.preset)
+        workload = load_workload(opts.workload, data=opts.data, preset=opts.preset)
     full_rows = workload.dataset_rows()        # opens the source (builds the default set once)
     setup_s = time.monotonic() - setup_start
     run = _Run(opts, hardware, workload, opts.budgets(), say, time.monotonic(), {})
@@ -223,9 +213,11 @@ def _step_stage(run: _Run, device: str, top_ratio: float
                         usable_cpus=hardware.usable_cpus, capability=capability,  # type: ignore[arg-type]
                         batch_size=STEP_BATCH, on_trial=_say_step(run.say))
     run.stage_s["step"] = steps.seconds
-    precision, num_threads, why = _step_choices(hardware, run.budgets, steps)
-    run.say(f"  -> {precision}, threads {num_threads or 'torch'}: {why.split(';')[0]}")
-    return steps, precision, num_threads
+    choice = choose_step_settings(hardware, run.budgets, steps.precision_trials,
+                                  steps.thread_trials)
+    run.say(f"  -> {choice.precision}, threads {choice.num_threads or 'torch'}: "
+            f"{choice.reason.split(';')[0]}")
+    return steps, choice.precision, choice.num_threads
 
 
 def _model_stage(run: _Run, device: str, precision: str, num_threads: int | None,

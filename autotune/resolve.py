@@ -24,6 +24,7 @@ from autotune.profile import (Profile, find_profile, iter_profiles, load_profile
                               profiles_dir as default_profiles_dir, resolve_profile_path,
                               save_profile)
 from autotune.settings import Settings
+from autotune.workload import DEFAULT_WORKLOAD
 
 
 @dataclass
@@ -43,9 +44,11 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
                     devices: int | None = None, profiles_dir: str | Path | None = None,
                     probe: Callable[..., Profile] | None = None,
                     say: Callable[[str], None] = _say,
-                    workload_kwargs: dict[str, Any] | None = None) -> ResolvedProfile:
-    """Turn `--profile SPEC` into settings. `probe(data=, preset=, devices=, name=)` is the
-    measuring function (default: `autotune.probe.probe_profile`); tests pass a fake."""
+                    workload_kwargs: dict[str, Any] | None = None,
+                    workload: str = DEFAULT_WORKLOAD) -> ResolvedProfile:
+    """Turn `--profile SPEC` into settings for the workload named `workload`.
+    `probe(data=, preset=, devices=, name=, workload=, hardware=)` is the measuring function
+    (default: `autotune.probe.probe_profile`); tests pass a fake."""
     if spec is None or spec == "":
         return ResolvedProfile(Settings(), None, None, False, "no profile: default settings")
     folder = Path(profiles_dir) if profiles_dir is not None else default_profiles_dir()
@@ -57,16 +60,16 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
             raise UserError(f"profile {spec!r}: no such file {path}{hint}")
         profile = load_profile(path)
         _warn_if_foreign(profile, data=data, preset=preset, say=say,
-                         workload_kwargs=workload_kwargs)
+                         workload_kwargs=workload_kwargs, workload=workload)
         return ResolvedProfile(profile.settings, path, profile.to_dict(), False,
                                f"profile {profile.name} from {path}")
 
     from autotune.hardware import inventory
     from autotune.workload import load_workload
 
-    hardware = inventory()
-    workload = load_workload("smt", data=data, preset=preset, **(workload_kwargs or {}))
-    wl_fp = workload.fingerprint()
+    hardware = inventory(workload=workload)
+    work = load_workload(workload, data=data, preset=preset, **(workload_kwargs or {}))
+    wl_fp = work.fingerprint()
     found = find_profile(hardware.fingerprint, wl_fp, folder)
     if found is not None and (devices is None or found.settings.devices == devices):
         return ResolvedProfile(found.settings, found.path, found.to_dict(), False,
@@ -90,7 +93,7 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
     if probe is None:
         from autotune.probe import probe_profile as probe
     profile = probe(data=data, preset=preset, devices=devices,
-                    name=profile_name(preset, hardware), workload=workload,
+                    name=profile_name(preset, hardware), workload=work,
                     hardware=hardware)
     path = save_profile(profile, folder / f"{profile.name}.json")
     say(f"profile auto: saved {path}")
@@ -100,10 +103,11 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
 
 def _warn_if_foreign(profile: Profile, *, data: str | None, preset: str,
                      say: Callable[[str], None],
-                     workload_kwargs: dict[str, Any] | None) -> None:
+                     workload_kwargs: dict[str, Any] | None,
+                     workload: str = DEFAULT_WORKLOAD) -> None:
     """A named profile is used as asked, but a mismatch is said out loud."""
     from autotune.hardware import inventory
-    hw_fp = inventory().fingerprint
+    hw_fp = inventory(workload=workload).fingerprint
     if profile.kind == "plan":
         return  # a plan describes another machine by design
     if profile.hardware_fingerprint != hw_fp:
@@ -112,7 +116,7 @@ def _warn_if_foreign(profile: Profile, *, data: str | None, preset: str,
             "`--profile auto` would probe this one")
     try:
         from autotune.workload import load_workload
-        wl_fp = load_workload("smt", data=data, preset=preset,
+        wl_fp = load_workload(workload, data=data, preset=preset,
                               **(workload_kwargs or {})).fingerprint()
     except UserError:
         return

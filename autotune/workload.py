@@ -1,10 +1,14 @@
-"""The one door through which autotune reaches a training workload.
+"""The workload interface, as autotune calls it (smt/workload.py is SMT's side of it).
+
+This is the one door through which autotune reaches a training workload.
 
 autotune knows machines, measurements and decisions; it must not know what a kern token or a
 ConvNeXt block is. A workload (SMT is the only one today) implements `Workload` below, and
-autotune finds it by name: `load_workload("smt")` imports `smt.workload` and calls its
-`make_workload(**kwargs)`. Anything the probes need from the workload goes through these
-methods, so a second workload only has to write one module.
+autotune finds it by name: `load_workload(DEFAULT_WORKLOAD)` imports `smt.workload` and calls
+its `make_workload(**kwargs)`. Anything the probes need from the workload goes through these
+methods, and the protocol holds only what autotune calls, so a second workload only has to
+write one module; the name SMT is written once here (`DEFAULT_WORKLOAD`), every entry point
+takes a `workload=` name that defaults to it.
 
 Three things cross this door besides the probes' measurements, each as a declared record:
 where the workload caches what it builds (`CacheLayout`, which `autotune cache` lists and
@@ -23,6 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from autotune.errors import UserError
 from autotune.settings import Settings
+
+# The workload every command measures or launches unless told otherwise (`--workload`, or a
+# caller's `workload=`): the only one shipped with the project.
+DEFAULT_WORKLOAD = "smt"
 
 
 @dataclass(frozen=True)
@@ -161,31 +169,17 @@ class Workload(Protocol):
         """The image (each side on its own, after reduction) and target length at `quantile`
         of the data's distribution (default the median)."""
 
-    def build_model(self, shape: ModelShape) -> Any:
-        """A fresh `torch.nn.Module` able to take inputs of `shape` (on CPU; the probe moves it)."""
-
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> Any:
         """A synthetic training batch of `shape` on `device` (worst case: every row full size)."""
-
-    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
-                      seed: int = 0) -> Any:
-        """`batch_size` real prepared rows drawn at random from the data (its size
-        distribution, not its maximum), batched as the training loader batches them: what
-        a step's speed is measured on."""
 
     def make_step(self, batch_size: int, shape: ModelShape, precision: str, device: Any,
                   batch: Any = None) -> "TrainingStep":
         """The training step exactly as training runs it (its loss, autocast for `precision`,
         the real optimizer and scheduler, gradient clipping), for a model sized as training
-        sizes it for data whose largest input is `shape`. It steps on `batch` (e.g.
-        `typical_batch`) or, when None, on the worst-case batch of `batch_size` at `shape`.
+        sizes it for data whose largest input is `shape`. It steps on `batch` (the probes
+        pass a `make_batch` of a typical shape) or, when None, on the worst-case batch of
+        `batch_size` at `shape`.
         Built once, called repeatedly (time warm calls); memory is freed by `close()`."""
-
-    def training_loss(self, model: Any, batch: Any) -> Any:
-        """Forward pass and loss (a scalar tensor) for `batch`."""
-
-    def make_optimizer(self, model: Any) -> Any:
-        """The optimizer the real training uses (its state is part of the memory cost)."""
 
     def estimate_memory(self, batch_size: int, shape: ModelShape, precision: str) -> int | None:
         """The model's own prediction of a training step's peak memory, bytes (None: unknown)."""
@@ -212,7 +206,7 @@ class Workload(Protocol):
         """Loader batches the trainer's steady samples/s leaves out (a trial must run more)."""
 
 
-def load_workload(name: str = "smt", **kwargs: Any) -> Workload:
+def load_workload(name: str = DEFAULT_WORKLOAD, **kwargs: Any) -> Workload:
     """Import `<name>.workload` (or `name` itself when it names a module with a dot) and call
     its `make_workload(**kwargs)`.
 
@@ -240,13 +234,12 @@ def _make(name: str, kwargs: dict[str, Any]) -> Workload:
 
 
 _REQUIRED = ("name", "describe", "fingerprint", "dataset_rows", "raw_sample", "map_spec",
-             "largest_shape", "typical_shape", "build_model", "make_batch", "typical_batch",
-             "make_step", "training_loss", "make_optimizer", "estimate_memory", "num_params",
-             "make_loader", "cache_layout", "trial_launch", "trial_report",
+             "largest_shape", "typical_shape", "make_batch", "make_step", "estimate_memory",
+             "num_params", "make_loader", "cache_layout", "trial_launch", "trial_report",
              "trial_warmup_batches")
 
 
-def default_cache_root(name: str = "smt") -> Path | None:
+def default_cache_root(name: str = DEFAULT_WORKLOAD) -> Path | None:
     """The cache root of workload `name`, None when that workload is not installed here.
 
     The machine inventory reports free disk where prepared data will go; it asks the workload

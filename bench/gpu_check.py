@@ -108,11 +108,23 @@ def memory_section(work: Any, ratio: float, batches: list[int], deadline: float,
     return rows
 
 
+def _real_rows_batch(work: Any, batch: int, ratio: float, seed: int = 0) -> dict[str, Any]:
+    """`batch` prepared training rows drawn at random (seeded) from 64, collated as the
+    training loader collates them (smt.builder): a typical batch of real rows."""
+    import random
+
+    from smt.builder import DEFAULT_TEACHER_NOISE, collate_rows
+    rows = work.prepared_sample(ratio, 64)
+    rng = random.Random(seed)
+    picked = [rng.randrange(len(rows)) for _ in range(batch)]
+    return collate_rows(rows, picked, work.vocab, work.fmt, teacher_noise=DEFAULT_TEACHER_NOISE)
+
+
 def speed_section(work: Any, ratio: float, batch: int, deadline: float,
                   capability: tuple[int, int]) -> list[dict[str, Any]]:
     from autotune.probes.step import precision_candidates, time_cell
     shape = work.largest_shape(ratio)
-    typical = work.typical_batch(batch, ratio, "cpu")
+    typical = _real_rows_batch(work, batch, ratio)
     print(f"== 4. samples/s on {batch} typical rows (model sized for "
           f"{shape.height}x{shape.width} px), 1 warm-up + 5 timed, median ==")
     rows = []

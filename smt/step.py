@@ -1,4 +1,6 @@
-"""One training step exactly as `smt.train` runs it, callable outside a training run.
+"""The training step, as smt runs it (autotune/probes/step.py is the probe that times it).
+
+One training step exactly as `smt.train` runs it, callable outside a training run.
 
 `TrainStep` holds an `SMTModule` attached to a Lightning `Trainer` that is set up for fitting
 but never fits: each call runs `trainer.strategy.training_step(batch, 0)`, which is what
@@ -17,6 +19,8 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from autotune.measure import free_memory, sync_device
 
 # Lightning announces its accelerator and precision choice at INFO when a Trainer is built;
 # a probe builds many, and the user already sees the settings in the probe's own output.
@@ -93,17 +97,13 @@ class TrainStep:
             from smt.builder import batch_to
             batch = batch_to(batch, self.trainer.strategy.root_device)
         loss = self.trainer.strategy.training_step(self.batch if batch is None else batch, 0)
-        root = self.trainer.strategy.root_device
-        if root.type == "cuda":
-            import torch
-            torch.cuda.synchronize(root)
+        sync_device(self.trainer.strategy.root_device)
         return float(loss)
 
     __call__ = step
 
     def close(self) -> None:
         """Drop the model, optimizer, batch and trainer and give their memory back."""
-        from autotune.measure import free_memory
         if self.trainer is None:
             return
         strategy = self.trainer.strategy

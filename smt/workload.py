@@ -1,8 +1,8 @@
-"""The SMT side of autotune's workload interface (`autotune.workload.Workload`).
+"""The workload interface, SMT's side (`autotune.workload.Workload` is the side autotune calls).
 
 autotune asks through this module, and only through it, for what it measures: raw rows and
 the preparation's own map function (`smt.data.prepare`), the largest and the median image and
-transcription the data gives, worst-case and typical batches, the training step itself
+transcription the data gives, synthetic batches of a given shape, the training step itself
 (`make_step`: `smt.step.TrainStep`, the LightningModule's own step), the model's analytic
 memory estimate, and the DataLoader training builds. Model config, loader, scan and batches
 come from `smt.builder`, which `smt.train` uses too, so what is measured is what trains.
@@ -26,8 +26,6 @@ WORKLOAD_VERSION = 1
 # is scanned whole (1,200 rows in about a second); a hub set of 100k pages is sampled evenly,
 # and the probe says so, because the map's memory and the model's both follow the largest image.
 SCAN_ROWS = 5000
-# Prepared rows a typical batch is drawn from (mapped once per reduce ratio, then reused).
-TYPICAL_ROWS = 64
 
 
 @functools.lru_cache(maxsize=8)
@@ -178,39 +176,12 @@ class SMTWorkload:
         return make_train_step(self.config(shape), self.vocab, self.fmt, batch, precision,
                                str(device), self.hparams())
 
-    def build_model(self, shape: ModelShape) -> Any:
-        from smt.model import SMTModel
-        return SMTModel(self.config(shape))
-
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> dict[str, Any]:
-        """Every row at the largest image and the longest sequence: the step's worst case."""
+        """Every row at `shape`, image and sequence full size: at `largest_shape` the step's
+        worst case, at a `typical_shape` the padded size of a typical batch."""
         from smt.builder import batch_to, synthetic_batch
         return batch_to(synthetic_batch(batch_size, shape.height, shape.width, shape.seq_len,
                                         len(self.vocab), seed=batch_size), device)
-
-    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
-                      seed: int = 0) -> dict[str, Any]:
-        """`batch_size` prepared training rows drawn at random (seeded), collated as the
-        training loader collates them: padded to the largest of the draw, so its cost follows
-        the dataset's size distribution rather than its maximum."""
-        import random
-
-        from smt.builder import DEFAULT_TEACHER_NOISE, batch_to, collate_rows
-        rows = self.prepared_sample(reduce_ratio, TYPICAL_ROWS)
-        rng = random.Random(seed)
-        picked = [rng.randrange(len(rows)) for _ in range(batch_size)]
-        return batch_to(collate_rows(rows, picked, self.vocab, self.fmt,
-                                     teacher_noise=DEFAULT_TEACHER_NOISE), device)
-
-    def training_loss(self, model: Any, batch: dict[str, Any]) -> Any:
-        """Mean cross-entropy per target token, as `smt.module.SMTModule` computes it."""
-        from smt.module import token_loss
-        loss_sum, tokens = token_loss(model, batch, self.vocab.pad_id)
-        return loss_sum / tokens.clamp(min=1)
-
-    def make_optimizer(self, model: Any) -> Any:
-        from smt.module import make_optimizer
-        return make_optimizer(model.parameters(), self.lr)
 
     def estimate_memory(self, batch_size: int, shape: ModelShape, precision: str) -> int | None:
         from smt.model import estimate_memory

@@ -11,12 +11,20 @@ budget. RSS sampling misses spikes shorter than its interval and a fit is only a
 points, hence the margins; an OOM seen during the probe caps a batch below it regardless of
 what the fit says.
 
+Two entry points: `decide` (every rule, the whole settings) and `choose_step_settings` (the
+probe's mid-way decision: precision and threads from the timed step cells, before the model
+is measured at them).
+
 Layout: `context` (Budgets, Context, Rule, Decision, NothingFitsError), one module per rule
 (`devices`, `precision`, `strategy`, `map`, `batch`, `accumulate`, `workers`), `memory` (the
-memory-line strategies the batch rule reads), `estimates` (the workload's estimate grid and
-its reading). The fitted cost models are autotune.fits'.
+memory-line strategies the batch rule reads), `estimates` (the profile's estimate table read
+back as an estimate; the table itself is asked of the workload by `autotune.probes.estimates`).
+The fitted cost models are autotune.fits'.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from autotune.decide.accumulate import AccumulateRule
 from autotune.decide.batch import REDUCE_LADDER, BatchRule
@@ -24,14 +32,14 @@ from autotune.decide.context import (Budgets, Context, Decision, EstimateFn, Not
                                      Rule)
 from autotune.decide.devices import DevicesRule
 from autotune.decide.map import MIN_WRITER_BATCH, WRITER_LADDER, MapRule, fit_map_cost
+from autotune.decide.estimates import estimate_from_table
 from autotune.decide.loop import LoopCell, LoopRule, loop_cells
-from autotune.decide.estimates import estimate_from_table, estimate_table
 from autotune.decide.precision import PrecisionRule
 from autotune.decide.strategy import StrategyRule
 from autotune.decide.threads import ThreadsRule
 from autotune.decide.workers import WorkersRule
 from autotune.fits import MapCostModel, fit_memory
-from autotune.records import HardwareInfo, Measurements
+from autotune.records import HardwareInfo, Measurements, StepTrial
 from autotune.settings import Settings
 
 RULES: dict[str, type[Rule]] = {
@@ -50,7 +58,8 @@ RULES: dict[str, type[Rule]] = {
 __all__ = ["AccumulateRule", "BatchRule", "Budgets", "Context", "Decision", "DevicesRule",
            "EstimateFn", "MIN_WRITER_BATCH", "MapCostModel", "MapRule", "NothingFitsError",
            "PrecisionRule", "REDUCE_LADDER", "RULES", "Rule", "StrategyRule", "ThreadsRule", "WRITER_LADDER",
-           "WorkersRule", "decide", "estimate_from_table", "estimate_table", "fit_map_cost", "fit_memory", "LoopCell", "LoopRule", "loop_cells",
+           "StepChoice", "WorkersRule", "choose_step_settings", "decide", "estimate_from_table",
+           "fit_map_cost", "fit_memory", "LoopCell", "LoopRule", "loop_cells",
            "candidate_loop_cells"]
 
 
@@ -92,3 +101,25 @@ def decide(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None
                               "effective_batch_size": budgets.effective_batch_size}
     return Decision(settings=settings, reasons=dict(ctx.reasons), sources=dict(ctx.sources),
                     details=ctx.details)
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """The precision and intra-op threads training will run at, chosen from the step cells."""
+    precision: str
+    num_threads: int | None             # None: torch's own default
+    reason: str                         # the precision's reason, as `decide` will give it
+
+
+def choose_step_settings(hw: HardwareInfo, budgets: Budgets,
+                         precision_trials: Sequence[StepTrial],
+                         thread_trials: Sequence[StepTrial]) -> StepChoice:
+    """The precision and threads `decide` will choose from these timed step cells (its
+    devices, precision and threads rules, the same code), so that the probe measures the
+    model the way it will run. Reads the cells only: no other measurement is needed yet."""
+    m = Measurements(precision_trials=list(precision_trials), thread_trials=list(thread_trials))
+    ctx = Context(hw=hw, m=m, budgets=budgets)
+    for rule in (DevicesRule, PrecisionRule, ThreadsRule):
+        rule().apply(ctx)
+    return StepChoice(str(ctx.chosen["precision"]), ctx.chosen["num_threads"],
+                      ctx.reasons["precision"])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from autotune.decide.context import Context, NothingFitsError, Rule, loader_worker_rss, shape_for
 from autotune.decide.memory import MemoryLine, memory_line
+from autotune.records import Measurements
 from autotune.settings import accumulation_for
 from autotune.staff import ratio_for_staff_space
 from autotune.units import format_bytes as fb
@@ -26,6 +27,14 @@ class BatchPick:
     steps: int                         # accumulation steps at this batch
 
 
+def process_base_rss(m: Measurements) -> int:
+    """The training process's own RSS before its first step: the model probe's figure, else
+    the map probe's parent process (torch, the dataset and the loader already imported), the
+    closest figure when the model probe did not record it; 0 when neither was measured. On
+    CPU a step's measured memory is growth over this."""
+    return int(m.model_base_rss_bytes or m.map_base_rss_bytes or 0)
+
+
 def model_budget(ctx: Context) -> tuple[int, str]:
     """Bytes a training step may use per device, and how that figure was reached."""
     if ctx.on_gpu:
@@ -33,10 +42,8 @@ def model_budget(ctx: Context) -> tuple[int, str]:
         budget = ctx.budgets.vram_budget(smallest)
         return budget, (f"{fb(budget)} per GPU ({fb(smallest)} less "
                         f"{ctx.budgets.vram_margin:.0%} margin)")
-    # CPU: the step shares RAM with the process itself and at least one loader worker. The
-    # process's own RSS before training; the map's parent (torch already imported) is the
-    # closest figure when the model probe did not record it.
-    base = int(ctx.m.model_base_rss_bytes or ctx.m.map_base_rss_bytes or 0)
+    # CPU: the step shares RAM with the process itself and at least one loader worker.
+    base = process_base_rss(ctx.m)
     worker = int(loader_worker_rss(ctx.m.loader_trials) or 0)
     budget = int(ctx.ram_budget * (1 - ctx.budgets.ram_margin)) - base - worker
     return budget, (f"{fb(budget)} of RAM ({fb(ctx.ram_budget)} budget less "

@@ -1,4 +1,6 @@
-"""Dataset preparation: num_proc and writer_batch_size from the map trials' rates and the
+"""The map, decided (autotune/probes/map.py measures what this reads).
+
+Dataset preparation: num_proc and writer_batch_size from the map trials' rates and the
 peak RSS model (autotune.fits.MapCostModel), under the RAM budget; then the cache's disk need.
 """
 from __future__ import annotations

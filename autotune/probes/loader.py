@@ -1,4 +1,6 @@
-"""Loader probe: how many batches per second the workload's DataLoader delivers per
+"""The loader, measured (smt/data/loader.py is SMT's loader itself, timed here).
+
+Loader probe: how many batches per second the workload's DataLoader delivers per
 `num_workers`, set against how many the model consumes.
 
 Each trial builds the loader the real training builds (over a small prepared sample), reads
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autotune.measure import ProgressWatchdog, RssSampler, kill_tree
+from autotune.measure import ProgressWatchdog, RssSampler, error_line, kill_tree
 from autotune.probes import doubling_counts
 from autotune.records import LoaderTrial
 from autotune.workload import Workload
@@ -64,7 +66,7 @@ def run_loader_trial(workload: Workload, batch_size: int, num_workers: int, redu
                 stamps.append(time.perf_counter())
                 watchdog.beat()
     except Exception as exc:  # a dead or stuck worker: recorded, the next trial goes on
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        error = error_line(exc)
         if watchdog.stalled:
             error = f"no batch for {stall_s:g} s ({error})"
     finally:

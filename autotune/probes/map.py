@@ -1,4 +1,6 @@
-"""Map probe: how fast and how memory-hungry the workload's `datasets.map` preparation is.
+"""The map, measured (autotune/decide/map.py decides from what this records).
+
+Map probe: how fast and how memory-hungry the workload's `datasets.map` preparation is.
 
 Each trial maps a small sample of raw rows at one (num_proc, writer_batch_size) in a forked
 child process under autotune.supervise, so that a trial that stalls or blows up can be

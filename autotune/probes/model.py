@@ -5,8 +5,9 @@ For each reduce ratio on a ladder (largest images first), the workload builds it
 training step (`Workload.make_step`: the LightningModule's step with its autocast and
 optimizer) for a model sized for the largest image the data gives after that reduction.
 Memory: two steps on a batch where every row is that largest image. Speed: warm-up steps,
-then the median of timed steps on a batch of real rows drawn from the data
-(`Workload.typical_batch`), because most training steps see typical images, not the largest.
+then the median of timed steps on a synthetic batch of the typical padded shape
+(`probes.step.typical_batch`: every row at the size a random batch of that many rows pads
+to), because most training steps see typical images, not the largest.
 Memory is the CUDA allocator peak on a GPU and the growth of this
 process's RSS high-water mark on CPU. A batch that raises an OOM (as `is_oom_error` defines
 it) ends that ratio's ladder; one whose predicted memory would pass the budget is not tried at
@@ -25,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.decide.batch import REDUCE_LADDER
-from autotune.fits import bound_memory
+from autotune.fits import fit_trials
 from autotune.measure import (PeakRssMeter, cuda_peak_bytes, cuda_peak_reset, current_rss_bytes,
-                              free_memory, is_oom_error, trim_heap)
+                              error_line, free_memory, is_oom_error, sync_device, trim_heap)
 from autotune.probes.step import TIMED_STEPS, WARMUP_STEPS, threads, time_cell, typical_batch
 from autotune.records import MemoryFit, ModelTrial
 from autotune.units import format_bytes
@@ -58,22 +59,6 @@ class ModelProbeResult:
 
 
 # -- one step ---------------------------------------------------------------------------------
-
-def _sync(device_type: str) -> None:
-    if device_type == "cuda":
-        import torch
-        torch.cuda.synchronize()
-
-
-def fit_trials(trials: Sequence[ModelTrial], reduce_ratio: float) -> MemoryFit | None:
-    """The memory line through the successful trials of one ratio (autotune.fits.bound_memory:
-    one batch size measured gives a line through the origin, the safe reading for anyone who
-    extrapolates the stored fit, e.g. the search)."""
-    pts = [(t.batch_size, float(t.peak_memory_bytes)) for t in trials
-           if math.isclose(t.reduce_ratio, reduce_ratio) and not t.oom and t.error is None
-           and t.peak_memory_bytes is not None]
-    return bound_memory(pts, reduce_ratio)
-
 
 def _predict_next(fit: MemoryFit | None, estimate: int | None, batch: int) -> float | None:
     """Memory expected at `batch` before trying it: the measured line when there are two
@@ -210,7 +195,7 @@ class _Cell:
                 step = self.workload.make_step(batch_size, shape, self.precision, self.device)
                 step.step()
                 step.step()
-                _sync(self.device_type)
+                sync_device(self.device)
             if self.device_type == "cuda":
                 return cuda_peak_bytes(self.device), False, None
             peak = None if meter.peak_bytes is None else max(0, meter.peak_bytes - base)
@@ -218,7 +203,7 @@ class _Cell:
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
-            return None, True, _short(exc)
+            return None, True, error_line(exc)
         finally:
             if step is not None:
                 step.close()
@@ -234,11 +219,6 @@ def _safe_estimate(workload: Workload, batch_size: int, shape: ModelShape,
     except (NotImplementedError, ValueError):
         return None
     return int(value) if value is not None else None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def pick_device() -> str:

@@ -1,11 +1,13 @@
-"""Time the training step that will really run: precision and thread candidates, warm medians.
+"""The training step, timed (smt/step.py is the step itself, as SMT runs it).
 
+Time the training step that will really run: precision and thread candidates, warm medians.
 A candidate is one (precision, intra-op threads, batch size, input shape) cell. Its step comes
-from the workload (`Workload.train_step`: the LightningModule's own training step with its
+from the workload (`Workload.make_step`: the LightningModule's own training step with its
 autocast and optimizer), is run `warmup_steps` times untimed (kernel choice, allocator, Adam
 state) and `timed_steps` times timed; the median of the timed steps is the cell's step time.
-Speed is timed on a batch of *typical* images (the data's median size), because that is what
-most training steps see; memory is the probe's other job, at the largest image.
+Speed is timed on a synthetic batch of *typical* size (`typical_batch`: every row at the size
+a random batch of that many rows pads to, the median for one row), because that is what most
+training steps see; memory is the probe's other job, at the largest image.
 
 Candidates per device kind:
 - CPU: `32-true` and `bf16-mixed`. A CPU without native bf16 (most rented AVX2 machines)
@@ -21,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autotune.measure import cuda_peak_bytes, cuda_peak_reset, free_memory, is_oom_error
+from autotune.measure import (cuda_peak_bytes, cuda_peak_reset, error_line, free_memory,
+                              is_oom_error, sync_device)
 from autotune.records import StepTrial
 from autotune.workload import ModelShape, Workload
 
@@ -85,21 +88,10 @@ class threads:  # noqa: N801 - used as a context manager like torch's own
             torch.set_num_threads(self._old)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-        torch.cuda.synchronize()
-
-
 @dataclass(frozen=True)
 class CellSpec:
     precision: str
     num_threads: int | None = None
-
-
-def _short(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def time_cells(workload: Workload, specs: Sequence[CellSpec], *, batch_size: int,
@@ -168,7 +160,7 @@ def _guard(fn: Callable[[], Any]) -> str | None:
         if not is_oom_error(exc):
             raise
         free_memory()
-        return _short(exc)
+        return error_line(exc)
     return None
 
 
@@ -179,14 +171,14 @@ def _build_and_warm(workload: Workload, spec: CellSpec, steps: list[Any], i: int
         steps[i] = workload.make_step(batch_size, shape, spec.precision, device, batch=batch)
         for _ in range(warmup_steps):
             steps[i].step()
-        _sync(device)
+        sync_device(device)
 
 
 def _timed(step: Any, spec: CellSpec, device: str) -> float:
     with threads(spec.num_threads):
         t0 = time.perf_counter()
         step.step()
-        _sync(device)
+        sync_device(device)
         return time.perf_counter() - t0
 
 

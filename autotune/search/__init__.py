@@ -1,6 +1,7 @@
 """Optuna search over training settings (`python -m autotune search`).
 
-Modules, one job each: `space` (knobs and bounds), `memory` (reject before running),
+Modules, one job each: `searchconfig` (what one search is), `space` (knobs and bounds),
+`feasible` (reject before running),
 `constraints` (that rejection as Optuna's constraint, on Optuna 3.6 to 5), `objectives` (what
 a trial is scored on), `length` (a trial's steps and the request the workload launches),
 `runner` (one trial = one child training process), `storage` (study storage, heartbeats,
@@ -11,7 +12,8 @@ from autotune.search.objectives import OBJECTIVES, TrialFailed, make_objective
 from autotune.search.runner import TrialResult, TrialRunner
 from autotune.search.space import SearchSpace, TrialPoint, space_for
 from autotune.search.storage import count_trials, default_storage_url, mask_url, open_storage
-from autotune.search.study import SearchConfig, SearchOutcome, run_study
+from autotune.search.searchconfig import SearchConfig
+from autotune.search.study import SearchOutcome, run_study
 
 __all__ = ["add_parser", "run_search", "main", "OBJECTIVES", "TrialFailed", "make_objective",
            "TrialResult", "TrialRunner", "SearchSpace", "TrialPoint", "space_for",

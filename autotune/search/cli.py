@@ -1,4 +1,6 @@
-"""`python -m autotune search`: parse flags, build the search, run it, report and save."""
+"""The command line, `autotune search`'s part (autotune/cli.py is the top level that hands to it).
+
+`python -m autotune search`: parse flags, build the search, run it, report and save."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +24,13 @@ from autotune.search.feasible import (FitPredictor, MemoryPredictor, NullPredict
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.space import space_for
 from autotune.search.storage import GRACE_S, HEARTBEAT_S, dashboard_command, mask_url
-from autotune.search.study import SearchConfig, run_study
+from autotune.search.searchconfig import SearchConfig
+from autotune.search.study import run_study
 from autotune.units import parse_size
+from autotune.workload import DEFAULT_WORKLOAD
 
 # `--workload none` still launches trials as this workload declares (its flags and report).
-TRIAL_WORKLOAD_FOR_NONE = "smt"
+TRIAL_WORKLOAD_FOR_NONE = DEFAULT_WORKLOAD
 SEARCH_PLOT_COMMAND = "autotune search --plot"     # the --plot folder's marker (autotune.outdir)
 
 DESCRIPTION = """\
@@ -81,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--trainer", metavar="CMD", help="command a trial runs instead of the "
                    "workload's own (SMT: 'python -m smt.train'); it gets the same flags")
-    p.add_argument("--workload", default="smt", metavar="NAME",
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD, metavar="NAME",
                    help="workload whose trials, memory estimate and fingerprint the search "
                    "uses (default smt; 'none': no memory estimate or fingerprint, the trials "
                    "still take smt's flags, for a stand-in --trainer)")
@@ -135,7 +139,7 @@ def memory_budget(args: argparse.Namespace, profile: dict[str, Any] | None) -> t
 
 
 def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
-                     data: str | None, workload: str = "smt") -> MemoryPredictor:
+                     data: str | None, workload: str = DEFAULT_WORKLOAD) -> MemoryPredictor:
     if profile is not None:
         fits = fits_from_profile(profile)
         if fits:
@@ -149,7 +153,7 @@ def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
 
 
 def describe_workload(preset: str | None, data: str | None,
-                      workload: str = "smt") -> dict[str, Any]:
+                      workload: str = DEFAULT_WORKLOAD) -> dict[str, Any]:
     """The profile's `workload` section with the fingerprint `--profile auto` matches on."""
     try:
         if workload == "none":

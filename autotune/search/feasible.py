@@ -12,8 +12,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.records import MemoryFit
+from autotune.decide.batch import process_base_rss
+from autotune.fits import bound_memory, fit_trials
+from autotune.records import Measurements, MemoryFit
 from autotune.settings import Settings
+from autotune.workload import DEFAULT_WORKLOAD
+
 
 class MemoryPredictor(ABC):
     """One method: predicted peak bytes for a trial's settings, or None when unknowable."""
@@ -54,72 +58,71 @@ class NullPredictor(MemoryPredictor):
 
 def fits_from_profile(profile: dict[str, Any]) -> list[MemoryFit]:
     """MemoryFit records from a profile: stored fits, else fitted from its measured model
-    trials, else from the workload's own estimates it carries (a plan profile)."""
-    meas = profile.get("measurements") or {}
-    model = meas.get("model") if isinstance(meas.get("model"), dict) else {}
-    for rows in (meas.get("memory_fits"), model.get("fits"), model.get("memory_fits")):
-        if isinstance(rows, dict):
-            rows = [rows]
-        if isinstance(rows, list) and rows:
-            fits = []
-            for r in rows:
-                try:
-                    fits.append(MemoryFit(reduce_ratio=float(r["reduce_ratio"]),
-                                          fixed_bytes=float(r["fixed_bytes"]),
-                                          per_sample_bytes=float(r["per_sample_bytes"]),
-                                          points=int(r.get("points", 0)),
-                                          source=str(r.get("source", "measured"))))
-                except (KeyError, TypeError, ValueError):
-                    continue
-            if fits:
-                return fits
-    from autotune.search.space import _model_trials
-    by_ratio: dict[float, list[tuple[int, int]]] = {}
-    for t in _model_trials(profile):
-        if t.get("oom") or t.get("error") or not t.get("peak_memory_bytes"):
-            continue
-        by_ratio.setdefault(float(t["reduce_ratio"]), []).append(
-            (int(t["batch_size"]), int(t["peak_memory_bytes"])))
-    fits = [f for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
+    trials (the probe's own `fit_trials`), else from the workload's own estimates it carries
+    (a plan profile). The profile is read as the decision reads it (`Measurements`)."""
+    m = Measurements.from_dict(profile.get("measurements"))
+    stored = _stored_fits(m)
+    if stored:
+        return stored
+    fits = [_floored(f) for ratio in sorted({t.reduce_ratio for t in m.model_trials})
+            if (f := fit_trials(m.model_trials, ratio)) is not None]
     if fits:
         return fits
     precision = (profile.get("settings") or {}).get("precision")
-    for e in meas.get("estimates") or []:
-        if not isinstance(e, dict) or not e.get("estimated_memory_bytes"):
+    by_ratio: dict[float, list[tuple[int, int]]] = {}
+    for e in m.estimates:
+        if not e.estimated_memory_bytes or (precision and e.precision not in (None, precision)):
             continue
-        if precision and e.get("precision") not in (None, precision):
-            continue
-        by_ratio.setdefault(float(e["reduce_ratio"]), []).append(
-            (int(e["batch_size"]), int(e["estimated_memory_bytes"])))
+        by_ratio.setdefault(float(e.reduce_ratio), []).append(
+            (int(e.batch_size), int(e.estimated_memory_bytes)))
     return [MemoryFit(f.reduce_ratio, f.fixed_bytes, f.per_sample_bytes, f.points, "predicted")
             for ratio, pts in by_ratio.items() if (f := fit_line(ratio, pts)) is not None]
 
 
+def _stored_fits(m: Measurements) -> list[MemoryFit]:
+    """The fits the model probe stored with its trials (`measurements.model.fits`; older
+    writers: `memory_fits` beside or inside it). Malformed rows are skipped."""
+    model = m.extra.get("model") or {}
+    for rows in (m.extra.get("memory_fits"), model.get("fits"), model.get("memory_fits")):
+        rows = [rows] if isinstance(rows, dict) else rows
+        if not isinstance(rows, list):
+            continue
+        fits = []
+        for r in rows:
+            try:
+                fits.append(MemoryFit(reduce_ratio=float(r["reduce_ratio"]),
+                                      fixed_bytes=float(r["fixed_bytes"]),
+                                      per_sample_bytes=float(r["per_sample_bytes"]),
+                                      points=int(r.get("points", 0)),
+                                      source=str(r.get("source", "measured"))))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        if fits:
+            return fits
+    return []
+
+
 def offset_from_profile(profile: dict[str, Any]) -> float:
-    """The training process's RSS before a step, when the fits are CPU RSS growth."""
-    from autotune.search.space import _model_trials
-    meas = profile.get("measurements") or {}
-    model = meas.get("model") if isinstance(meas.get("model"), dict) else {}
-    trials = _model_trials(profile)
-    on_cpu = bool(trials) and all(str(t.get("device", "cpu")).startswith("cpu") for t in trials)
-    base = model.get("base_rss_bytes")
-    if not isinstance(base, (int, float)):
-        # As autotune.decide does: the map probe's parent process is the nearest measure of
-        # a training process before its first step (torch, the dataset, the loader).
-        map_s = meas.get("map") if isinstance(meas.get("map"), dict) else {}
-        base = map_s.get("base_rss_bytes")
-    return float(base) if on_cpu and isinstance(base, (int, float)) else 0.0
+    """The training process's RSS before a step (`decide`'s `process_base_rss`), when the fits
+    are CPU RSS growth; 0 when they are a GPU's allocator peaks."""
+    m = Measurements.from_dict(profile.get("measurements"))
+    on_cpu = bool(m.model_trials) and all(str(t.device).startswith("cpu")
+                                          for t in m.model_trials)
+    return float(process_base_rss(m)) if on_cpu else 0.0
+
+
+def _floored(fit: MemoryFit) -> MemoryFit:
+    """A negative fixed part from noisy points read as 0 (the search adds the offset itself)."""
+    return MemoryFit(fit.reduce_ratio, max(0.0, fit.fixed_bytes), fit.per_sample_bytes,
+                     fit.points, fit.source)
 
 
 def fit_line(ratio: float, points: list[tuple[int, int]]) -> MemoryFit | None:
     """memory = fixed + per_sample x batch, the probe's own line (autotune.fits.bound_memory:
     one batch size measured gives a line through the origin, the safe side); a negative
     fixed part from noisy points is read as 0."""
-    from autotune.fits import bound_memory
     fit = bound_memory([(b, float(m)) for b, m in points], ratio)
-    if fit is None:
-        return None
-    return MemoryFit(ratio, max(0.0, fit.fixed_bytes), fit.per_sample_bytes, fit.points)
+    return None if fit is None else _floored(fit)
 
 
 class WorkloadPredictor(MemoryPredictor):
@@ -142,7 +145,7 @@ class WorkloadPredictor(MemoryPredictor):
 
 
 def workload_predictor(preset: str | None, data: str | None,
-                       name: str = "smt") -> MemoryPredictor:
+                       name: str = DEFAULT_WORKLOAD) -> MemoryPredictor:
     """A WorkloadPredictor for the named workload, or a NullPredictor saying why there is none.
 
     Opening the workload opens the dataset (the embedded default is rendered once into the

@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from autotune.search.searchconfig import SearchConfig
 from autotune.search.space import TrialPoint
 from autotune.workload import TrialRequest
-
-if TYPE_CHECKING:
-    from autotune.search.study import SearchConfig
 
 # Loader batches a throughput trial runs at least: twice the trainer's warm-up, which its
 # steady samples/s leaves out, so every trial reports a steady rate and trials are compared on

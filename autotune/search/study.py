@@ -11,8 +11,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -22,83 +21,18 @@ from rich.console import Console
 
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
-from autotune.search.feasible import Feasibility, MemoryPredictor, NullPredictor
-from autotune.search.objectives import Objective, TrialFailed
+from autotune.search.feasible import Feasibility
+from autotune.search.objectives import TrialFailed
 from autotune.search.runner import TrialResult, TrialRunner
-from autotune.search.space import SearchSpace, TrialPoint
-from autotune.search.storage import (GRACE_S, HEARTBEAT_S, OUTCOME_COMPLETE, OUTCOME_FAILED,
-                                     OUTCOME_PRUNED, OUTCOME_REJECTED, OUTCOME_SURPLUS,
-                                     StudyCounts, count_trials, default_storage_url,
-                                     fail_stale, is_surplus, mask_url, open_storage,
+from autotune.search.space import TrialPoint
+from autotune.search.storage import (OUTCOME_COMPLETE, OUTCOME_FAILED, OUTCOME_PRUNED,
+                                     OUTCOME_REJECTED, OUTCOME_SURPLUS, StudyCounts,
+                                     count_trials, is_surplus, mask_url, open_storage,
                                      retry_point, storage_errors, wait_for_running)
 from autotune.search.constraints import HAS_SET_CONSTRAINT, memory_constraint, record_violation
 from autotune.search.length import steps_for, trainer_args, trial_request
-from autotune.workload import TrialReport, TrialRequest, Workload, load_workload
-
-
-@dataclass
-class SearchConfig:
-    objective: Objective
-    space: SearchSpace
-    run_dir: Path
-    trials: int = 20
-    # Optimizer steps of a trial at the base effective batch. Quality trials keep the number of
-    # SAMPLES fixed (steps x base effective batch), so a bigger effective batch is not
-    # rewarded for having seen more data.
-    steps_per_trial: int = 50
-    timeout_s: float | None = None             # whole search: no new trial after this
-    trial_timeout_s: float = 900.0             # one trial's training: killed and failed past this
-    # Before training starts (data preparation at a new reduce ratio, start-up): a separate,
-    # longer limit, because preparing a large dataset legitimately takes many minutes.
-    setup_timeout_s: float = 3600.0
-    storage: str | None = None
-    study_name: str | None = None
-    preset: str | None = None
-    data: str | None = None
-    seed: int | None = None
-    memory_budget_bytes: int | None = None
-    predictor: MemoryPredictor = field(default_factory=NullPredictor)
-    # Whose trial launch (command, flags, report) the trials use, and an optional command that
-    # replaces the workload's own (`--trainer`; it must take the same flags).
-    workload: str = "smt"
-    trainer: tuple[str, ...] | None = None
-    heartbeat_s: int = HEARTBEAT_S
-    grace_s: int = GRACE_S
-    enqueue: list[dict[str, Any]] = field(default_factory=list)  # points to try first
-    # Stop after this many attempts in this process (rejections and failures included), so a
-    # space where nothing fits or a trainer that always crashes cannot loop forever.
-    max_attempts: int | None = None
-    _workload: Workload | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.steps_per_trial < 1:
-            raise ValueError(f"steps_per_trial must be >= 1, got {self.steps_per_trial}")
-        if self.trial_timeout_s <= 0:
-            raise ValueError(f"trial_timeout_s must be > 0, got {self.trial_timeout_s}")
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or default_storage_url(self.run_dir)
-
-    @property
-    def name(self) -> str:
-        return self.study_name or f"smt-{self.objective.name}-{self.preset or 'default'}"
-
-    def trial_workload(self) -> Workload:
-        """The workload that launches the trials (built once; building it reads no data)."""
-        if self._workload is None:
-            self._workload = load_workload(self.workload, data=self.data,
-                                           preset=self.preset or "paper")
-        return self._workload
-
-    def trainer_command(self) -> tuple[str, ...]:
-        """The program each trial runs: `trainer`, else the workload's own."""
-        if self.trainer:
-            return self.trainer
-        probe = TrialRequest(settings=self.space.base, max_steps=1, out_dir=self.run_dir)
-        return self.trial_workload().trial_launch(probe).command
+from autotune.search.searchconfig import SearchConfig
+from autotune.workload import TrialReport
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The torch side of the data: prepared rows -> tensors, and a collate that batches any sizes.
+"""The loader, SMT's side: the loader itself (autotune/probes/loader.py times it).
+
+The torch side of the data: prepared rows -> tensors, and a collate that batches any sizes.
 
 The reference SMT collate crashes for batch > 1 when sequences differ in length, which forces
 batch size 1 and wastes the GPU. Here images are padded with white (1.0) to the largest

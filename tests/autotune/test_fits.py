@@ -6,7 +6,7 @@ import pytest
 
 from autotune.decide import estimate_from_table
 from autotune.fits import MapCostModel, bound_memory, fit_memory
-from autotune.probes.model import fit_trials
+from autotune.fits import fit_trials
 from autotune.records import MemoryEstimate, ModelTrial
 
 

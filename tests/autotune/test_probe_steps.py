@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from workload_fakes import FakeWorkload
 
-from autotune.decide import Budgets
-from autotune.probe import _step_choices
+from autotune.decide import Budgets, choose_step_settings
 from autotune.probes.step import CellSpec, probe_steps, thread_candidates, time_cells
 from autotune.records import HardwareInfo
 
@@ -52,7 +51,8 @@ def test_the_probe_picks_the_precision_that_ran_faster(cost, expected):
     work = SlowStepWorkload(cost)
     steps = probe_steps(work, reduce_ratio=0.5, device="cpu", usable_cpus=2,
                         thread_counts=(1,))
-    precision, threads, why = _step_choices(cpu(), Budgets(), steps)
+    choice = choose_step_settings(cpu(), Budgets(), steps.precision_trials, steps.thread_trials)
+    precision, why = choice.precision, choice.reason
     assert precision == expected
     assert "fp32" in why and "bf16" in why and "samples/s" in why
     # Every cell: one warm-up and at least two timed steps, unless it lost by > 3x.
@@ -63,7 +63,9 @@ def test_the_probe_picks_the_precision_that_ran_faster(cost, expected):
 def test_threads_are_measured_and_the_fastest_count_wins():
     work = SlowStepWorkload({"32-true": 0.08, "bf16-mixed": 0.4}, scales=True)
     steps = probe_steps(work, reduce_ratio=0.5, device="cpu", usable_cpus=4)
-    precision, threads, _ = _step_choices(cpu(4), Budgets(), steps)
+    choice = choose_step_settings(cpu(4), Budgets(), steps.precision_trials,
+                                  steps.thread_trials)
+    precision, threads = choice.precision, choice.num_threads
     # 4 threads ran fastest alone: no rule keeps a core back (the loop stage weighs threads
     # against loader workers where it runs).
     assert (precision, threads) == ("32-true", 4)

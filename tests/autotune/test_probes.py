@@ -8,10 +8,10 @@ import time
 import psutil
 import pytest
 
-from autotune.fits import fit_map_peak
+from autotune.fits import fit_map_peak, fit_trials
 from autotune.probes.loader import probe_loader, worker_counts
 from autotune.probes.map import probe_map, run_map_trial, trial_grid
-from autotune.probes.model import fit_trials, probe_model
+from autotune.probes.model import probe_model
 from autotune.records import MapTrial, ModelTrial
 from workload_fakes import FakeWorkload
 

@@ -6,6 +6,7 @@ flags and writes summary.json from a formula, so these tests exercise the search
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict
@@ -22,13 +23,15 @@ from optuna.trial import TrialState
 
 from autotune.records import MemoryFit, ModelTrial
 from autotune.search import cli
-from autotune.search.feasible import Feasibility, FitPredictor, fit_line, fits_from_profile
+from autotune.search.feasible import (Feasibility, FitPredictor, fit_line, fits_from_profile,
+                                      offset_from_profile)
 from autotune.units import parse_size
 from autotune.search.objectives import make_objective
 from autotune.search.runner import ProgressReader
 from autotune.search.space import SEARCHED, make_point, space_for
 from autotune.search.storage import count_trials, mask_url
-from autotune.search.study import SearchConfig, run_study, steps_for
+from autotune.search.searchconfig import SearchConfig
+from autotune.search.study import run_study, steps_for
 from autotune.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -353,6 +356,21 @@ def test_memory_fit_from_probe_trials_and_area_scaling():
     assert fit_line(1.0, [(2, 100)]) == MemoryFit(1.0, 0.0, 50.0, 1)
     assert Feasibility(5.0, 4).violation == pytest.approx(0.25)
     assert Feasibility(None, 4).feasible and not Feasibility(5.0, 4).feasible
+
+
+@pytest.mark.parametrize("device, model_base, map_base, offset", [
+    ("cuda:0", 3 * 2**30, 2**30, 0.0),         # GPU fits are allocator peaks: nothing to add
+    ("cpu", 3 * 2**30, 2**30, 3 * 2**30),      # CPU fits are RSS growth over the process
+    ("cpu", None, 2**30, 2**30),               # no model figure: the map's parent, as decide
+    ("cpu", None, None, 0.0),
+])
+def test_cpu_fits_add_the_process_rss_the_decision_counts(device, model_base, map_base, offset):
+    meas = copy.deepcopy(PROFILE["measurements"])
+    for t in meas["model"]["trials"]:
+        t["device"] = device
+    meas["model"]["base_rss_bytes"] = model_base
+    meas["map"] = {"base_rss_bytes": map_base}
+    assert offset_from_profile({**PROFILE, "measurements": meas}) == offset
 
 
 @pytest.mark.parametrize("text, size", [("12GiB", 12 * 2**30), ("16GB", 16 * 10**9),

@@ -109,16 +109,22 @@ def test_smt_map_spec_is_the_preparation_map(smt_work):
 
 
 def test_smt_model_step_on_a_worst_case_batch(smt_work):
+    """The worst-case batch fits the model the workload sizes for it (the model, loss and
+    optimizer are smt's own: the workload interface does not carry them)."""
     import torch
+
+    from smt.model import SMTModel
+    from smt.module import make_optimizer, token_loss
     shape = smt_work.largest_shape(0.5)
-    model = smt_work.build_model(shape)
+    model = SMTModel(smt_work.config(shape))
     batch = smt_work.make_batch(2, shape, "cpu")
     assert batch["images"].shape == (2, 1, shape.height, shape.width)
     assert batch["input_ids"].shape == (2, shape.seq_len - 1)
-    loss = smt_work.training_loss(model, batch)
+    loss_sum, tokens = token_loss(model, batch, smt_work.vocab.pad_id)
+    loss = loss_sum / tokens.clamp(min=1)
     assert torch.isfinite(loss)
     loss.backward()
-    smt_work.make_optimizer(model).step()
+    make_optimizer(model.parameters(), smt_work.lr).step()
     est = [smt_work.estimate_memory(b, shape, "bf16-mixed") for b in (1, 2)]
     assert 0 < est[0] < est[1]
 
@@ -157,11 +163,16 @@ def test_smt_make_step_is_the_modules_training_step(smt_work, precision):
 
 @pytest.mark.timeout(120)
 def test_smt_typical_batch_is_real_rows_batched_like_training(smt_work):
+    """Real prepared rows, collated as the training loader collates them, fit the model sized
+    for the largest shape and step through make_step."""
+    from smt.builder import DEFAULT_TEACHER_NOISE, collate_rows
     shape = smt_work.largest_shape(0.5)
     median = smt_work.typical_shape(0.5)
     assert 0 < median.height <= shape.height and 0 < median.width <= shape.width
     assert 0 < median.seq_len <= shape.seq_len
-    batch = smt_work.typical_batch(3, 0.5, "cpu", seed=1)
+    rows = smt_work.prepared_sample(0.5, 8)
+    batch = collate_rows(rows, [1, 4, 6], smt_work.vocab, smt_work.fmt,
+                         teacher_noise=DEFAULT_TEACHER_NOISE)
     assert batch["images"].shape[0] == 3
     assert batch["images"].shape[-2] <= shape.height and batch["images"].shape[-1] <= shape.width
     assert batch["input_ids"].shape[1] <= shape.seq_len - 1

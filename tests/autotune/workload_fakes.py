@@ -103,6 +103,8 @@ class FakeWorkload:
         f = 0.5 + 0.5 * max(0.0, quantile - 0.5) / 0.5      # median half size .. max full size
         return ModelShape(max(16, int(shape.height * f)), max(16, int(shape.width * f)), 8)
 
+    # build_model, training_loss and make_optimizer are the parts of its own step (_FakeStep),
+    # not the protocol's: autotune only ever calls make_step.
     def build_model(self, shape: ModelShape) -> Any:
         import torch
         return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
@@ -113,10 +115,6 @@ class FakeWorkload:
     def make_batch(self, batch_size: int, shape: ModelShape, device: Any) -> Any:
         import torch
         return torch.rand(batch_size, 1, shape.height, shape.width, device=device)
-
-    def typical_batch(self, batch_size: int, reduce_ratio: float, device: Any,
-                      seed: int = 0) -> Any:
-        return self.make_batch(batch_size, self.typical_shape(reduce_ratio), device)
 
     def make_step(self, batch_size: int, shape: ModelShape, precision: str, device: Any,
                   batch: Any = None) -> Any:
