@@ -144,3 +144,34 @@ def estimated_memory(config: Any, precision: str, height: int, width: int, seq_l
     two = estimate_memory(config, 2, height, width, seq_len, precision).total_bytes
     per = max(1, two - one)
     return StageMemory(float(one - per), float(per), height, width, budget_bytes, "estimated")
+
+
+def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
+                say: Any = print) -> StageTuner:
+    """The run's StageTuner: the memory line of its probe profile when it has one, else the
+    model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
+    memory = _profile_memory(plan.profile)
+    if memory is None:
+        from autotune.decide import Budgets
+        from autotune.hardware import inventory
+        from smt.builder import scan_extent
+        hw, budgets = inventory(), Budgets()
+        budget = budgets.vram_budget(hw.gpus[0].memory_bytes) if hw.gpus else \
+            int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
+        ext = scan_extent({"systems": source.systems}, plan.fmt)
+        memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
+                                  ext.max_width_px, ext.max_seq_len_tokens, budget)
+    return StageTuner(source, memory, plan.settings.batch_size, run_json, say)
+
+
+def _profile_memory(profile: str | None) -> StageMemory | None:
+    if not profile:
+        return None
+    import json
+
+    from autotune.profile import resolve_profile_path
+    try:
+        data = json.loads(resolve_profile_path(profile).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return StageMemory.from_profile(data) if isinstance(data, dict) else None

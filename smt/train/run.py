@@ -80,7 +80,10 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     callbacks.append(stop.SaveAndStop(plan.out / "checkpoints", request, plan.ckpt_every_min))
     if curriculum_source is not None:
         from smt.curriculum import CurriculumStep
+        from smt.stages import stage_tuner
         callbacks.append(CurriculumStep(curriculum_source))
+        callbacks.append(stage_tuner(plan, config, curriculum_source, plan.out / ck.RUN_NAME,
+                                     say=lambda msg: print(f"[{PROG}] {msg}", flush=True)))
     trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
     t0 = time.perf_counter()
     with stop.on_signals(request):

@@ -94,4 +94,13 @@ def test_curriculum_run_moves_from_systems_to_synthetic_pages(tmp_path, capsys) 
     assert "curriculum stage 1: pages, 2 system(s) per synthetic page, all synthetic" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["val_ser"] is not None
-    assert json.loads((out / "run.json").read_text())["curriculum"]["stage_steps"] == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["curriculum"]["stage_steps"] == 2
+    # Each stage re-decided its micro-batch from its own images (pages are taller than
+    # systems) and said so; the loader batch, so the effective batch, stayed.
+    stages = run["stages"]
+    assert [s["stage"] for s in stages] == [0, 1]
+    assert stages[1]["height_px"] > stages[0]["height_px"]
+    assert all(s["loader_batch_size"] == 1 for s in stages)
+    assert all(s["samples_per_s"] for s in stages)
+    assert "stage 1 (2 system(s) per page): micro-batch 1 of loader batch 1" in printed
