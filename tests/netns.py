@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requires
+
 WATCH = Path(__file__).resolve().parent / "listen_watch.py"
 LAN_ADDRESS = "10.231.0.2"       # only ever inside the namespace
 LAN_HOSTNAME = "smt-node-a"
@@ -46,6 +48,28 @@ def unavailable() -> str | None:
     if res.returncode != 0:
         return f"cannot make a network namespace here: {res.stderr.strip()[:200]}"
     return None
+
+
+@functools.cache
+def uts_unavailable() -> str | None:
+    """Why a UTS namespace alone (another hostname: "another machine") cannot be made here."""
+    try:
+        res = subprocess.run(["unshare", "--uts", "true"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare: {exc}"
+    if res.returncode != 0:
+        return (f"unshare --uts not permitted here (needs root or user namespaces): "
+                f"{res.stderr.strip()[:200]}")
+    return None
+
+
+def require(kind: str = "net") -> None:
+    """Return when the namespace (`net`: network + UTS + mount with veth, `uts`: hostname
+    only) can be made; else skip, or fail where SMT_REQUIRE_NAMESPACES=1 (`.ci/run`)."""
+    reason = {"net": unavailable, "uts": uts_unavailable}[kind]()
+    if reason:
+        requires.skip_or_fail(reason, requires.NAMESPACES)
 
 
 def run(commands: list[dict], workdir: Path, lan: bool = False, timeout_s: float = 500,

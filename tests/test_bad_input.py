@@ -370,8 +370,8 @@ def test_ddp_on_one_machine_listens_on_loopback_only(tmp_path: Path, hostname: s
     where gloo binds its pair sockets to that address unless pinned to loopback."""
     import netns
     from tiny_scores import FAST, tiny_dataset_dict
-    if hostname == "resolves-to-lan" and netns.unavailable():
-        pytest.skip(netns.unavailable())
+    if hostname == "resolves-to-lan":
+        netns.require("net")
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=2, n_val=1, n_test=1)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for var in ("MASTER_ADDR", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+import requires
 
-REQUIRE_ENV = "SMT_REQUIRE_POSTGRES"
+REQUIRE_ENV = requires.POSTGRES
 PASSWORD = "s3cret-pw"
 
 
@@ -68,9 +68,7 @@ def _free_port() -> int:
 
 def unavailable(reason: str) -> None:
     """Skip (or, where CI requires the server, fail) with the reason."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
-    pytest.skip(reason)
+    requires.skip_or_fail(reason, REQUIRE_ENV)
 
 
 class PgServer:

@@ -1,6 +1,7 @@
 """Hardware inventory: cgroup limits from fixture folders, a fake NVML, the fingerprint."""
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import replace
 from pathlib import Path
@@ -103,9 +104,28 @@ def test_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch, visible: str | No
     assert [g.index for g in gpu_inventory(FakeNvml([T4, T4]))] == indices
 
 
-def test_no_nvml_library_means_no_gpu_not_a_crash() -> None:
-    # This machine has no driver: the real pynvml raises NVMLError_LibraryNotFound.
+def _no_driver() -> None:
+    raise pynvml.NVMLError_LibraryNotFound()
+
+
+def _half_working_driver() -> int:
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+
+@pytest.mark.parametrize("fault", ["no driver", "no nvidia-ml-py", "half-working driver"])
+def test_no_nvml_library_means_no_gpu_not_a_crash(monkeypatch: pytest.MonkeyPatch,
+                                                  fault: str) -> None:
+    # The absence is faked, not read from this machine: the same test holds on a GPU box.
+    if fault == "no driver":                  # what the real pynvml raises without a driver
+        monkeypatch.setattr(pynvml, "nvmlInit", _no_driver)
+    elif fault == "no nvidia-ml-py":          # `import pynvml` fails
+        monkeypatch.setitem(sys.modules, "pynvml", None)
+    else:                                      # init works, enumeration does not
+        monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+        monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", _half_working_driver)
     assert gpu_inventory() == []
+    assert inventory(FIX / "cgroup_v2", FIX / "proc_root").gpus == []
 
     class Broken(FakeNvml):
         def nvmlInit(self) -> None:

@@ -70,16 +70,17 @@ def test_sampler_rejects_bad_interval() -> None:
         RssSampler(interval_ms=0)
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(60)
 def test_watchdog_detects_a_stalled_function_within_its_timeout() -> None:
     stalled_at: list[float] = []
     release = threading.Event()
+    HANG_S = 20.0                       # far beyond the watchdog's 0.5 s, so no bound is tight
 
     def work(dog: ProgressWatchdog) -> None:
         for _ in range(5):              # makes progress for a while ...
             time.sleep(0.05)
             dog.beat()
-        release.wait(5)                 # ... then hangs like the map at 9%
+        release.wait(HANG_S)            # ... then hangs like the map at 9%
 
     dog = ProgressWatchdog(timeout_s=0.5, on_stall=lambda idle: (stalled_at.append(idle),
                                                                   release.set()))
@@ -88,9 +89,10 @@ def test_watchdog_detects_a_stalled_function_within_its_timeout() -> None:
         work(dog)
     elapsed = time.monotonic() - start
     assert dog.stalled and dog.beats == 5
-    assert len(stalled_at) == 1 and 0.5 <= stalled_at[0] <= 0.5 + dog.poll_s + 0.3
-    # Detection ends the hang well before the 5 s the function would have waited.
-    assert elapsed < 2.0
+    # Never before its timeout; after it, within slack a loaded box's thread wake-ups need.
+    assert len(stalled_at) == 1 and 0.5 <= stalled_at[0] <= 0.5 + dog.poll_s + 3.0
+    # Detection ends the hang: the function would have waited HANG_S.
+    assert elapsed < HANG_S / 2
 
 
 @pytest.mark.timeout(10)

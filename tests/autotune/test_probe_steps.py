@@ -44,8 +44,10 @@ def cpu(n: int = 2) -> HardwareInfo:
 
 
 @pytest.mark.parametrize("cost, expected", [
-    ({"32-true": 0.02, "bf16-mixed": 0.05}, "32-true"),      # AVX2: bf16 emulated
-    ({"32-true": 0.05, "bf16-mixed": 0.02}, "bf16-mixed"),   # AMX / AVX512-BF16
+    # 2x apart: a loaded box's sleep jitter (tens of ms) can neither swap them nor push the
+    # slower past the 3x cutoff.
+    ({"32-true": 0.1, "bf16-mixed": 0.2}, "32-true"),        # AVX2: bf16 emulated
+    ({"32-true": 0.2, "bf16-mixed": 0.1}, "bf16-mixed"),     # AMX / AVX512-BF16
 ])
 def test_the_probe_picks_the_precision_that_ran_faster(cost, expected):
     work = SlowStepWorkload(cost)
@@ -74,7 +76,9 @@ def test_threads_are_measured_and_the_fastest_count_wins():
 
 
 def test_a_hopeless_cell_is_timed_once_and_the_rest_twice():
-    work = SlowStepWorkload({"32-true": 0.01, "bf16-mixed": 0.08})
+    # 20x apart against the 3x cutoff: tens of ms of sleep jitter on the fast cell of a loaded
+    # box still leave the slow one hopeless.
+    work = SlowStepWorkload({"32-true": 0.05, "bf16-mixed": 1.0})
     shape = work.largest_shape(0.5)
     fast, slow = time_cells(work, [CellSpec("32-true"), CellSpec("bf16-mixed")],
                             batch_size=2, shape=shape)

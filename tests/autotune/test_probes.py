@@ -47,8 +47,9 @@ def test_stalled_map_is_detected_within_the_watchdog_time_and_killed(tmp_path):
     assert trial.stalled
     assert "no progress for 1 s" in trial.error and "5/20 rows" in trial.error
     assert trial.rows_per_s is None and trial.seconds is None
-    # Fork + first rows take well under a second; the stall must be called soon after 1 s.
-    assert elapsed < 1.0 + 3.0
+    # The stall is called, not the 30 s trial timeout: fork and the first rows take well under
+    # a second, and a loaded box gets slack beyond that.
+    assert elapsed < 30 / 2
     assert _no_children_left()
 
 

@@ -194,8 +194,10 @@ def test_quality_prunes_a_hopeless_trial_and_stops_its_process(tmp_path, fake_en
     t = outcome.study.get_trials()
     assert [x.state for x in t[:2]] == [TrialState.COMPLETE] * 2
     assert t[2].state == TrialState.PRUNED and t[2].user_attrs["outcome"] == "pruned"
-    assert t[2].user_attrs["elapsed_s"] < 1.2          # stopped before its five validations
-    assert t[2].intermediate_values                    # the pruner saw its progress
+    # Stopped before its five validations: fewer reports, and less time than the two trials
+    # that ran them all (same process start, so a loaded box slows both alike).
+    assert 0 < len(t[2].intermediate_values) < 5       # the pruner saw its progress
+    assert t[2].user_attrs["elapsed_s"] < min(x.user_attrs["elapsed_s"] for x in t[:2])
     assert outcome.counts.finished == 3
 
 

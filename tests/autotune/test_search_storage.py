@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from autotune.search import cli
 from autotune.search.storage import (OUTCOME_SURPLUS, count_trials, dashboard_command,
                                      is_surplus, open_storage, retry_point)
+import netns
 from pg_server import PASSWORD, PgServer, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,14 +119,6 @@ def test_two_workers_on_postgres_finish_exactly_n_trials(tmp_path, env, pg):
     assert count_trials(study).finished == 6
 
 
-def _can_unshare_uts() -> bool:
-    try:
-        return subprocess.run(["unshare", "--uts", "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(params=["postgres", "journal"])
 def shared_storage(request, tmp_path: Path) -> str:
     if request.param == "postgres":
@@ -139,8 +132,7 @@ def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path, en
                                                                     shared_storage):
     # The killed worker runs under another hostname (its own UTS namespace), as on another
     # machine: only the heartbeat can tell it died, not the same-host process check.
-    if not _can_unshare_uts():
-        pytest.skip("unshare --uts not permitted here (needs root or user namespaces)")
+    netns.require("uts")
     hang = tmp_path / "hang"
     args = argv(tmp_path, shared_storage, "kill", 3)
     remote = ("unshare", "--uts", "sh", "-c", 'hostname other-node && exec "$@"', "sh")

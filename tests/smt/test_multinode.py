@@ -61,9 +61,7 @@ def _only_loopback(report: dict) -> None:
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
+    netns.require("net")
     return tiny_dataset_dict(tmp_path / "tiny", n_train=4, n_val=1, n_test=1)
 
 

@@ -45,12 +45,27 @@ def test_predict_prints_the_kern_of_rendered_images(tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_predict_writes_krn_files(tmp_path: Path) -> None:
-    (path, kern), *_ = _train_images(tmp_path)
+def test_predict_writes_krn_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _train_images(tmp_path)
     ckpt = trained_run() / "checkpoints" / "best.ckpt"
-    assert run_cli(main, ["--checkpoint", str(ckpt), str(path), "--out", str(tmp_path / "out")]) == 0
-    written = (tmp_path / "out" / f"{path.stem}.krn").read_text()
-    assert written.startswith("**kern")
+    capsys.readouterr()                                  # drop the training run's output
+    # The known prediction: what the same checkpoint prints for the same images.
+    assert run_cli(main, ["--checkpoint", str(ckpt), *[str(p) for p, _ in images]]) == 0
+    printed = {h: t.strip("\n") for h, _, t in (b.partition(" <==\n") for b in
+               capsys.readouterr().out.split("==> ") if b.strip())}
+    assert run_cli(main, ["--checkpoint", str(ckpt), *[str(p) for p, _ in images],
+                          "--out", str(tmp_path / "out")]) == 0
+    for path, _kern in images:
+        written = (tmp_path / "out" / f"{path.stem}.krn").read_text()
+        assert written == printed[str(path)] + "\n"      # the file is the prediction, whole
+        # A **kern file our tokenizer reads back unchanged: one **kern header per spine, and
+        # every record has as many spines as the header (the systems split no spine).
+        assert detokenize(tokenize(written, "bekern"), "bekern") == written.rstrip("\n")
+        lines = written.rstrip("\n").split("\n")
+        header = lines[0].split("\t")
+        assert header and set(header) == {"**kern"}, lines[0]
+        assert all(len(line.split("\t")) == len(header) for line in lines
+                   if not line.startswith("!!")), written
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 from autotune.settings import Settings
 from autotune.workload import TrialRequest, load_workload
 from smt import trial
@@ -52,6 +54,25 @@ def test_report_reads_the_summary_and_counts_oom_backoffs(tmp_path: Path) -> Non
     assert report.interrupted is False and report.metric("val_loss") == 2.0
 
 
-def test_warmup_is_the_throughput_callbacks() -> None:
-    from smt.callbacks import Throughput
-    assert load_workload("smt").trial_warmup_batches() == Throughput.WARMUP_BATCHES
+def test_the_announced_warmup_is_what_the_steady_rate_leaves_out(monkeypatch) -> None:
+    """The search sizes throughput trials by `trial_warmup_batches()`; the trainer's steady
+    samples/s must leave out exactly that many batches. Fed batches of distinct durations on
+    a fake clock, only the right cut gives the rate the callback reports."""
+    import types
+
+    import torch
+
+    from smt import callbacks
+    announced = load_workload("smt").trial_warmup_batches()
+    durations = [1.0 + 0.5 * i for i in range(announced + 6)]   # distinct: any other cut differs
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    meter = callbacks.Throughput()
+    trainer = types.SimpleNamespace(world_size=1)
+    meter.on_train_start(trainer, None)
+    batch = {"images": torch.zeros(2, 1, 4, 4)}
+    for i, seconds in enumerate(durations):
+        clock[0] += seconds
+        meter.on_train_batch_end(trainer, None, None, batch, i)
+    steady = durations[announced:]                 # the batches after the warm-up, whole
+    assert meter.steady_samples_per_s == pytest.approx(2 * len(steady) / sum(steady))

@@ -26,7 +26,7 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert proc.poll() is None, f"the first run ended before {what}"
+        assert proc.poll() is None, f"the run ended before {what}"
         assert time.monotonic() < deadline, f"no {what} in time"
         time.sleep(0.1)
 
@@ -62,19 +62,62 @@ def test_second_preparation_waits_then_reuses_the_first(synth_raw_dir: Path, tmp
         assert len(a[split]) > 0 or split != "train"
 
 
+# The first builder holds its build until the test says go (the file `go` appears), so that
+# the second process surely arrives mid-build, however loaded the machine; without the gate
+# the second could start after the first finished and never meet the lock.
+_GATED_BUILD = """
+import sys, time
+from pathlib import Path
+import smt.data.default as d
+d.COUNTS = {{'train': 40, 'val': 4, 'test': 4}}
+build = d._build
+def gated(path, quiet):
+    Path({building!r}).touch()
+    deadline = time.monotonic() + 120
+    while not Path({go!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    build(path, quiet)
+d._build = gated
+print(d.ensure_default_dataset(), flush=True)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_building_the_default_dataset_both_succeed(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    code = ("import smt.data.default as d; d.COUNTS = {'train': 40, 'val': 4, 'test': 4}; "
-            "print(d.ensure_default_dataset())")
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(cache),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    """The second process waits (says so), then reuses the first's build: one build only."""
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    building = [tmp_path / f"building{i}" for i in range(2)]     # touched as a build starts
+    logs = [(tmp_path / f"out{i}", tmp_path / f"err{i}") for i in range(2)]
+
+    def start(i: int) -> subprocess.Popen:
+        code = _GATED_BUILD.format(building=str(building[i]), go=str(go))
+        out, err = logs[i]
+        return subprocess.Popen([sys.executable, "-c", code], env=_env(cache),
+                                stdout=out.open("w"), stderr=err.open("w"))
+    procs = [start(0)]
+    try:
+        _wait_for(building[0].exists, procs[0], "first build")
+        procs.append(start(1))
+        # Mid-build the second must wait for the lock; without it, it starts a build too.
+        _wait_for(lambda: "waiting for another process" in logs[1][1].read_text()
+                  or building[1].exists(), procs[1], "wait message from the second process")
+        assert not building[1].exists(), "the second process built instead of waiting"
+        go.touch()
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        go.touch()
+        for p in procs:
+            p.kill()
+    texts = [(out.read_text(), err.read_text()) for out, err in logs]
+    for p, (_out, err) in zip(procs, texts):
         assert p.returncode == 0, err
-    paths = {out.strip().splitlines()[-1] for out, _ in results}
+    (out1, _err1), (out2, err2) = texts
+    built = "building the embedded default dataset"
+    assert built in out1 and built not in out2      # one build: the second reused the first's
+    assert "waiting for another process to finish building the default dataset" in err2
+    paths = {out.strip().splitlines()[-1] for out, _ in texts}
     assert len(paths) == 1
     dd = datasets.load_from_disk(paths.pop())
     assert {k: len(v) for k, v in dd.items()} == {"train": 40, "val": 4, "test": 4}
