@@ -13,8 +13,9 @@ full recipe (days), so the run uses the `small` preset (unless --preset is given
 CPU_DEMO_MAX_TIME_S and validates every ~CPU_DEMO_VAL_SAMPLES samples. It prints this at the start;
 any of those three flags lifts it.
 
-The parts: `cli` (flags, `main`), `plan` (the run plan: settings layering, resume's run.json,
-the CPU demo cap), `data` (prepared splits, vocabulary reconciliation, the data's extent),
+The parts: `cli` (flags, `main`), `runconfig` (`TrainConfig`: every default of a run, saved as
+run.json, and `merge`, the one layering of defaults < resumed run.json < profile < flags),
+`planner` (`plan_run`: the run folder, resume, the profile, the CPU demo cap), `data` (prepared splits, vocabulary reconciliation, the data's extent),
 `assembly` (model config, loaders, callbacks, loggers, the Trainer), `run` (`train`: fit, the
 last validation, the run files) and `summary` (summary.json and the final line). The model,
 loaders and step themselves come from `smt.builder`, shared with the probe.
@@ -29,10 +30,11 @@ from typing import Any
 # tensor on a GPU); expandable segments cut fragmentation when image sizes vary per batch.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-from smt.train.cli import PROG, build_parser, main, parse_duration  # noqa: E402
+from smt.say import PROG  # noqa: E402
+from smt.train.cli import build_parser, main, parse_duration  # noqa: E402
+from smt.train.planner import default_precision, default_settings, describe, plan_run  # noqa: E402
 from smt.train.runconfig import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_ROWS,  # noqa: E402
-                            CPU_DEMO_VAL_SAMPLES, ENV_RUN_DIR, RunPlan, default_precision,
-                            default_settings, describe, plan_run)
+                                 CPU_DEMO_VAL_SAMPLES, CurriculumConfig, TrainConfig, merge)
 
 # Names whose modules import torch and Lightning: loaded on first use, so that parsing flags
 # (and a bad flag's one-line error) stays fast.
@@ -43,9 +45,9 @@ _LAZY = {"train": "smt.train.run", "RunData": "smt.train.data", "load_data": "sm
          "one_line": "smt.train.summary"}
 
 __all__ = ["CPU_DEMO_MAX_TIME_S", "CPU_DEMO_PRESET", "CPU_DEMO_VAL_ROWS",
-           "CPU_DEMO_VAL_SAMPLES", "ENV_RUN_DIR", "PROG", "RunPlan", "build_parser",
-           "default_precision", "default_settings", "describe", "main", "parse_duration",
-           "plan_run", *sorted(_LAZY)]
+           "CPU_DEMO_VAL_SAMPLES", "PROG", "CurriculumConfig", "TrainConfig", "build_parser",
+           "default_precision", "default_settings", "describe", "main", "merge",
+           "parse_duration", "plan_run", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
