@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,11 @@ from smt.say import line, say
 from smt.train.runconfig import (CPU_DEMO_LR, CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET,
                                  CPU_DEMO_WARMUP_STEPS, DEFAULTS, FLAG_OF, Layers, TrainConfig,
                                  flag_values, merge)
+
+# The CUDA caching allocator reads this when CUDA initialises, which planning may do first
+# (default_precision); expandable segments cut fragmentation when image sizes vary per batch.
+# Here, so that only a training process sets it (not the probe importing the defaults).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 # The flag rank 0 adds to the command line Lightning re-runs for the other ranks (hidden: it
 # is not for users). An argument, not an environment variable: it goes to those ranks only,
@@ -155,7 +161,7 @@ def ranks_read_plan(run_json: Path) -> Iterator[None]:
     """While the block runs, the command line Lightning re-runs for the other DDP ranks
     (`sys.argv`) ends in `--from-run-json RUN_JSON`, so they take this plan from the file."""
     saved = list(sys.argv)
-    sys.argv = [*saved, PLAN_FLAG, str(run_json)]
+    sys.argv = [*saved, PLAN_FLAG, str(run_json.resolve())]   # absolute: whatever their folder
     try:
         yield
     finally:
