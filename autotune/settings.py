@@ -15,6 +15,17 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 OPTIONAL_KEYS = frozenset({"num_threads"})
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device",
               "fsdp", "deepspeed")
+# Above these a value is a typo, not a machine (4096 devices, 65536 samples per batch).
+LIMITS = {"num_proc": 1024, "devices": 4096, "batch_size": 1 << 16}
+
+
+class SettingError(ValueError):
+    """A bad value of one setting; `.field` names it, so a caller can name its own flag for
+    it without reading the message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -45,26 +56,30 @@ class Settings:
                      "devices", "effective_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_proc > 1024 or self.devices > 4096 or self.batch_size > 1 << 16:
-            raise ValueError(
-                "num_proc, devices or batch_size is absurdly large "
-                f"({self.num_proc}, {self.devices}, {self.batch_size})")
+                raise SettingError(name, f"{name} must be a positive integer, got {value!r}")
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                raise SettingError(name, f"{name} is absurdly large ({getattr(self, name)}, "
+                                         f"at most {limit})")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
                 or not 0 <= self.num_workers <= 1024:
-            raise ValueError(f"num_workers must be an integer in [0, 1024], got {self.num_workers!r}")
+            raise SettingError("num_workers", f"num_workers must be an integer in [0, 1024], "
+                                              f"got {self.num_workers!r}")
         if not isinstance(self.reduce_ratio, (int, float)) or isinstance(self.reduce_ratio, bool) \
                 or not math.isfinite(self.reduce_ratio) or not 0.05 <= self.reduce_ratio <= 1.0:
-            raise ValueError(f"reduce_ratio must be in [0.05, 1.0], got {self.reduce_ratio!r}")
+            raise SettingError("reduce_ratio", f"reduce_ratio must be in [0.05, 1.0], "
+                                               f"got {self.reduce_ratio!r}")
         if self.num_threads is not None and (isinstance(self.num_threads, bool)
                                              or not isinstance(self.num_threads, int)
                                              or not 1 <= self.num_threads <= 4096):
-            raise ValueError(f"num_threads must be None or an integer in [1, 4096], "
-                             f"got {self.num_threads!r}")
+            raise SettingError("num_threads", f"num_threads must be None or an integer in "
+                                              f"[1, 4096], got {self.num_threads!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise SettingError("precision", f"precision must be one of {', '.join(PRECISIONS)}, "
+                                            f"got {self.precision!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+            raise SettingError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}, "
+                                           f"got {self.strategy!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Settings":

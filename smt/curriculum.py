@@ -20,6 +20,13 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from smt.say import say
+from smt.train.runconfig import CurriculumConfig
+
+_DEFAULT = CurriculumConfig()
+# The share of synthetic pages in the last stage: mostly real pages, the target domain.
+SHARE_END = 0.2
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -31,24 +38,26 @@ class Stage:
 
 @dataclass(frozen=True)
 class CurriculumSchedule:
-    # Systems-only steps before pages; SMT++ pre-trains on GrandStaff systems.
-    pretrain_steps: int = 1000
-    # Steps per page stage: long enough for the model to adapt to one more system per page.
-    stage_steps: int = 1000
-    # Systems on the largest synthetic page; four 4-bar systems fill an A4 page at 2100 px.
-    max_systems: int = 4
-    # Start mostly synthetic (labels are exact) and end mostly real (the target domain).
-    synthetic_share_start: float = 0.9
-    synthetic_share_end: float = 0.2
+    """The stages of a `CurriculumConfig` (its defaults are there, with their reasons)."""
+    pretrain_steps: int = _DEFAULT.stage_steps        # CurriculumConfig: one stage's worth
+    stage_steps: int = _DEFAULT.stage_steps
+    max_systems: int = _DEFAULT.max_systems
+    synthetic_share_start: float = _DEFAULT.synthetic_share
+    synthetic_share_end: float = SHARE_END
+
+    @classmethod
+    def of(cls, config: CurriculumConfig) -> "CurriculumSchedule":
+        """The schedule of a run's curriculum: the share falls from the configured start to
+        SHARE_END (or stays, when it starts lower)."""
+        return cls(pretrain_steps=config.stage_steps if config.pretrain_steps is None
+                   else config.pretrain_steps,
+                   stage_steps=config.stage_steps,
+                   max_systems=config.max_systems, synthetic_share_start=config.synthetic_share,
+                   synthetic_share_end=min(config.synthetic_share, SHARE_END))
 
     def __post_init__(self) -> None:
-        if self.pretrain_steps < 0:
-            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps!r}")
-        if self.stage_steps < 1:
-            raise ValueError(f"stage_steps must be >= 1, got {self.stage_steps!r}")
-        if self.max_systems < 2:
-            raise ValueError(f"max_systems must be >= 2 (a page has several systems), "
-                             f"got {self.max_systems!r}")
+        CurriculumConfig(stage_steps=self.stage_steps, pretrain_steps=self.pretrain_steps,
+                         max_systems=self.max_systems)      # the same limits, named the same
         for name in ("synthetic_share_start", "synthetic_share_end"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -141,7 +150,7 @@ class CurriculumStep(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.source.set_step(trainer.global_step)
         stage = self.source.schedule.stage_at(trainer.global_step)
-        if stage.index != self._stage and trainer.is_global_zero:
+        if stage.index != self._stage:
             if stage.kind == "systems":
                 what = "single systems"
             else:
@@ -149,7 +158,7 @@ class CurriculumStep(Callback):
                 share = f"{stage.synthetic_share:.0%} synthetic" if real else \
                     "all synthetic (no real pages given)"
                 what = f"pages, {stage.systems} system(s) per synthetic page, {share}"
-            print(f"[smt.train] curriculum stage {stage.index}: {what}", flush=True)
+            say(f"curriculum stage {stage.index}: {what}")
         self._stage = stage.index
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+from smt.say import is_local_zero, say
 
 # gloo, tensorpipe (torch RPC) and NCCL read one variable each; one name sets all three.
 SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
@@ -139,20 +141,29 @@ def check_launch(num_nodes: int, devices: int,
                         f"the launcher started {world}; make --devices the processes per node")
 
 
-def _is_local_zero() -> bool:
-    return all(os.environ.get(var, "0") in ("", "0") for var in ("LOCAL_RANK", "SLURM_LOCALID"))
+@contextmanager
+def pinned_sockets(num_nodes: int, interface: str | None = None,
+                   environ: MutableMapping[str, str] = os.environ) -> Iterator[None]:
+    """`pin_sockets` for the block (the process group and the ranks Lightning starts inherit
+    the variables); on exit the variables are as before, so a later run in the same process
+    (a notebook, a test) does not take them for the user's. Once per node, says where the
+    sockets bind."""
+    saved = {var: environ.get(var) for var in SOCKET_IFNAME_VARS}
+    note = pin_sockets(num_nodes, interface, environ)
+    if note and is_local_zero():
+        say(note, every_rank=True)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                environ.pop(var, None)
+            else:
+                environ[var] = value
 
 
-def make_strategy(strategy: str, devices: int, num_nodes: int, run_dir: str | Path,
-                  interface: str | None = None) -> Any:
-    """The Trainer's `strategy`: plain DDP on one node becomes the file-rendezvous kind.
-
-    Every rank calls it before the Trainer exists, so it also pins DDP's sockets here (the
-    ranks Lightning starts inherit the variables) and, once per node, says where they bind.
-    """
-    note = pin_sockets(num_nodes, interface)
-    if note and _is_local_zero():
-        print(f"[smt.train] {note}", flush=True)
+def make_strategy(strategy: str, devices: int, num_nodes: int, run_dir: str | Path) -> Any:
+    """The Trainer's `strategy`: plain DDP on one node becomes the file-rendezvous kind."""
     if strategy == "ddp" and num_nodes == 1 and devices > 1:
         return LocalDDPStrategy(store_dir=run_dir)
     return strategy

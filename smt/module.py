@@ -28,8 +28,10 @@ import torch.nn.functional as F
 
 from autotune.errors import UserError
 from autotune.measure import free_memory, is_oom_error
+from autotune.settings import Settings
 from smt import faults
-
+from smt.say import say
+from smt.train.runconfig import DEFAULTS, check_recipe
 
 
 class OutOfMemoryAtBatchOne(UserError):
@@ -38,28 +40,21 @@ class OutOfMemoryAtBatchOne(UserError):
 
 @dataclass
 class TrainHParams:
-    # The reference SMT recipe: Adam at 1e-4.
-    lr: float = 1e-4
-    # Short linear warmup keeps the first Adam steps of a post-norm decoder from diverging;
-    # 0 reproduces the reference exactly.
-    warmup_steps: int = 0
-    # Clipping at norm 1.0 is what the user's hand-tuned Kaggle run used with fp16; None = off.
-    grad_clip: float | None = 1.0
+    """What the module needs of a run's settings. The defaults are the run's own
+    (`smt.train.runconfig.TrainConfig` and `autotune.settings.Settings`, with their reasons)."""
+    lr: float = DEFAULTS.lr
+    warmup_steps: int = DEFAULTS.warmup_steps
+    grad_clip: float | None = DEFAULTS.grad_clip
     # Loader batches per optimizer step (the profile's accumulate_grad_batches).
-    accumulate: int = 1
+    accumulate: int = Settings.accumulate_grad_batches
     # Validation decodes at most this many batches (None = all); greedy decoding dominates the
     # cost of validation on a CPU.
-    val_decode_batches: int | None = None
+    val_decode_batches: int | None = DEFAULTS.val_batches
     # Reduce ratio the data was prepared with; only used to word the batch-1 OOM message.
-    reduce_ratio: float = 1.0
+    reduce_ratio: float = Settings.reduce_ratio
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise ValueError(f"lr must be in (0, 1], got {self.lr!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        check_recipe(self.lr, self.warmup_steps, self.grad_clip)
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {self.accumulate!r}")
         if self.val_decode_batches is not None and self.val_decode_batches < 0:
@@ -187,11 +182,10 @@ class SMTModule(pl.LightningModule):
         new = max(1, current // 2)
         self.oom_events.append({"step": int(self.global_step), "micro_batch_from": current,
                                 "micro_batch_to": new, "dropped_samples": self._window * rows})
-        if self.global_rank == 0:
-            factor = math.ceil(rows / new) * self.hp.accumulate
-            print(f"[smt.train] out of memory at step {self.global_step} on some rank: "
-                  f"micro-batch {current} -> {new} ({factor} micro-batches per optimizer step, "
-                  "same effective batch); retrying the same batch", flush=True)
+        factor = math.ceil(rows / new) * self.hp.accumulate
+        say(f"out of memory at step {self.global_step} on some rank: micro-batch {current} -> "
+            f"{new} ({factor} micro-batches per optimizer step, same effective batch); "
+            "retrying the same batch")
         return new
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -278,11 +272,9 @@ class SMTModule(pl.LightningModule):
         val_loss = self.trainer.callback_metrics.get("val_loss")
         if val_loss is not None:
             self.last_val["loss"] = float(val_loss)
-        if self.global_rank == 0:
-            loss_txt = f"val_loss {self.last_val['loss']:.3f}  " if "loss" in self.last_val else ""
-            print(f"[smt.train] step {self.global_step}: {loss_txt}CER {scores['cer']:.1f}  "
-                  f"SER {scores['ser']:.1f}  LER {scores['ler']:.1f}  ({len(pairs)} samples)",
-                  flush=True)
+        loss_txt = f"val_loss {self.last_val['loss']:.3f}  " if "loss" in self.last_val else ""
+        say(f"step {self.global_step}: {loss_txt}CER {scores['cer']:.1f}  SER {scores['ser']:.1f}  "
+            f"LER {scores['ler']:.1f}  ({len(pairs)} samples)")
 
     # ------------------------------------------------------------------------ optimizer
     def on_before_optimizer_step(self, optimizer: Any) -> None:

@@ -147,7 +147,7 @@ def estimated_memory(config: Any, precision: str, height: int, width: int, seq_l
 
 
 def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
-                say: Any = print) -> StageTuner:
+                say: Any = None) -> StageTuner:
     """The run's StageTuner: the memory line of its probe profile when it has one, else the
     model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
     memory = _profile_memory(plan.profile)
@@ -161,6 +161,8 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
         ext = scan_extent({"systems": source.systems}, plan.fmt)
         memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
                                   ext.max_width_px, ext.max_seq_len_tokens, budget)
+    if say is None:
+        from smt.say import say
     return StageTuner(source, memory, plan.settings.batch_size, run_json, say)
 
 

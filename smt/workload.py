@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.workload import MapSpec, ModelShape
+from smt.train.runconfig import DEFAULTS
 
 # Bump when what this module measures changes for equal inputs: old profiles stop matching.
 WORKLOAD_VERSION = 1
@@ -38,7 +39,7 @@ class SMTWorkload:
     name = "smt"
 
     def __init__(self, data: str | None = None, preset: str = "paper", fmt: str = "bekern",
-                 max_tokens: int | None = None, lr: float = 1e-4) -> None:
+                 max_tokens: int | None = None, lr: float = DEFAULTS.lr) -> None:
         from smt.config import PRESETS
         if preset not in PRESETS:
             from autotune.errors import UserError

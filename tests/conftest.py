@@ -12,7 +12,7 @@ def _one_os_environ():
     arrow_dataset.py): code holding the original (a default argument, rich's Console) then
     reads stale values and a later test's monkeypatch.setenv misses it. Put the original back,
     after each test, with the contents it had before the test: an in-process run that set a
-    variable for its own child processes (SMT_RUN_DIR, the DDP socket interface) must not
+    variable for its own child processes (Lightning's LOCAL_RANK, MASTER_PORT) must not
     reach the next test's subprocesses."""
     import os
     env = os.environ

@@ -13,8 +13,9 @@ full recipe (days), so the run uses the `small` preset (unless --preset is given
 CPU_DEMO_MAX_TIME_S and validates every ~CPU_DEMO_VAL_SAMPLES samples. It prints this at the start;
 any of those three flags lifts it.
 
-The parts: `cli` (flags, `main`), `plan` (the run plan: settings layering, resume's run.json,
-the CPU demo cap), `data` (prepared splits, vocabulary reconciliation, the data's extent),
+The parts: `cli` (flags, `main`), `runconfig` (`TrainConfig`: every default of a run, saved as
+run.json, and `merge`, the one layering of defaults < resumed run.json < profile < flags),
+`planner` (`plan_run`: the run folder, resume, the profile, the CPU demo cap), `data` (prepared splits, vocabulary reconciliation, the data's extent),
 `assembly` (model config, loaders, callbacks, loggers, the Trainer), `run` (`train`: fit, the
 last validation, the run files) and `summary` (summary.json and the final line). The model,
 loaders and step themselves come from `smt.builder`, shared with the probe.
@@ -22,30 +23,26 @@ loaders and step themselves come from `smt.builder`, shared with the probe.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
-# The CUDA caching allocator reads this when CUDA initialises, which happens later (first
-# tensor on a GPU); expandable segments cut fragmentation when image sizes vary per batch.
-os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-
-from smt.train.cli import PROG, build_parser, main, parse_duration  # noqa: E402
-from smt.train.runconfig import (CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET, CPU_DEMO_VAL_ROWS,  # noqa: E402
-                            CPU_DEMO_VAL_SAMPLES, ENV_RUN_DIR, RunPlan, default_precision,
-                            default_settings, describe, plan_run)
-
-# Names whose modules import torch and Lightning: loaded on first use, so that parsing flags
-# (and a bad flag's one-line error) stays fast.
-_LAZY = {"train": "smt.train.run", "RunData": "smt.train.data", "load_data": "smt.train.data",
+# Every name is loaded on first use: the lower layers (smt.module, smt.curriculum,
+# smt.workload) import `smt.train.runconfig` for the defaults, and that must not pull in the
+# command line, the planner (which sets the CUDA allocator's variable) or torch and Lightning.
+_LAZY = {"PROG": "smt.say",
+         "build_parser": "smt.train.cli", "main": "smt.train.cli", "parse_duration": "smt.train.cli",
+         "default_precision": "smt.train.planner", "default_settings": "smt.train.planner",
+         "describe": "smt.train.planner", "plan_run": "smt.train.planner",
+         "CPU_DEMO_MAX_TIME_S": "smt.train.runconfig", "CPU_DEMO_PRESET": "smt.train.runconfig",
+         "CPU_DEMO_VAL_ROWS": "smt.train.runconfig", "CPU_DEMO_VAL_SAMPLES": "smt.train.runconfig",
+         "CurriculumConfig": "smt.train.runconfig", "TrainConfig": "smt.train.runconfig",
+         "merge": "smt.train.runconfig",
+         "train": "smt.train.run", "RunData": "smt.train.data", "load_data": "smt.train.data",
          "load_curriculum": "smt.train.data", "make_trainer": "smt.train.assembly",
          "make_callbacks": "smt.train.assembly", "make_loggers": "smt.train.assembly",
          "make_loaders": "smt.train.assembly", "model_config": "smt.train.assembly",
          "one_line": "smt.train.summary"}
 
-__all__ = ["CPU_DEMO_MAX_TIME_S", "CPU_DEMO_PRESET", "CPU_DEMO_VAL_ROWS",
-           "CPU_DEMO_VAL_SAMPLES", "ENV_RUN_DIR", "PROG", "RunPlan", "build_parser",
-           "default_precision", "default_settings", "describe", "main", "parse_duration",
-           "plan_run", *sorted(_LAZY)]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,8 @@
 import sys
 
 from autotune.errors import run_cli
-from smt.train.cli import PROG, main
+from smt.say import PROG
+from smt.train.cli import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, prog=PROG))

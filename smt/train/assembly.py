@@ -19,15 +19,17 @@ from smt.checkpoint import AtomicCheckpointIO
 from smt.config import SMTConfig
 from smt.distributed import make_strategy
 from smt.train.data import RunData
-from smt.train.runconfig import RunPlan
+from smt.say import say
+from smt.train.quiet import ParamSummary
+from smt.train.runconfig import TrainConfig
 
 
-def model_config(plan: RunPlan, data: RunData) -> Any:
+def model_config(plan: TrainConfig, data: RunData) -> Any:
     return builder.model_config(plan.preset, len(data.vocab), data.max_height, data.max_width,
                                 data.max_seq_len)
 
 
-def resumed_or_new_config(plan: RunPlan, data: RunData, config_path: Path) -> Any:
+def resumed_or_new_config(plan: TrainConfig, data: RunData, config_path: Path) -> Any:
     """A resumed run keeps its model's config, which must still hold the data's images; a new
     run sizes one for the data."""
     if not (plan.resume_ckpt and config_path.is_file()):
@@ -42,7 +44,7 @@ def resumed_or_new_config(plan: RunPlan, data: RunData, config_path: Path) -> An
     return config
 
 
-def start_from(plan: RunPlan, data: RunData) -> Any:
+def start_from(plan: TrainConfig, data: RunData) -> Any:
     """`--init-from`: the weights, config and vocabulary to start with (smt.convert.finetune),
     fitted to the data; `data.vocab` becomes the model's. None for a plain or resumed run."""
     if not plan.init_from or plan.resume_ckpt:
@@ -57,21 +59,18 @@ def start_from(plan: RunPlan, data: RunData) -> Any:
     return init
 
 
-def _note_image_scale(plan: RunPlan, folder: Path) -> None:
+def _note_image_scale(plan: TrainConfig, folder: Path) -> None:
     """A converted model saw images at the reference's scale; say so when this run differs."""
     from smt.convert import read_image_convention
-    from smt.train.cli import PROG
-    from smt.train.runconfig import is_rank_zero
 
     recorded = read_image_convention(folder)
     ratio = plan.settings.reduce_ratio
-    if recorded is not None and recorded[0].reduce_ratio != ratio and is_rank_zero():
-        print(f"[{PROG}] note: the model was trained on images at reduce ratio "
-              f"{recorded[0].reduce_ratio}; this run scales yours by {ratio} (--reduce-ratio)",
-              flush=True)
+    if recorded is not None and recorded[0].reduce_ratio != ratio:
+        say(f"note: the model was trained on images at reduce ratio {recorded[0].reduce_ratio}; "
+            f"this run scales yours by {ratio} (--reduce-ratio)")
 
 
-def make_loaders(plan: RunPlan, data: RunData) -> tuple[Any, Any]:
+def make_loaders(plan: TrainConfig, data: RunData) -> tuple[Any, Any]:
     s = plan.settings
     common = dict(batch_size=s.batch_size, num_workers=s.num_workers)
     train = builder.make_loader(data.train, data.vocab, plan.fmt, shuffle=True,
@@ -81,7 +80,7 @@ def make_loaders(plan: RunPlan, data: RunData) -> tuple[Any, Any]:
     return train, val
 
 
-def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+def make_trainer(plan: TrainConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
     s = plan.settings
     kwargs: dict[str, Any] = {}
     if plan.val_every is not None:
@@ -92,18 +91,18 @@ def make_trainer(plan: RunPlan, callbacks: list[Any], loggers: list[Any]) -> pl.
         max_epochs = 1000  # the full recipe ends on early stopping, this is a backstop
     return pl.Trainer(
         accelerator="auto", devices=s.devices, num_nodes=plan.num_nodes,
-        strategy=make_strategy(s.strategy, s.devices, plan.num_nodes, plan.out,
-                               interface=plan.ddp_interface),
+        strategy=make_strategy(s.strategy, s.devices, plan.num_nodes, plan.out),
         precision=s.precision, max_steps=plan.max_steps, max_epochs=max_epochs or -1,
         max_time=dt.timedelta(seconds=plan.max_time_s) if plan.max_time_s else None,
         # The CPU demo's validations are bounded (loss too, not only decoding).
         limit_val_batches=plan.val_batches if plan.cpu_demo else None, num_sanity_val_steps=0, callbacks=callbacks, logger=loggers,
         default_root_dir=str(plan.out), plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=10, enable_model_summary=True, use_distributed_sampler=True,
+        # The model summary is ParamSummary, one of the callbacks (smt.train.quiet).
+        log_every_n_steps=10, enable_model_summary=False, use_distributed_sampler=True,
         **kwargs)
 
 
-def make_loggers(plan: RunPlan, wandb: bool) -> list[Any]:
+def make_loggers(plan: TrainConfig, wandb: bool) -> list[Any]:
     loggers: list[Any] = [CSVLogger(str(plan.out), name="logs", version="csv"),
                           TensorBoardLogger(str(plan.out), name="logs", version="tensorboard")]
     if wandb:
@@ -117,11 +116,11 @@ def make_loggers(plan: RunPlan, wandb: bool) -> list[Any]:
     return loggers
 
 
-def make_callbacks(plan: RunPlan) -> tuple[list[Any], Throughput]:
+def make_callbacks(plan: TrainConfig) -> tuple[list[Any], Throughput]:
     ckpt_dir = plan.out / "checkpoints"
     throughput = Throughput()
     callbacks: list[Any] = [LastCheckpoint(ckpt_dir, plan.ckpt_every), best_checkpoint(ckpt_dir),
-                            FreeMemoryAfterValidation(), throughput]
+                            FreeMemoryAfterValidation(), throughput, ParamSummary()]
     callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=5))
     if plan.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_ser", mode="min", patience=plan.patience,

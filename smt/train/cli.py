@@ -1,15 +1,22 @@
-"""The command line of `python -m smt.train`: flags and `main`."""
+"""The command line of `python -m smt.train`: flags and `main`.
+
+Each flag sets one `TrainConfig` (or `Settings`) field, `runconfig.FLAG_OF` pairs them, and a
+help text names the field's default by reading it from `runconfig.DEFAULTS`: the numbers live
+there only (tests/smt/test_train_flags.py checks every pair).
+"""
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 from collections.abc import Sequence
 
 from autotune.errors import UserErrorParser, float_in, int_in
+from smt.say import PROG
+from smt.train.planner import PLAN_FLAG
+from smt.train.runconfig import (AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, FORMATS,
+                                 PRESETS, CurriculumConfig)
 
-PROG = "smt.train"
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
 
 
@@ -33,13 +40,21 @@ def parse_duration(text: str) -> float:
     return float(seconds)
 
 
+def _default(name: str, note: str = "", of: object = DEFAULTS) -> str:
+    """"default X" for field `name` (of TrainConfig, or CurriculumConfig), then `note`."""
+    value = getattr(of, name)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"default {text}{note}"
+
+
 def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default=None,
                    help="hub id, save_to_disk folder or image folder (default: embedded synthetic set)")
-    g.add_argument("--preset", default=None, choices=["paper", "small", "debug"],
-                   help="model size (default: paper; small in the CPU demo)")
-    g.add_argument("--format", dest="fmt", default="bekern", choices=["kern", "ekern", "bekern"])
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help=f"model size ({_default('preset', f'; {CPU_DEMO_PRESET} in the CPU demo')})")
+    g.add_argument("--format", dest="fmt", default=None, choices=FORMATS,
+                   help=f"transcription format ({_default('fmt')}; a resumed run keeps its own)")
     g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
                    help="apply a profile's settings; auto reuses a matching one or probes")
     g.add_argument("--init-from", default=None, metavar="DIR|CKPT",
@@ -61,7 +76,8 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--writer-batch-size", type=int_in(1, 1_000_000))
     s.add_argument("--devices", type=int_in(1, 4096))
     s.add_argument("--num-nodes", type=int_in(1, 4096), default=None,
-                   help="machines in the run (launched by torchrun or srun, one process per rank)")
+                   help="machines in the run (launched by torchrun or srun, one process per "
+                        f"rank; {_default('num_nodes')})")
     s.add_argument("--ddp-interface", default=None, metavar="IFACE",
                    help="network interface DDP's sockets bind to across nodes, e.g. eth0 "
                    "(default: $SMT_DDP_INTERFACE; loopback on one node)")
@@ -75,27 +91,34 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-epochs", type=int_in(1, 10**6))
     r.add_argument("--max-time", type=parse_duration, metavar="DURATION",
                    help="seconds, 45m, 2h or DD:HH:MM:SS")
-    r.add_argument("--lr", type=float_in(0.0, 1.0))
-    r.add_argument("--warmup-steps", type=int_in(0, 10**7), default=None)
+    r.add_argument("--lr", type=float_in(0.0, 1.0),
+                   help=f"Adam's learning rate ({_default('lr', f'; {CPU_DEMO_LR:g} in the CPU demo')})")
+    r.add_argument("--warmup-steps", type=int_in(0, 10**7), default=None,
+                   help=f"linear warm-up of the learning rate ({_default('warmup_steps')})")
     r.add_argument("--grad-clip", type=float_in(0.0, 1e6),
-                   help="max gradient norm (default 1.0)")
+                   help=f"max gradient norm ({_default('grad_clip')})")
     r.add_argument("--no-grad-clip", action="store_true", help="turn clipping off")
     r.add_argument("--teacher-noise", type=float_in(0.0, 0.9, lo_open=False), default=None,
-                   help="fraction of decoder input tokens replaced at random (default 0.2)")
-    r.add_argument("--augment", default=None, choices=["none", "default", "camera"],
-                   help="training image augmentation (default none)")
+                   help=f"fraction of decoder input tokens replaced at random ({_default('teacher_noise')})")
+    r.add_argument("--augment", default=None, choices=AUGMENTS,
+                   help=f"training image augmentation ({_default('augment')})")
     r.add_argument("--val-every", type=int_in(1, 10**9), metavar="STEPS",
                    help="validate every STEPS optimizer steps (default: every epoch)")
     r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
                    help="decode at most this many validation batches")
     r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,
-                   help="write last.ckpt every STEPS optimizer steps (default 200)")
+                   help=f"write last.ckpt every STEPS optimizer steps ({_default('ckpt_every')})")
     r.add_argument("--ckpt-every-min", type=float_in(0.0, 7 * 24 * 60.0), metavar="MINUTES",
-                   default=None, help="also write last.ckpt every MINUTES of training (default "
-                                      "30; Ctrl-C and SIGTERM always save it)")
+                   default=None, help="also write last.ckpt every MINUTES of training ("
+                   + _default("ckpt_every_min", "; Ctrl-C and SIGTERM always save it)"))
     r.add_argument("--patience", type=int_in(0, 10**6), default=None,
-                   help="stop after this many validations without a better SER (0 = never; default 10)")
-    r.add_argument("--seed", type=int_in(0, 2**31 - 1), default=None)
+                   help="stop after this many validations without a better SER (0 = never; "
+                        f"{_default('patience')})")
+    r.add_argument("--seed", type=int_in(0, 2**31 - 1), default=None,
+                   help=f"seed of weights, shuffling and augmentation ({_default('seed')})")
+
+
+CURRICULUM = CurriculumConfig()
 
 
 def _curriculum_flags(p: argparse.ArgumentParser) -> None:
@@ -107,11 +130,13 @@ def _curriculum_flags(p: argparse.ArgumentParser) -> None:
     c.add_argument("--pretrain-steps", type=int_in(0, 10**9), default=None,
                    help="optimizer steps on single systems before pages (default: --stage-steps)")
     c.add_argument("--stage-steps", type=int_in(1, 10**9), default=None,
-                   help="optimizer steps per curriculum stage (default 1000)")
+                   help=f"optimizer steps per curriculum stage ({_default('stage_steps', of=CURRICULUM)})")
     c.add_argument("--synthetic-share", type=float_in(0.0, 1.0, lo_open=False), default=None,
-                   help="share of synthetic pages at the start of fine-tuning (default 0.9)")
+                   help="share of synthetic pages at the start of fine-tuning "
+                        f"({_default('synthetic_share', of=CURRICULUM)})")
     c.add_argument("--max-systems", type=int_in(1, 64), default=None,
-                   help="systems per synthetic page in the last stage (default 4)")
+                   help="systems per synthetic page in the last stage "
+                        f"({_default('max_systems', of=CURRICULUM)})")
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
@@ -123,6 +148,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
                         "itself when it holds a run, else the latest run under --out or runs/)")
     o.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     o.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Added by rank 0 to the command line Lightning re-runs for the other DDP ranks.
+    o.add_argument(PLAN_FLAG, default=None, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,23 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from smt.train.runconfig import plan_run
+    from smt.train.planner import plan_run
     from smt.train.run import train   # torch and Lightning: only once the flags are good
-
-    from smt.distributed import SOCKET_IFNAME_VARS
-    from smt.train.runconfig import ENV_RUN_DIR
-
-    # A run sets these for its own DDP ranks (the run folder, the socket interface). Put them
-    # back when it ends, so a second run in the same process (a notebook, a test) does not
-    # inherit them: as a non-zero rank it would read the first run's run.json.
-    saved = {var: os.environ.get(var) for var in (ENV_RUN_DIR, *SOCKET_IFNAME_VARS)}
-    try:
-        plan = plan_run(args)
-        train(plan, wandb=args.wandb)
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    train(plan_run(args), wandb=args.wandb)
     return 0

@@ -10,8 +10,8 @@ from autotune.errors import UserError
 from smt.builder import scan_extent
 from smt.data import prepare as prep
 from smt.tokenizer import Vocab, tokenize
-from smt.train.cli import PROG
-from smt.train.runconfig import RunPlan, is_rank_zero
+from smt.say import is_rank_zero, say
+from smt.train.runconfig import TrainConfig
 
 
 @dataclass
@@ -30,7 +30,7 @@ def _extent(splits: Any, fmt: str) -> tuple[int, int, int]:
     return ext.max_height_px, ext.max_width_px, ext.max_seq_len_tokens
 
 
-def _prepare(plan: RunPlan, source: str | None) -> tuple[Any, Any]:
+def _prepare(plan: TrainConfig, source: str | None) -> tuple[Any, Any]:
     """(prepared DatasetDict, the preparation's result) of `source` at the plan's settings."""
     s = plan.settings
     config = prep.PrepareConfig(reduce_ratio=s.reduce_ratio, num_proc=s.num_proc,
@@ -58,7 +58,7 @@ def _reconcile_vocab(vocab: Vocab, vocab_path: Path | None) -> Vocab:
     return saved
 
 
-def load_data(plan: RunPlan, vocab_path: Path | None) -> RunData:
+def load_data(plan: TrainConfig, vocab_path: Path | None) -> RunData:
     """Prepared splits (cached), the vocabulary, and the largest image / sequence in them."""
     dataset, result = _prepare(plan, plan.data)
     vocab = _reconcile_vocab(Vocab.load(result.vocab_path), vocab_path)
@@ -69,19 +69,14 @@ def load_data(plan: RunPlan, vocab_path: Path | None) -> RunData:
     return RunData(dataset["train"], dataset["val"], vocab, h, w, t)
 
 
-def load_curriculum(plan: RunPlan, vocab_path: Path | None) -> tuple[RunData, Any]:
+def load_curriculum(plan: TrainConfig, vocab_path: Path | None) -> tuple[RunData, Any]:
     """Systems (the embedded set), the user's real pages (--data, optional), synthetic pages on
     demand, one vocabulary over all three; validation on real pages, else fixed synthetic ones."""
     from smt.curriculum import (VAL_PAGES, CurriculumSchedule, CurriculumSource, SyntheticPage,
                                 vocabulary_tokens)
-    c = plan.curriculum or {}
-    share = float(c.get("synthetic_share", 0.9))
-    schedule = CurriculumSchedule(pretrain_steps=int(c["pretrain_steps"]),
-                                  stage_steps=int(c["stage_steps"]),
-                                  max_systems=int(c["max_systems"]),
-                                  synthetic_share_start=share,
-                                  synthetic_share_end=min(share, 0.2))
-    systems = _prepare(plan, c.get("systems"))[0]
+    assert plan.curriculum is not None
+    schedule = CurriculumSchedule.of(plan.curriculum)
+    systems = _prepare(plan, plan.curriculum.systems)[0]
     pages = _prepare(plan, plan.data)[0] if plan.data else None
     if vocab_path is not None and vocab_path.is_file():
         vocab = Vocab.load(vocab_path)
@@ -93,9 +88,8 @@ def load_curriculum(plan: RunPlan, vocab_path: Path | None) -> tuple[RunData, An
     if pages is not None and len(pages.get("val", [])):
         val: Any = pages["val"]
     else:
-        if is_rank_zero():
-            print(f"[{PROG}] curriculum: no real validation pages; rendering {VAL_PAGES} "
-                  f"synthetic pages of {schedule.max_systems} systems", flush=True)
+        say(f"curriculum: no real validation pages; rendering {VAL_PAGES} synthetic pages of "
+            f"{schedule.max_systems} systems")
         val = [maker(schedule.max_systems, 1_000_003 + i) for i in range(VAL_PAGES)]
     real_train = pages["train"] if pages is not None and "train" in pages else None
     length = len(systems["train"]) + (len(real_train) if real_train is not None else 0)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,15 +12,19 @@ import lightning.pytorch as pl
 from autotune.atomic import atomic_write_json
 from smt import checkpoint as ck
 from smt.builder import configure_torch
+from smt.distributed import pinned_sockets
 from smt.module import SMTModule, TrainHParams
+from smt.say import is_rank_zero, say
 from smt.train import assembly, stop, summary
-from smt.train.cli import PROG
 from smt.train.data import RunData, load_curriculum, load_data
-from smt.train.runconfig import ENV_RUN_DIR, RunPlan, describe, is_rank_zero
+from smt.train.planner import describe, ranks_read_plan
+from smt.train.quiet import quiet_lightning
+from smt.train.runconfig import TrainConfig
 
 
-def _write_run_files(plan: RunPlan, config: Any, data: RunData) -> None:
-    """config.json, vocab.json and run.json (rank 0), and the run folder for the DDP ranks."""
+def _write_run_files(plan: TrainConfig, config: Any, data: RunData) -> None:
+    """config.json, vocab.json and run.json (rank 0); run.json is also the plan the DDP ranks
+    Lightning starts read (`ranks_read_plan`)."""
     plan.out.mkdir(parents=True, exist_ok=True)
     config.save(plan.out / ck.CONFIG_NAME)
     data.vocab.save(plan.out / ck.VOCAB_NAME)
@@ -28,10 +32,9 @@ def _write_run_files(plan: RunPlan, config: Any, data: RunData) -> None:
     record.update(started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   command=[sys.executable, *sys.argv])
     atomic_write_json(plan.out / ck.RUN_NAME, record)
-    os.environ[ENV_RUN_DIR] = str(plan.out)
 
 
-def _module(plan: RunPlan, config: Any, data: RunData) -> SMTModule:
+def _module(plan: TrainConfig, config: Any, data: RunData) -> SMTModule:
     s = plan.settings
     hp = TrainHParams(lr=plan.lr, warmup_steps=plan.warmup_steps, grad_clip=plan.grad_clip,
                       accumulate=s.accumulate_grad_batches, val_decode_batches=plan.val_batches,
@@ -47,7 +50,7 @@ def _weights_only(trainer: Any) -> dict[str, bool]:
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
-def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
+def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
     """Run (or continue) a training run; returns the summary written to OUT/summary.json."""
     configure_torch(plan.settings.num_threads)
     pl.seed_everything(plan.seed, workers=True, verbose=False)
@@ -72,9 +75,8 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
     if init is not None:
         from smt.convert.finetune import apply
         apply(module.model, init)
-        if rank0:
-            print(f"[{PROG}] starting from {init.checkpoint} ({module.model.num_params():,} "
-                  "parameters, fresh optimizer)", flush=True)
+        say(f"starting from {init.checkpoint} ({module.model.num_params():,} parameters, "
+            "fresh optimizer)")
     callbacks, throughput = assembly.make_callbacks(plan)
     request = stop.StopRequest()
     callbacks.append(stop.SaveAndStop(plan.out / "checkpoints", request, plan.ckpt_every_min))
@@ -83,9 +85,33 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
         from smt.stages import stage_tuner
         callbacks.append(CurriculumStep(curriculum_source))
         callbacks.append(stage_tuner(plan, config, curriculum_source, plan.out / ck.RUN_NAME,
-                                     say=lambda msg: print(f"[{PROG}] {msg}", flush=True)))
-    trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
-    t0 = time.perf_counter()
+                                     say=say))
+    with ExitStack() as scope:
+        # For the Trainer's life: DDP's socket variables, the command line the ranks that
+        # Lightning starts re-run, Lightning's messages a user can do nothing about.
+        scope.enter_context(pinned_sockets(plan.num_nodes, plan.ddp_interface))
+        if rank0:
+            scope.enter_context(ranks_read_plan(plan.out / ck.RUN_NAME))
+        scope.enter_context(quiet_lightning())
+        trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
+        t0 = time.perf_counter()
+        _fit(trainer, module, train_loader, val_loader, plan, request)
+        if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
+                and not trainer.interrupted:
+            # The run stopped between validations (max_time, max_steps): one last look, which
+            # competes for best.ckpt like any other validation.
+            trainer.validate(module, dataloaders=val_loader, verbose=False)
+            summary.keep_if_best(trainer, module, plan.out / "checkpoints" / ck.BEST_NAME)
+    result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0)
+    if is_rank_zero():
+        atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
+        print(summary.one_line(result), flush=True)
+    return result
+
+
+def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: Any,
+         plan: TrainConfig, request: stop.StopRequest) -> None:
+    """`trainer.fit`, stopping on SIGINT/SIGTERM with last.ckpt saved (`smt.train.stop`)."""
     with stop.on_signals(request):
         try:
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
@@ -96,14 +122,3 @@ def train(plan: RunPlan, wandb: bool = False) -> dict[str, Any]:
                 raise
     if request.signum:
         raise stop.Stopped(request.signum, plan.out, trainer.global_step)
-    if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
-            and not trainer.interrupted:
-        # The run stopped between validations (max_time, max_steps): one last look, which
-        # competes for best.ckpt like any other validation.
-        trainer.validate(module, dataloaders=val_loader, verbose=False)
-        summary.keep_if_best(trainer, module, plan.out / "checkpoints" / ck.BEST_NAME)
-    result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0)
-    if trainer.is_global_zero:
-        atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
-        print(summary.one_line(result), flush=True)
-    return result

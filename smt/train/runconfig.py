@@ -1,28 +1,30 @@
-"""The run plan: everything decided before the Trainer exists, saved as the run's run.json.
+"""A run's settings: `TrainConfig`, the one home of every default a run has, saved as its
+run.json, and `merge`, the one place that layers where a value comes from.
 
-Settings are layered, lowest priority first: safe defaults for the machine, the profile's
-`settings` (`--profile`), explicit flags. A resumed run starts from its own run.json instead of
-the defaults, and a DDP rank other than 0 reads rank 0's run.json rather than deciding again.
+Lowest priority first: the defaults below (the machine's `Settings` from `smt.train.planner`,
+and the CPU demo's when it applies), a resumed run's run.json, the profile (`--profile`: its
+settings and the lr a search saved with it), explicit flags. A resumed run keeps its format
+(its vocabulary is written in it) and whether it was the CPU demo.
+
+This module imports no torch or Lightning: parsing flags (and a bad flag's one line) stays fast.
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import math
-import json
-import os
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
-from autotune.settings import Settings
+from autotune.settings import Settings, SettingError
 from smt.builder import DEFAULT_TEACHER_NOISE
-from smt.train.cli import PROG
+from smt.config import PRESETS
+from smt.tokenizer import FORMATS
 
-# Environment handed from rank 0 to the DDP ranks Lightning starts by re-running this command:
-# they must use the same run folder and settings, not resolve (or probe) again.
-ENV_RUN_DIR = "SMT_RUN_DIR"
+# The names of smt.data.augment.PRESETS, which imports OpenCV: not at flag parsing
+# (tests/smt/test_train_flags.py checks they agree).
+AUGMENTS = ("none", "default", "camera")
 
 # CPU demo: fits the README's main command into ~20 minutes on a 2-core machine, data build
 # and probe included, with several validations so that the falling loss and SER are visible.
@@ -38,296 +40,285 @@ CPU_DEMO_VAL_ROWS = 16
 # warm-up steps) is. Flags (--accumulate, --lr, --warmup-steps) still win.
 CPU_DEMO_LR = 1e-3
 CPU_DEMO_WARMUP_STEPS = 20
-# last.ckpt at least this often (minutes) besides every --ckpt-every steps: a pre-empted or
-# timed-out session loses at most this much, whatever a step costs.
-DEFAULT_CKPT_EVERY_MIN = 30.0
 
 
-@dataclass
-class RunPlan:
-    """Everything decided before the Trainer exists; saved as run.json."""
+@dataclass(frozen=True)
+class CurriculumConfig:
+    """`--curriculum` (SMT++ full pages): saved under run.json's `curriculum` key."""
+    # Steps per page stage: long enough for the model to adapt to one more system per page.
+    stage_steps: int = 1000
+    # Systems-only steps before pages (SMT++ pre-trains on GrandStaff systems); None: one
+    # stage's worth (stage_steps), which is what run.json then records.
+    pretrain_steps: int | None = None
+    # System-level data for pre-training; None: the embedded synthetic set.
+    systems: str | None = None
+    # Start mostly synthetic (labels are exact); the share falls to the real pages' side.
+    synthetic_share: float = 0.9
+    # Systems on the largest synthetic page; four 4-bar systems fill an A4 page at 2100 px.
+    max_systems: int = 4
+
+    def __post_init__(self) -> None:
+        if self.pretrain_steps is None:
+            object.__setattr__(self, "pretrain_steps", self.stage_steps)
+        _check(self.stage_steps >= 1, "stage_steps", "must be >= 1", self.stage_steps)
+        _check(self.pretrain_steps >= 0, "pretrain_steps", "must be >= 0", self.pretrain_steps)
+        _check(self.max_systems >= 2, "max_systems", "must be >= 2 (a page has several systems)",
+               self.max_systems)
+        _check(0.0 <= self.synthetic_share <= 1.0, "synthetic_share", "must be in [0, 1]",
+               self.synthetic_share)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CurriculumConfig":
+        """From run.json's `curriculum` dict (unknown keys of other versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run decides before the Trainer exists; its fields are run.json's keys."""
+    # The run folder; chosen by planning (--out, the resumed run, or runs/<timestamp>).
     out: Path
-    settings: Settings
-    preset: str
-    fmt: str
-    data: str | None
-    max_steps: int
-    max_epochs: int | None
-    max_time_s: float | None
-    val_every: int | None
-    val_batches: int | None
-    ckpt_every: int
-    ckpt_every_min: float | None
-    patience: int
-    lr: float
-    warmup_steps: int
-    grad_clip: float | None
-    teacher_noise: float
-    augment: str
-    seed: int
-    num_nodes: int
-    cpu_demo: bool
-    resume_ckpt: Path | None
-    profile: str | None
-    curriculum: dict[str, Any] | None
+    # Loader, precision and device settings: the profile's contract (autotune.settings),
+    # whose defaults are the safe start for a small machine.
+    settings: Settings = field(default_factory=Settings)
+    # The reference model; the CPU demo uses CPU_DEMO_PRESET.
+    preset: str = "paper"
+    # bekern is the reference SMT's notation (the smallest vocabulary of the three).
+    fmt: str = "bekern"
+    # None: the embedded synthetic set, so a first run needs no download.
+    data: str | None = None
+    # -1: Lightning's "no step limit"; the recipe ends on early stopping.
+    max_steps: int = -1
+    # None: no epoch limit (make_trainer puts a 1000-epoch backstop when nothing else ends it).
+    max_epochs: int | None = None
+    # None: no time limit (the CPU demo sets CPU_DEMO_MAX_TIME_S).
+    max_time_s: float | None = None
+    # None: validate once per epoch, Lightning's default.
+    val_every: int | None = None
+    # None: decode the whole validation split (the reference recipe's SER).
+    val_batches: int | None = None
+    # last.ckpt every 200 optimizer steps: on the reference GPU a few minutes of work, while
+    # writing an 11 M-parameter checkpoint costs well under a second.
+    ckpt_every: int = 200
+    # last.ckpt at least this often (minutes) besides every ckpt_every steps: a pre-empted or
+    # timed-out session loses at most this much, whatever a step costs. None: steps only.
+    ckpt_every_min: float | None = 30.0
+    # Stop after 10 validations without a better SER (0 = never): the reference recipe's.
+    patience: int = 10
+    # The reference SMT recipe: Adam at 1e-4.
+    lr: float = 1e-4
+    # Short linear warmup keeps the first Adam steps of a post-norm decoder from diverging;
+    # 0 reproduces the reference exactly.
+    warmup_steps: int = 0
+    # Clipping at norm 1.0 is what the user's hand-tuned Kaggle run used with fp16; None = off.
+    grad_clip: float | None = 1.0
+    # The loader's recipe, shared with the probe (the reason is at smt.builder).
+    teacher_noise: float = DEFAULT_TEACHER_NOISE
+    # No augmentation: the reference trains on clean renders.
+    augment: str = "none"
+    # A fixed seed: two runs of one command draw the same batches.
+    seed: int = 0
+    # One machine unless a launcher starts several (torchrun, srun).
+    num_nodes: int = 1
+    # True when this run is the CPU demo (set by planning, kept on resume).
+    cpu_demo: bool = False
+    # The checkpoint a resumed run continues from (set by planning).
+    resume_ckpt: Path | None = None
+    # The profile the settings came from (its name or path), for the record.
+    profile: str | None = None
+    # None: plain training on `data`; see CurriculumConfig.
+    curriculum: CurriculumConfig | None = None
     # Per machine, so never taken from a resumed run's run.json: the flag of this launch.
     ddp_interface: str | None = None
     # --init-from: weights to start a new run from (smt.convert.finetune); a resumed run has its own.
     init_from: str | None = None
+    # --extend-vocab: add output rows for tokens the starting model does not know.
     extend_vocab: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.preset in PRESETS, "preset", f"must be one of {', '.join(sorted(PRESETS))}", self.preset)
+        _check(self.fmt in FORMATS, "fmt", f"must be one of {', '.join(FORMATS)}", self.fmt)
+        _check(self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}",
+               self.augment)
+        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1)",
+               self.max_steps)
+        for name in ("max_epochs", "val_every", "val_batches", "ckpt_every", "num_nodes"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, "must be >= 1", value)
+        for name in ("max_time_s", "ckpt_every_min"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, name, "must be >= 0", value)
+        _check(self.patience >= 0, "patience", "must be >= 0", self.patience)
+        _check(0.0 <= self.teacher_noise <= 0.9, "teacher_noise", "must be in [0, 0.9]",
+               self.teacher_noise)
+        _check(self.seed >= 0, "seed", "must be >= 0", self.seed)
+        check_recipe(self.lr, self.warmup_steps, self.grad_clip)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         out["settings"] = self.settings.to_dict()
+        out["curriculum"] = asdict(self.curriculum) if self.curriculum else None
         return out
 
-
-def is_rank_zero() -> bool:
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
-        if int(os.environ.get(var, "0") or 0) != 0:
-            return False
-    return True
-
-
-def _accelerator_present() -> bool:
-    import torch   # here, not at import: parsing flags must not pay for torch
-    return torch.cuda.is_available()
-
-
-def default_precision() -> str:
-    """fp16 mixed below compute capability 8 (T4, P100: no bf16 tensor cores), bf16 elsewhere."""
-    import torch
-    if torch.cuda.is_available():
-        caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
-        if min(caps)[0] < 8:
-            return "16-mixed"
-    return "bf16-mixed"
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """From a run.json (this version's or an older one: unknown keys are ignored, missing
+        ones take the defaults, `curriculum` may be the dict every version wrote)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["out"] = Path(values["out"])
+        if isinstance(values.get("settings"), Mapping):
+            values["settings"] = Settings.from_dict(values["settings"])
+        if values.get("resume_ckpt"):
+            values["resume_ckpt"] = Path(values["resume_ckpt"])
+        if isinstance(values.get("curriculum"), Mapping):
+            values["curriculum"] = CurriculumConfig.from_dict(values["curriculum"])
+        return cls(**values)
 
 
-def default_settings() -> Settings:
-    import torch
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    devices = max(1, gpus)
-    return Settings(precision=default_precision(), devices=devices,
-                    strategy="ddp" if devices > 1 else "auto", effective_batch_size=devices)
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise SettingError(name, f"{name} {rule}, got {value!r}")
 
 
-# Settings field -> the flag that overrides it (and names it in an error).
-_FLAG_OF = {"num_proc": "--num-proc", "writer_batch_size": "--writer-batch-size",
-            "batch_size": "--batch-size", "reduce_ratio": "--reduce-ratio",
-            "accumulate_grad_batches": "--accumulate", "num_workers": "--num-workers",
-            "num_threads": "--num-threads", "precision": "--precision",
-            "strategy": "--strategy", "devices": "--devices"}
-_ARG_OF = {"accumulate_grad_batches": "accumulate"}
+def check_recipe(lr: float, warmup_steps: int, grad_clip: float | None) -> None:
+    """The optimisation values a LightningModule accepts (also `smt.module.TrainHParams`'s)."""
+    _check(isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= 1, "lr",
+           "must be in (0, 1]", lr)
+    _check(warmup_steps >= 0, "warmup_steps", "must be >= 0", warmup_steps)
+    _check(grad_clip is None or (math.isfinite(grad_clip) and grad_clip > 0), "grad_clip",
+           "must be positive", grad_clip)
 
 
-def _apply_overrides(base: Settings, args: argparse.Namespace) -> Settings:
-    flags = {field: getattr(args, _ARG_OF.get(field, field), None) for field in _FLAG_OF}
+# Every default in one instance (its `out` is a placeholder: planning always decides one).
+DEFAULTS = TrainConfig(out=Path("runs"))
+
+
+# Field -> the flag that sets it (and that an error about it names). Settings fields first,
+# then the run's, then the curriculum's; tests/smt/test_train_flags.py checks each pair
+# against the parser (the flag exists, is not given by default, its help names the default).
+SETTINGS_FLAGS = {"num_proc": "--num-proc", "writer_batch_size": "--writer-batch-size",
+                  "batch_size": "--batch-size", "reduce_ratio": "--reduce-ratio",
+                  "accumulate_grad_batches": "--accumulate", "num_workers": "--num-workers",
+                  "num_threads": "--num-threads", "precision": "--precision",
+                  "strategy": "--strategy", "devices": "--devices"}
+RUN_FLAGS = {"preset": "--preset", "fmt": "--format", "data": "--data",
+             "max_steps": "--max-steps", "max_epochs": "--max-epochs", "max_time_s": "--max-time",
+             "val_every": "--val-every", "val_batches": "--val-batches",
+             "ckpt_every": "--ckpt-every", "ckpt_every_min": "--ckpt-every-min",
+             "patience": "--patience", "lr": "--lr", "warmup_steps": "--warmup-steps",
+             "grad_clip": "--grad-clip", "teacher_noise": "--teacher-noise",
+             "augment": "--augment", "seed": "--seed", "num_nodes": "--num-nodes",
+             "ddp_interface": "--ddp-interface", "init_from": "--init-from",
+             "extend_vocab": "--extend-vocab"}
+CURRICULUM_FLAGS = {"stage_steps": "--stage-steps", "pretrain_steps": "--pretrain-steps",
+                    "systems": "--systems", "synthetic_share": "--synthetic-share",
+                    "max_systems": "--max-systems"}
+FLAG_OF = {**SETTINGS_FLAGS, **RUN_FLAGS, **CURRICULUM_FLAGS}
+# argparse destinations that are not the flag's own name.
+DEST_OF = {"--format": "fmt"}
+
+
+def dest(flag: str) -> str:
+    """The argparse attribute of `flag`."""
+    return DEST_OF.get(flag, flag[2:].replace("-", "_"))
+
+
+def flag_values(args: Any, flags: Mapping[str, str]) -> dict[str, Any]:
+    """field -> value of the flags the user gave (argparse leaves the others None/False)."""
+    given = {name: getattr(args, dest(flag), None) for name, flag in flags.items()}
+    return {k: v for k, v in given.items() if v is not None and v is not False}
+
+
+def _overlay(layers: list[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
+
+
+def _blame(exc: SettingError, flags: Mapping[str, Any]) -> UserError:
+    """A bad value as one line, naming the flag when a flag gave it."""
+    flag = FLAG_OF.get(exc.field) if exc.field in flags else None
+    return UserError(f"{flag}: {exc}" if flag else str(exc))
+
+
+# run.json keys a resumed run does not take over: decided anew (out, resume_ckpt), per
+# launch (ddp_interface), meaningless on resume (init_from), or layered on their own.
+NOT_RESUMED = frozenset({"out", "resume_ckpt", "ddp_interface", "init_from", "settings",
+                         "curriculum", "fmt", "cpu_demo"})
+# ... and the ones it keeps whatever the flags say: the format its vocabulary is written in,
+# and whether it is the CPU demo.
+KEPT_ON_RESUME = ("fmt", "cpu_demo")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What `merge` layers, lowest priority first (each mapping holds only what it sets)."""
+    defaults: TrainConfig               # DEFAULTS with the machine's settings
+    demo: Mapping[str, Any]             # the CPU demo's values ({} when it is off)
+    resumed: Mapping[str, Any]          # the resumed run's run.json ({} for a new run)
+    profile: Mapping[str, Any]          # --profile: settings, lr, profile (its name); or {}
+    flags: Mapping[str, Any]            # field -> value of each flag given (flag_values)
+    decided: Mapping[str, Any]          # what planning decided: out, resume_ckpt
+    curriculum: bool = False            # --curriculum given
+
+
+def merge(layers: Layers) -> TrainConfig:
+    """The run's TrainConfig: defaults < CPU demo < resumed run.json < profile < flags, then
+    what planning decided. A bad value is one line, naming its flag when a flag gave it."""
+    flags, resumed = layers.flags, layers.resumed
+    settings = _settings(layers)
+    demo = dict(layers.demo)
+    if demo:       # validation cadence in samples and rows: from the batch just decided
+        demo.setdefault("val_every",
+                        max(5, round(CPU_DEMO_VAL_SAMPLES / settings.effective_batch_size)))
+        demo.setdefault("val_batches", max(1, math.ceil(CPU_DEMO_VAL_ROWS / settings.batch_size)))
+    names = [f.name for f in fields(TrainConfig)]
+    values = _overlay([
+        {name: getattr(layers.defaults, name) for name in names}, demo,
+        {k: v for k, v in resumed.items() if k in names and k not in NOT_RESUMED},
+        {k: v for k, v in layers.profile.items() if k != "settings"},
+        {k: v for k, v in flags.items() if k in RUN_FLAGS},
+        {k: resumed[k] for k in KEPT_ON_RESUME if k in resumed}, layers.decided])
+    values.update(settings=settings, curriculum=_curriculum(layers))
     try:
-        settings = base.with_overrides(**flags)
-    except ValueError as exc:
-        text = str(exc)
-        flag = _FLAG_OF.get(text.split(" ", 1)[0])
-        raise UserError(f"{flag}: {text}" if flag else text) from None
-    if settings.devices > 1 and settings.strategy == "auto" and args.strategy is None:
-        settings = Settings.from_dict({**settings.to_dict(), "strategy": "ddp"})
-    _check_strategy(settings.strategy)
+        return TrainConfig(**values)
+    except SettingError as exc:
+        raise _blame(exc, flags) from None
+
+
+def _settings(layers: Layers) -> Settings:
+    """The Settings layer by layer; the effective batch always follows batch x accumulate x
+    devices (Settings.with_overrides)."""
+    given = {k: v for k, v in layers.flags.items() if k in SETTINGS_FLAGS}
+    base = _overlay([layers.defaults.settings.to_dict(), layers.resumed.get("settings") or {},
+                     layers.profile.get("settings") or {}])
+    if layers.demo and "accumulate_grad_batches" not in given:
+        base["accumulate_grad_batches"] = 1     # the demo: one optimizer step per batch
+    try:
+        settings = Settings.from_dict(base)
+    except SettingError as exc:                 # a resumed run.json's or a profile's value
+        raise UserError(str(exc)) from None
+    try:
+        settings = settings.with_overrides(**given)
+    except SettingError as exc:
+        raise _blame(exc, given) from None
+    if settings.devices > 1 and settings.strategy == "auto" and "strategy" not in given:
+        settings = replace(settings, strategy="ddp")
     return settings
 
 
-def _check_strategy(strategy: str) -> None:
-    """What Lightning would refuse with a traceback after the data is prepared: refuse now."""
-    import importlib.util
-    if strategy in ("fsdp", "deepspeed") and not _accelerator_present():
-        raise UserError(f"--strategy {strategy} needs a CUDA GPU and this machine has none; "
-                        "use --strategy auto (or ddp)")
-    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise UserError("--strategy deepspeed needs the deepspeed package (pip install deepspeed)")
-
-
-def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, Any]]:
-    """(run folder, checkpoint to resume or None, the resumed run's run.json or {})."""
-    from smt import checkpoint as ck   # imports torch and Lightning: not at flag parsing
-    if not args.resume:
-        out = Path(args.out) if args.out else \
-            Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        if ck.last_checkpoint(out):
-            raise UserError(f"--out {out} already holds a run (checkpoints/last.ckpt); "
-                            "pass --resume to continue it or choose another --out")
-        from autotune.outdir import check_run_dir
-        check_run_dir(out, [args.data])           # a file, the data folder, read-only: now
-        return out, None, {}
-    out, resume_ckpt = ck.resolve_resume(args.resume, Path(args.out) if args.out else Path("runs"))
-    # Fail before any data work if the checkpoint is unreadable or not weights-only.
-    ckpt = ck.load_checkpoint(resume_ckpt)
-    ck.check_matches_run(ckpt, resume_ckpt)         # another run's model or vocabulary: now
-    step = ckpt.get("global_step")
-    if is_rank_zero():
-        print(f"[{PROG}] resuming {out} from {resume_ckpt.name} at step {step}", flush=True)
-    previous = ck.read_json(out / ck.RUN_NAME) if (out / ck.RUN_NAME).is_file() else {}
-    return out, resume_ckpt, previous
-
-
-def _profile_settings(args: argparse.Namespace,
-                      preset: str) -> tuple[Settings, str, float | None]:
-    """The settings of `--profile` (probing when it says auto), the profile's name, and the
-    learning rate a search saved with it (details.lr; not a `settings` key of the schema)."""
-    from autotune.resolve import resolve_profile  # only --profile needs the probe side
-    resolved = resolve_profile(args.profile, data=args.data, preset=preset, devices=args.devices)
-    settings, ref = _unpack_resolved(resolved)
-    note = getattr(resolved, "note", "")
-    if note and is_rank_zero():
-        print(f"[{PROG}] {note}", flush=True)
-    details = (getattr(resolved, "profile", None) or {}).get("details") or {}
-    lr = details.get("lr")
-    lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else None
-    return settings, str(ref) if ref is not None else args.profile, lr
-
-
-def _unpack_resolved(resolved: Any) -> tuple[Settings, Any]:
-    """resolve_profile returns (Settings, profile path or dict) or an object with .settings."""
-    if isinstance(resolved, tuple):
-        settings, ref = resolved[0], resolved[1] if len(resolved) > 1 else None
-    else:
-        settings = getattr(resolved, "settings")
-        ref = getattr(resolved, "path", None) or getattr(resolved, "name", None)
-    if isinstance(settings, dict):
-        settings = Settings.from_dict(settings)
-    if isinstance(ref, dict):
-        ref = ref.get("name")
-    return settings, ref
-
-
-def _check_init_flags(args: argparse.Namespace) -> None:
-    """--init-from / --extend-vocab mistakes stop here, before any data work."""
-    if args.init_from and args.resume:
-        raise UserError("--init-from starts a new run from weights, --resume continues a run: "
-                        "pass one of them")
-    if args.extend_vocab and not args.init_from:
-        raise UserError("--extend-vocab needs --init-from (a new model has every token already)")
-    if args.init_from:
-        from smt.convert.finetune import checkpoint_of
-        checkpoint_of(args.init_from)
-
-
-def plan_run(args: argparse.Namespace) -> RunPlan:
-    """Decide settings, run folder and limits; reuse rank 0's decision on other ranks."""
-    inherited = os.environ.get(ENV_RUN_DIR)
-    if inherited and not is_rank_zero():
-        run_json = Path(inherited) / "run.json"        # smt.checkpoint.RUN_NAME
-        return _plan_from_json(json.loads(run_json.read_text(encoding="utf-8")))
-    if getattr(args, "ddp_interface", None):
-        from smt.distributed import check_interface
-        check_interface(args.ddp_interface)   # a typo stops here, before any data work
-    _check_init_flags(args)
-    out, resume_ckpt, previous = _run_folder(args)
-    base = Settings.from_dict(previous["settings"]) if previous else None
-    cpu_demo = (not _accelerator_present() and not previous
-                and args.max_steps is None and args.max_epochs is None and args.max_time is None)
-    preset = args.preset or previous.get("preset") or (CPU_DEMO_PRESET if cpu_demo else "paper")
-    profile_name, profile_lr = None, None
-    if args.profile:
-        base, profile_name, profile_lr = _profile_settings(args, preset)
-    settings = _apply_overrides(base or default_settings(), args)
-    if profile_lr is not None and args.lr is None:
-        args.lr = profile_lr                       # the profile's lr; an explicit --lr wins
-    plan = _plan(args, previous, out, resume_ckpt, settings, preset, cpu_demo,
-                 profile_name or previous.get("profile"))
-    from smt.distributed import check_launch
-    check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
-    return plan
-
-
-def _curriculum(args: argparse.Namespace, previous: dict[str, Any]) -> dict[str, Any] | None:
-    if not (args.curriculum or previous.get("curriculum")):
+def _curriculum(layers: Layers) -> CurriculumConfig | None:
+    """The curriculum of --curriculum or of the resumed run: defaults < resumed < flags."""
+    previous = layers.resumed.get("curriculum") or {}
+    if not (layers.curriculum or previous):
         return None
-    prev = previous.get("curriculum") or {}
-    stage_steps = args.stage_steps or prev.get("stage_steps", 1000)
-    pretrain = args.pretrain_steps if args.pretrain_steps is not None else \
-        prev.get("pretrain_steps", stage_steps)
-    share = args.synthetic_share if args.synthetic_share is not None else \
-        prev.get("synthetic_share", 0.9)
-    return {"stage_steps": stage_steps, "pretrain_steps": pretrain,
-            "systems": args.systems or prev.get("systems"), "synthetic_share": share,
-            "max_systems": args.max_systems or prev.get("max_systems", 4)}
-
-
-def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
-          resume_ckpt: Path | None, settings: Settings, preset: str, cpu_demo: bool,
-          profile: str | None) -> RunPlan:
-    def pick(name: str, flag: Any, default: Any) -> Any:
-        """The flag, else the resumed run's value, else the default."""
-        return flag if flag is not None else previous.get(name, default)
-
-    demo = cpu_demo and not previous
-    if demo and args.accumulate is None:
-        settings = replace(settings, accumulate_grad_batches=1,
-                           effective_batch_size=settings.batch_size * settings.devices)
-    demo_val_every = max(5, round(CPU_DEMO_VAL_SAMPLES / settings.effective_batch_size))
-    demo_val_batches = max(1, math.ceil(CPU_DEMO_VAL_ROWS / settings.batch_size))
-    return RunPlan(
-        out=out, settings=settings, preset=preset, fmt=previous.get("fmt", args.fmt),
-        data=args.data if args.data is not None else previous.get("data"),
-        max_steps=pick("max_steps", args.max_steps, -1),
-        max_epochs=pick("max_epochs", args.max_epochs, None),
-        max_time_s=CPU_DEMO_MAX_TIME_S if cpu_demo else pick("max_time_s", args.max_time, None),
-        val_every=demo_val_every if cpu_demo and args.val_every is None
-        else pick("val_every", args.val_every, None),
-        val_batches=demo_val_batches if cpu_demo and args.val_batches is None
-        else pick("val_batches", args.val_batches, None),
-        ckpt_every=pick("ckpt_every", args.ckpt_every, 200),
-        ckpt_every_min=pick("ckpt_every_min", args.ckpt_every_min, DEFAULT_CKPT_EVERY_MIN),
-        patience=pick("patience", args.patience, 10),
-        lr=pick("lr", args.lr, CPU_DEMO_LR if demo else 1e-4),
-        warmup_steps=pick("warmup_steps", args.warmup_steps, CPU_DEMO_WARMUP_STEPS if demo else 0),
-        grad_clip=None if args.no_grad_clip else pick("grad_clip", args.grad_clip, 1.0),
-        teacher_noise=pick("teacher_noise", args.teacher_noise, DEFAULT_TEACHER_NOISE),
-        augment=pick("augment", args.augment, "none"),
-        seed=pick("seed", args.seed, 0),
-        num_nodes=pick("num_nodes", args.num_nodes, 1),
-        cpu_demo=bool(previous.get("cpu_demo", cpu_demo)) if previous else cpu_demo,
-        resume_ckpt=resume_ckpt, profile=profile, curriculum=_curriculum(args, previous),
-        ddp_interface=getattr(args, "ddp_interface", None),
-        init_from=None if resume_ckpt else args.init_from,
-        extend_vocab=bool(args.extend_vocab or previous.get("extend_vocab", False)))
-
-
-def _plan_from_json(data: dict[str, Any]) -> RunPlan:
-    values = dict(data)
-    values["out"] = Path(values["out"])
-    values["settings"] = Settings.from_dict(values["settings"])
-    values["resume_ckpt"] = Path(values["resume_ckpt"]) if values.get("resume_ckpt") else None
-    known = set(RunPlan.__dataclass_fields__)
-    return RunPlan(**{k: v for k, v in values.items() if k in known})
-
-
-def describe(plan: RunPlan) -> str:
-    """The lines a run prints first: folder, data, settings, the CPU demo cap."""
-    s = plan.settings
-    lines = [f"[{PROG}] run folder {plan.out}"
-             + (f" (resuming from {plan.resume_ckpt})" if plan.resume_ckpt else "")]
-    if plan.curriculum:
-        c = plan.curriculum
-        data_text = (f"curriculum: {c['pretrain_steps']} steps on systems "
-                     f"({c.get('systems') or 'embedded synthetic'}), then {c['stage_steps']}-step "
-                     f"stages of 2..{c['max_systems']}-system synthetic pages"
-                     + (f" mixed with {plan.data}" if plan.data else ""))
-    else:
-        data_text = f"data {plan.data or 'embedded synthetic systems'}"
-    lines.append(f"[{PROG}] preset {plan.preset}, format {plan.fmt}, {data_text}"
-                 + (f", profile {plan.profile}" if plan.profile else ""))
-    threads = f"{s.num_threads} torch threads, " if s.num_threads else ""
-    lines.append(f"[{PROG}] batch {s.batch_size} x accumulate {s.accumulate_grad_batches} x "
-                 f"{s.devices} device(s) x {plan.num_nodes} node(s) = effective "
-                 f"{s.batch_size * s.accumulate_grad_batches * s.devices * plan.num_nodes}; "
-                 f"{s.precision}, strategy {s.strategy}, reduce ratio {s.reduce_ratio}, "
-                 f"{threads}{s.num_workers} loader workers, map num_proc {s.num_proc} / writer "
-                 f"batch {s.writer_batch_size}")
-    if plan.cpu_demo:
-        lines.append(
-            f"[{PROG}] no GPU found: CPU demo mode - preset {plan.preset}, stops after "
-            f"{plan.max_time_s / 60:.0f} min, validates every {plan.val_every} steps on "
-            f"{plan.val_batches} batches, one optimizer step per batch at lr {plan.lr:g}. "
-            "Lift it with --max-time/--max-steps/--max-epochs (and --preset paper for the "
-            "full model).")
-    return "\n".join(lines)
+    known = {f.name for f in fields(CurriculumConfig)}
+    given = {k: v for k, v in layers.flags.items() if k in CURRICULUM_FLAGS}
+    try:
+        return CurriculumConfig(**_overlay([{k: v for k, v in previous.items() if k in known},
+                                            given]))
+    except SettingError as exc:
+        raise _blame(exc, given) from None

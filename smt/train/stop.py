@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 
 from autotune.errors import UserError
 from smt.checkpoint import LAST_NAME
+from smt.say import say
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -75,8 +76,8 @@ def on_signals(request: StopRequest) -> Iterator[StopRequest]:
             signal.raise_signal(signum)
             return
         request.signum = signum
-        print(f"\n[smt.train] {signal.Signals(signum).name}: finishing this step, then "
-              "saving last.ckpt (again to stop at once)", flush=True)
+        say(f"{signal.Signals(signum).name}: finishing this step, then saving last.ckpt "
+            "(again to stop at once)", every_rank=True, start="\n")
 
     for s in SIGNALS:
         signal.signal(s, record)

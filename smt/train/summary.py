@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from autotune.units import format_bytes
 from smt import checkpoint as ck
-from smt.train.cli import PROG
-from smt.train.runconfig import RunPlan
+from smt.say import line
+from smt.train.runconfig import TrainConfig
 
 
 def best_callback(trainer: Any) -> ModelCheckpoint | None:
@@ -32,7 +32,7 @@ def keep_if_best(trainer: Any, module: Any, path: Path) -> None:
         best_cb.best_model_path = str(path)
 
 
-def summary(plan: RunPlan, trainer: Any, module: Any, throughput: Any,
+def summary(plan: TrainConfig, trainer: Any, module: Any, throughput: Any,
             elapsed_s: float) -> dict[str, Any]:
     best_cb = best_callback(trainer)
     best_score = getattr(best_cb, "best_model_score", None)
@@ -72,7 +72,7 @@ def one_line(summary: dict[str, Any]) -> str:
     sps = summary["samples_per_s"]
     ser = summary["best_val_ser"]
     rate = f"{sps:.2f} samples/s, " if sps is not None else ""
-    return (f"[{PROG}] done: {summary['steps']} steps, {rate}"
+    return line(f"done: {summary['steps']} steps, {rate}"
             f"peak memory {format_bytes(summary['peak_memory_bytes'])}, best val SER "
             f"{'n/a' if ser is None else f'{ser:.1f}'}, last {summary['checkpoint_last']}, "
             f"best {summary['checkpoint_best'] or 'n/a'}")

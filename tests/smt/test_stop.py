@@ -104,7 +104,7 @@ def test_a_profiles_lr_is_applied_and_a_flag_wins(flags: list[str], lr: float,
                                                   tmp_path: Path) -> None:
     """Issue 13 item 11: a profile saved by search carries details.lr; smt.train uses it."""
     from smt.train.cli import build_parser
-    from smt.train.runconfig import plan_run
+    from smt.train.planner import plan_run
     profile = json.loads((REPO / "tests" / "autotune" / "fixtures" / "profile-synthetic-cpu.json")
                          .read_text())
     profile.setdefault("details", {})["lr"] = 0.0042

@@ -191,3 +191,26 @@ def test_ddp_on_cpu_with_accumulation_and_an_oom_on_one_rank(tmp_path: Path) -> 
     assert summary["micro_batch_size"] == 1
     assert [e["micro_batch_to"] for e in summary["oom_events"]] == [1]
     assert ckpt["smt"]["micro_batch_size"] == 1
+
+
+# What Lightning printed on a first run that a user can do nothing about (smt/train/quiet.py).
+LIGHTNING_NOISE = ("litlogger", "💡", "is not supported by the model summary", "LeafSpec",
+                   "FLOPs", "Flops")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_first_run_prints_ours_and_not_lightnings_tips_and_warnings(tmp_path: Path) -> None:
+    """`python -m smt.train` as a user runs it (bf16-mixed, the CPU's default): our lines and
+    Lightning's model summary, none of Lightning's tips and warnings listed above."""
+    data = tiny_dataset_dict(tmp_path / "tiny", n_train=2, n_val=1, n_test=1)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = ["--data", str(data), "--preset", "debug", "--num-workers", "0", "--batch-size", "1",
+            "--max-steps", "2", "--val-batches", "1", "--out", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-m", "smt.train", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=500)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, printed[-3000:]
+    assert "bf16-mixed" in printed and "[smt.train] done: 2 steps" in printed
+    assert "Trainable params" in printed                 # the summary itself stays
+    assert [noise for noise in LIGHTNING_NOISE if noise in printed] == [], printed[-3000:]

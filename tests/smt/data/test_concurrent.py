@@ -131,7 +131,6 @@ def test_two_ddp_ranks_starting_together_prepare_once(synth_raw_dir: Path, tmp_p
     import socket
     cache = tmp_path / "cache"
     env = _env(cache, SMT_PREPARE_FAULT="sleep_ms=100")
-    env.pop("SMT_RUN_DIR", None)            # an earlier in-process run's folder: not this run's
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
