@@ -75,6 +75,9 @@ class RunPlan:
     # --init-from: weights to start a new run from (smt.convert.finetune); a resumed run has its own.
     init_from: str | None = None
     extend_vocab: bool = False
+    # --no-adapt-workers turns it off: the resource monitor changes the train loader's
+    # workers when the step starves or RAM nears its budget (smt.train.workers).
+    adapt_workers: bool = True
 
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -289,7 +292,9 @@ def _plan(args: argparse.Namespace, previous: dict[str, Any], out: Path,
         resume_ckpt=resume_ckpt, profile=profile, curriculum=_curriculum(args, previous),
         ddp_interface=getattr(args, "ddp_interface", None),
         init_from=None if resume_ckpt else args.init_from,
-        extend_vocab=bool(args.extend_vocab or previous.get("extend_vocab", False)))
+        extend_vocab=bool(args.extend_vocab or previous.get("extend_vocab", False)),
+        adapt_workers=False if getattr(args, "no_adapt_workers", False)
+        else previous.get("adapt_workers", True))
 
 
 def _plan_from_json(data: dict[str, Any]) -> RunPlan:
