@@ -183,10 +183,11 @@ def batch_to(batch: Mapping[str, Any], device: Any) -> dict[str, Any]:
 
 def make_loader(rows: Any, vocab: Any, fmt: str, *, batch_size: int, num_workers: int,
                 shuffle: bool, augment: str = "none", teacher_noise: float = 0.0, seed: int = 0,
-                persistent_workers: bool | None = None) -> Any:
+                persistent_workers: bool | None = None, resizable: bool = False) -> Any:
     """The DataLoader training reads `rows` (prepared rows) through: `ScoreDataset` with the
     padding `collate`, pinned memory where there is a GPU. `persistent_workers` defaults to
-    keeping workers between epochs whenever there are any."""
+    keeping workers between epochs whenever there are any. `resizable`: a
+    `smt.data.resizable.ResizableLoader`, whose workers can change while it runs."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -198,7 +199,11 @@ def make_loader(rows: Any, vocab: Any, fmt: str, *, batch_size: int, num_workers
     dataset = ScoreDataset(rows, vocab, fmt, augment=aug, teacher_noise=teacher_noise)
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+    loader_cls: type = DataLoader
+    if resizable:
+        from smt.data.resizable import ResizableLoader
+        loader_cls = ResizableLoader
+    return loader_cls(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
                       num_workers=num_workers,
                       collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
                       pin_memory=torch.cuda.is_available(),

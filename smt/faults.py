@@ -18,6 +18,13 @@ oom_fault (smt.module.SMTModule, before each      SMT_INJECT_OOM_ABOVE=N: a micr
 kill_at_step (smt.callbacks.KillAtStep, added     SMT_INJECT_KILL_AT_STEP=N: SIGKILL the
   by smt.train's trainer assembly)                training process once N optimizer steps are
                                                   done, like a preempted cloud session.
+load_item (smt.data.loader.ScoreDataset, once     SMT_LOADER_FAULT="k=v;k=v": `sleep_ms=S`
+  per item (training and validation), in the      sleeps S ms per item (a starving loader);
+  process that loads it: a worker or the main one)      `ram_mb=M` holds M MiB of touched memory per
+                                                  loading process from its first item on.
+ram_budget (smt.train's trainer assembly, the     SMT_INJECT_RAM_BUDGET_MB=M: the resource
+  resource monitor's RAM budget)                  monitor's RAM budget is M MiB instead of the
+                                                  machine's RAM (RAM "near the budget" at once).
 
 This module imports nothing heavy: the preparation's worker processes load it.
 """
@@ -34,6 +41,8 @@ ENV_PREPARE_FAULT = "SMT_PREPARE_FAULT"
 ENV_INJECT_OOM_ABOVE = "SMT_INJECT_OOM_ABOVE"
 ENV_INJECT_OOM_RANKS = "SMT_INJECT_OOM_RANKS"
 ENV_KILL_AT_STEP = "SMT_INJECT_KILL_AT_STEP"
+ENV_LOADER_FAULT = "SMT_LOADER_FAULT"
+ENV_RAM_BUDGET_MB = "SMT_INJECT_RAM_BUDGET_MB"
 
 STALL_S = 3600.0
 
@@ -48,10 +57,10 @@ def arm_prepare(writer_batch_size: int, spec: str | None = None) -> None:
     _PREPARE.clear()
     if not spec:
         return
-    kv = dict(p.split("=", 1) for p in spec.split(";") if "=" in p)
-    if "above_wbs" in kv and writer_batch_size <= int(kv["above_wbs"]):
+    kv = _spec(spec)
+    if "above_wbs" in kv and writer_batch_size <= kv["above_wbs"]:
         return
-    _PREPARE.update({k: int(v) for k, v in kv.items()})
+    _PREPARE.update(kv)
     _PREPARE["rows"] = 0
 
 
@@ -67,6 +76,38 @@ def prepare_row() -> None:
     if "ram_mb" in _PREPARE and "_ballast" not in _PREPARE:
         import numpy as np
         _PREPARE["_ballast"] = np.ones(_PREPARE["ram_mb"] * 2**20, dtype=np.uint8)  # touched: real RSS
+
+
+def _spec(text: str) -> dict[str, int]:
+    """"k=v;k=v" -> {k: int(v)}."""
+    return {k: int(v) for k, v in (p.split("=", 1) for p in text.split(";") if "=" in p)}
+
+
+# -- load_item ----------------------------------------------------------------------------------
+
+_LOAD: dict[str, Any] = {}       # the parsed SMT_LOADER_FAULT of this process, by its text
+
+
+def load_item() -> None:
+    """Called once per training item loaded; does what SMT_LOADER_FAULT says."""
+    text = os.environ.get(ENV_LOADER_FAULT, "")
+    if not text:
+        return
+    if _LOAD.get("text") != text:
+        _LOAD.clear()
+        _LOAD.update(_spec(text), text=text)
+    if "sleep_ms" in _LOAD:
+        time.sleep(_LOAD["sleep_ms"] / 1000)
+    if "ram_mb" in _LOAD and _LOAD.get("_pid") != os.getpid():
+        import numpy as np
+        _LOAD["_ballast"] = np.ones(_LOAD["ram_mb"] * 2**20, dtype=np.uint8)  # touched: real RSS
+        _LOAD["_pid"] = os.getpid()
+
+
+def ram_budget_bytes() -> int | None:
+    """The resource monitor's RAM budget SMT_INJECT_RAM_BUDGET_MB sets, None when unset."""
+    value = os.environ.get(ENV_RAM_BUDGET_MB, "").strip()
+    return int(value) * 2**20 if value else None
 
 
 # -- oom_fault ----------------------------------------------------------------------------------

@@ -10,9 +10,7 @@ No exemption for packages: grimp, like Python, counts only written imports, so a
 `__init__.py` that re-exports its submodules forms a cycle only when a submodule imports the
 package name itself, and the tree has none of those; a new one is reported like any other.
 
-The one known exemption is `KNOWN_CYCLES` below (engineer A's part of issue 17): each found
-cycle must lie inside one of its sets, so a smaller cycle left there passes and a new member
-fails. Delete the set once smt/train's cycles are gone.
+There is no exemption: every cycle found fails.
 
 The check runs in a subprocess with the tree under test first on PYTHONPATH, so that the
 planted-cycle test can point it at a copy.
@@ -31,11 +29,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("autotune", "smt")
 
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # removed when smt/train's PROG moves to a leaf module
-    frozenset({"smt.train.assembly", "smt.train.cli", "smt.train.data", "smt.train.run",
-               "smt.train.runconfig", "smt.train.summary"}),
-]
 
 
 def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -110,18 +103,13 @@ def run_check(root: Path) -> list[dict[str, object]]:
     return json.loads(res.stdout)
 
 
-def unexpected(cycles: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [c for c in cycles
-            if not any(set(c["members"]) <= known for known in KNOWN_CYCLES)]  # type: ignore[arg-type]
-
-
 def report(cycles: list[dict[str, object]]) -> str:
     return "\n".join(f"import cycle among {', '.join(c['members'])}:\n    "  # type: ignore[arg-type]
                      + "\n    ".join(c["chain"]) for c in cycles)  # type: ignore[arg-type]
 
 
 def test_no_import_cycles() -> None:
-    cycles = unexpected(run_check(REPO))
+    cycles = (run_check(REPO))
     assert not cycles, report(cycles)
 
 
@@ -143,7 +131,7 @@ def test_check_catches_a_planted_cycle(tmp_path: Path, path: str, planted: str,
         shutil.copytree(REPO / package, copy / package, ignore=ignore)
     with open(copy / path, "a") as f:
         f.write(planted)
-    cycles = unexpected(run_check(copy))
+    cycles = (run_check(copy))
     text = report(cycles)
     print(text)
     assert any(members <= set(c["members"]) for c in cycles), text  # type: ignore[arg-type]

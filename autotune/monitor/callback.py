@@ -21,10 +21,12 @@ from typing import Any
 import psutil
 from lightning.pytorch.callbacks import Callback
 
+from autotune.hardware import usable_cpus
+from autotune.monitor.adapt import AdaptConfig, Limits, Reading, SetWorkers, WorkerAdapter
 from autotune.monitor.files import write_outputs
 from autotune.monitor.hints import ram_hint, shm_hint, starved_hint, tensor_bytes, vram_headroom_hint
-from autotune.monitor.samples import Hint, ResourceHint, ResourceSample, vram_peaks
-from autotune.monitor.sampling import GpuReader, ResourceSampler, shm_usage
+from autotune.monitor.samples import Event, Hint, ResourceHint, ResourceSample, vram_peaks
+from autotune.monitor.sampling import GpuReader, ResourceSampler, shm_usage, worker_rss_bytes
 from autotune.units import GIB
 
 log = logging.getLogger(__name__)
@@ -71,16 +73,26 @@ class ResourceMonitor(Callback):
     """Lightning callback: samples resources on a thread, logs them, warns, plots at the end.
 
     `ResourceMonitor()` is enough; keyword arguments are the fields of `MonitorConfig`.
+    With `set_workers`, it also acts (autotune.monitor.adapt): it asks for more loader workers
+    when the step keeps waiting for data and fewer when RAM keeps nearing the budget, and
+    records each change as an event (resources.json/.csv, a marked line in resources.png).
     """
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, set_workers: SetWorkers | None = None,
+                 adapt: AdaptConfig | None = None, **config: Any) -> None:
         self.config = MonitorConfig(**config)
+        self.set_workers = set_workers
+        self.adapt = adapt or AdaptConfig()
         self._reset()
 
     def _reset(self) -> None:
         """Fresh run state: each `fit` on the same callback gets its own samples and hints."""
         self.samples: list[ResourceSample] = []
         self.hints: list[Hint] = []
+        self.events: list[Event] = []
+        self._adapter: WorkerAdapter | None = None
+        self._batch_bytes = 0              # largest loader batch seen (for /dev/shm)
+        self._last_t = 0.0                 # time of the previous published sample
         self.files: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._sampler: ResourceSampler | None = None
@@ -158,6 +170,9 @@ class ResourceMonitor(Callback):
         if loader is not None:
             self._loader = {"num_workers": int(getattr(loader, "num_workers", 0) or 0),
                             "prefetch_factor": getattr(loader, "prefetch_factor", None)}
+        if self.set_workers is not None and self._adapter is None:
+            self._adapter = WorkerAdapter(self._change_workers,
+                                          self._loader["num_workers"] or 0, self.adapt)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # Worker start-up before an epoch's first batch is a one-off, not a starved loader.
@@ -171,6 +186,8 @@ class ResourceMonitor(Callback):
         if not self._active:
             return
         now = time.perf_counter()
+        if self._adapter is not None:
+            self._batch_bytes = max(self._batch_bytes, tensor_bytes(batch))
         if self._last_end is not None:
             self._wait_s += now - self._last_end
             self._gaps += 1
@@ -218,6 +235,8 @@ class ResourceMonitor(Callback):
                 pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
                               on_epoch=False, rank_zero_only=True)
         self._check(latest)
+        if self._adapter is not None:
+            self._act(latest, frac)
 
     @staticmethod
     def _prog_bar_figures(s: ResourceSample) -> dict[str, float]:
@@ -263,6 +282,38 @@ class ResourceMonitor(Callback):
                 self._warn("shm", shm_hint(self._loader["num_workers"], None, None, self._ranks,
                                            (shm[0], latest.shm_used_bytes)))
 
+    # -- acting -------------------------------------------------------------------------------
+
+    def _act(self, latest: ResourceSample, wait_frac: float | None) -> None:
+        """Hand this interval to the worker controller (autotune.monitor.adapt)."""
+        assert self._adapter is not None
+        import torch   # loaded by the training this watches
+        utils = [g.util_pct for g in latest.gpus if g.util_pct is not None]
+        reading = Reading(latest.t_s, max(0.0, latest.t_s - self._last_t), wait_frac,
+                          latest.rss_bytes, latest.ram_available_bytes,
+                          sum(utils) / len(utils) if utils else None)
+        self._last_t = latest.t_s
+        workers = self._adapter.workers
+        shm = shm_usage()
+        prefetch = self._loader["prefetch_factor"] or 2
+        limits = Limits(
+            cores=int(usable_cpus()), threads=torch.get_num_threads(), ranks=self._ranks,
+            ram_budget_bytes=self.config.ram_budget_bytes or latest.ram_total_bytes,
+            rss_bytes=latest.rss_bytes, worker_rss_bytes=worker_rss_bytes(workers, self._ranks),
+            shm_free_bytes=None if shm is None else shm[0] - shm[1],
+            shm_per_worker_bytes=prefetch * self._batch_bytes or None)
+        self._adapter.observe(reading, limits)
+
+    def _change_workers(self, n: int, reason: str) -> None:
+        old = self._loader["num_workers"] or 0
+        message = f"loader workers {old} -> {n}: {reason}"
+        t = time.monotonic() - self._t0 if self._t0 else 0.0
+        self.events.append(Event("workers", message, round(t, 3), self._step))
+        self._loader["num_workers"] = n
+        log.info("resource monitor: %s", message)
+        assert self.set_workers is not None
+        self.set_workers(n, reason)
+
     def _warn(self, kind: str, message: str | None) -> None:
         if message is None or kind in self._hinted:
             return
@@ -299,7 +350,7 @@ class ResourceMonitor(Callback):
             return self.files
         try:
             self.files = write_outputs(self._out, self.samples, self.hints, self.summary(),
-                                       self.config.ram_budget_bytes)
+                                       self.config.ram_budget_bytes, self.events)
         except Exception:  # never turn a finished run into a failed one over a plot
             log.warning("could not write the resource plot", exc_info=True)
         return self.files
@@ -318,6 +369,7 @@ class ResourceMonitor(Callback):
             "mean_gpu_util_pct": round(sum(utils) / len(utils), 1) if utils else None,
             "peak_gpu_mem_used_bytes": {str(i): p[0] for i, p in peaks.items()} or None,
             "hints": [h.kind for h in self.hints],
+            "events": [e.message for e in self.events],
         }
 
 

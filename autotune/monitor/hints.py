@@ -33,13 +33,20 @@ def starved_hint(wait_frac: float | None, steps: int, gpu_util_pct: float | None
             f"steps{util}; {fix}")
 
 
+def ram_near(rss_bytes: int | None, available_bytes: int | None, budget_bytes: int | None,
+             near_frac: float = 0.9) -> bool:
+    """The process tree uses `near_frac` of the budget, or the machine has less than the rest
+    of it still available (the RAM hint's test, and the worker controller's)."""
+    if rss_bytes is None or budget_bytes is None or budget_bytes <= 0:
+        return False
+    low_avail = available_bytes is not None and available_bytes < (1 - near_frac) * budget_bytes
+    return rss_bytes >= near_frac * budget_bytes or low_avail
+
+
 def ram_hint(rss_bytes: int | None, available_bytes: int | None, budget_bytes: int | None,
              near_frac: float = 0.9) -> str | None:
     """The process tree is close to the RAM budget, or the machine is close to running out."""
-    if rss_bytes is None or budget_bytes is None or budget_bytes <= 0:
-        return None
-    low_avail = available_bytes is not None and available_bytes < (1 - near_frac) * budget_bytes
-    if rss_bytes < near_frac * budget_bytes and not low_avail:
+    if not ram_near(rss_bytes, available_bytes, budget_bytes, near_frac):
         return None
     avail = "" if available_bytes is None else f", {fb(available_bytes)} still available"
     return (f"RAM nearing the budget: the run uses {fb(rss_bytes)} of "

@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from autotune.monitor.samples import Hint, ResourceSample
+from autotune.monitor.samples import Event, Hint, ResourceSample
 from autotune.units import GIB
 
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"}
@@ -79,9 +79,20 @@ def _gpu_memory(ax: Any, samples: Sequence[ResourceSample]) -> None:
     ax.set_xlabel("seconds since start of training")
 
 
+def _events(axes: Sequence[Any], events: Sequence[Event]) -> None:
+    """A vertical line through every panel at each change, labelled on the top one."""
+    for e in events:
+        for ax in axes:
+            ax.axvline(e.t_s, color="tab:purple", linestyle="-.", linewidth=1)
+        label = e.message.split(":", 1)[0]      # "loader workers 0 -> 1"
+        axes[0].annotate(label, (e.t_s, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(2, -2), textcoords="offset points", va="top", fontsize="small",
+                         color="tab:purple", rotation=90)
+
+
 def plot_resources(samples: Sequence[ResourceSample], ram_budget_bytes: int | None = None,
-                   hints: Sequence[Hint] = ()) -> bytes:
-    """PNG bytes of the three panels."""
+                   hints: Sequence[Hint] = (), events: Sequence[Event] = ()) -> bytes:
+    """PNG bytes of the three panels, with the run's changes (`events`) marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -91,6 +102,7 @@ def plot_resources(samples: Sequence[ResourceSample], ram_budget_bytes: int | No
     _utilisation(ax_util, samples)
     _host_memory(ax_ram, samples, ram_budget_bytes)
     _gpu_memory(ax_gpu, samples)
+    _events((ax_util, ax_ram, ax_gpu), events)
     if hints:
         fig.suptitle("hints: " + ", ".join(h.kind for h in hints), color="tab:red")
     fig.tight_layout()

@@ -52,6 +52,15 @@ class Hint:
     t_s: float
 
 
+@dataclass
+class Event:
+    """Something the run changed because of what the monitor saw (e.g. its loader workers)."""
+    kind: str                           # "workers"
+    message: str                        # what changed and the numbers that caused it
+    t_s: float                          # seconds since the monitor started
+    step: int                           # trainer.global_step when it was decided
+
+
 def vram_peaks(samples: list[ResourceSample]) -> dict[int, tuple[int, int]]:
     """Per GPU index: (peak used bytes, total bytes) over the samples."""
     peaks: dict[int, tuple[int, int]] = {}

@@ -113,6 +113,27 @@ def sample_resources(t_s: float, step: int, gpus: GpuReader | None,
         gpus=gpus.read() if gpus is not None and gpus.available else [])
 
 
+def worker_rss_bytes(workers: int, ranks: int) -> int | None:
+    """What one more DataLoader worker adds to the process tree's RSS: the mean RSS of this
+    process's children where they are all workers (one rank with workers), else this
+    process's own RSS (a forked worker maps its parent's resident pages, and RSS counts them
+    in both, as the tree figure the RAM rule reads does). None where psutil cannot tell."""
+    try:
+        me = psutil.Process()
+        if workers > 0 and ranks == 1:
+            rss = []
+            for child in me.children():
+                try:
+                    rss.append(child.memory_info().rss)
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+            if rss:
+                return int(sum(rss) / len(rss))
+        return int(me.memory_info().rss)
+    except psutil.Error:
+        return None
+
+
 class ResourceSampler(PollingThread):
     """Takes a sample at start, every `interval_s`, and once more at stop, into `samples`.
 

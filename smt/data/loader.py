@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from smt import faults
 from smt.tokenizer import SPECIALS, Vocab, tokenize
 
 
@@ -77,6 +78,7 @@ class ScoreDataset(Dataset):
         return ids
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        faults.load_item()
         row = self.split[int(index)]
         img = image_to_array(row["image"])
         if self.augment is not None:

@@ -75,7 +75,7 @@ def make_loaders(plan: TrainConfig, data: RunData) -> tuple[Any, Any]:
     common = dict(batch_size=s.batch_size, num_workers=s.num_workers)
     train = builder.make_loader(data.train, data.vocab, plan.fmt, shuffle=True,
                                 augment=plan.augment, teacher_noise=plan.teacher_noise,
-                                seed=plan.seed, **common)
+                                seed=plan.seed, resizable=plan.adapt_workers, **common)
     val = builder.make_loader(data.val, data.vocab, plan.fmt, shuffle=False, **common)
     return train, val
 
@@ -128,9 +128,16 @@ def make_callbacks(plan: TrainConfig) -> tuple[list[Any], Throughput]:
     kill_at = faults.kill_at_step()
     if kill_at is not None:
         callbacks.append(KillAtStep(kill_at))
+    set_workers = None
+    if plan.adapt_workers:      # the monitor decides, the switch resizes the train loader
+        from smt.train.workers import WorkerSwitch
+        switch = WorkerSwitch()
+        callbacks.append(switch)
+        set_workers = switch.set_workers
     try:
         from autotune.monitor import ResourceMonitor
-        callbacks.append(ResourceMonitor(out_dir=str(plan.out)))
+        callbacks.append(ResourceMonitor(set_workers=set_workers, out_dir=str(plan.out),
+                                         ram_budget_bytes=faults.ram_budget_bytes()))
     except ImportError:
         pass
     return callbacks, throughput

@@ -70,6 +70,9 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--accumulate", type=int_in(1, 65536), help="loader batches per optimizer step")
     s.add_argument("--reduce-ratio", type=float_in(0.05, 1.0, lo_open=False))
     s.add_argument("--num-workers", type=int_in(0, 1024))
+    s.add_argument("--no-adapt-workers", action="store_true",
+                   help="keep --num-workers for the whole run (default: more workers when the "
+                        "step waits for data, fewer when RAM nears its budget)")
     s.add_argument("--num-threads", type=int_in(1, 4096),
                    help="torch threads of the training process (default: torch's own)")
     s.add_argument("--num-proc", type=int_in(1, 1024))

@@ -135,6 +135,10 @@ class TrainConfig:
     init_from: str | None = None
     # --extend-vocab: add output rows for tokens the starting model does not know.
     extend_vocab: bool = False
+    # --no-adapt-workers turns it off: the resource monitor changes the train loader's
+    # workers when the step starves or RAM nears its budget (smt.train.workers). On by
+    # default because a stage or a machine's load can change what the probe measured.
+    adapt_workers: bool = True
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, "preset", f"must be one of {', '.join(sorted(PRESETS))}", self.preset)
@@ -215,7 +219,9 @@ RUN_FLAGS = {"preset": "--preset", "fmt": "--format", "data": "--data",
 CURRICULUM_FLAGS = {"stage_steps": "--stage-steps", "pretrain_steps": "--pretrain-steps",
                     "systems": "--systems", "synthetic_share": "--synthetic-share",
                     "max_systems": "--max-systems"}
-FLAG_OF = {**SETTINGS_FLAGS, **RUN_FLAGS, **CURRICULUM_FLAGS}
+# Fields on by default that a `--no-...` flag turns off.
+OFF_FLAGS = {"adapt_workers": "--no-adapt-workers"}
+FLAG_OF = {**SETTINGS_FLAGS, **RUN_FLAGS, **CURRICULUM_FLAGS, **OFF_FLAGS}
 # argparse destinations that are not the flag's own name.
 DEST_OF = {"--format": "fmt"}
 
@@ -228,7 +234,10 @@ def dest(flag: str) -> str:
 def flag_values(args: Any, flags: Mapping[str, str]) -> dict[str, Any]:
     """field -> value of the flags the user gave (argparse leaves the others None/False)."""
     given = {name: getattr(args, dest(flag), None) for name, flag in flags.items()}
-    return {k: v for k, v in given.items() if v is not None and v is not False}
+    out = {k: v for k, v in given.items() if v is not None and v is not False}
+    # A `--no-...` flag given sets its field False.
+    out.update({name: False for name in OFF_FLAGS if out.get(name) is True})
+    return out
 
 
 def _overlay(layers: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -280,7 +289,7 @@ def merge(layers: Layers) -> TrainConfig:
         {name: getattr(layers.defaults, name) for name in names}, demo,
         {k: v for k, v in resumed.items() if k in names and k not in NOT_RESUMED},
         {k: v for k, v in layers.profile.items() if k != "settings"},
-        {k: v for k, v in flags.items() if k in RUN_FLAGS},
+        {k: v for k, v in flags.items() if k in RUN_FLAGS or k in OFF_FLAGS},
         {k: resumed[k] for k in KEPT_ON_RESUME if k in resumed}, layers.decided])
     values.update(settings=settings, curriculum=_curriculum(layers))
     try:

@@ -98,8 +98,11 @@ def _worker_init(worker_id: int) -> None:
 
 
 def protect_workers(loader: Any) -> None:
-    """Give `loader`'s workers `_worker_init` (Lightning adds its own only where none is set)."""
-    if getattr(loader, "num_workers", 0) and loader.worker_init_fn is None:
+    """Give `loader`'s workers `_worker_init` (Lightning adds its own only where none is set);
+    a resizable loader may start workers later, so it gets it even with none now."""
+    from smt.data.resizable import ResizableLoader
+    if (getattr(loader, "num_workers", 0) or isinstance(loader, ResizableLoader)) \
+            and loader.worker_init_fn is None:
         loader.worker_init_fn = _worker_init
 
 

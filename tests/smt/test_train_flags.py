@@ -14,7 +14,7 @@ from autotune.errors import UserError
 from autotune.settings import Settings
 from smt.train.cli import build_parser
 from smt.train.planner import PLAN_FLAG, plan_run, ranks_read_plan
-from smt.train.runconfig import (AUGMENTS, CURRICULUM_FLAGS, DEFAULTS, FLAG_OF, RUN_FLAGS,
+from smt.train.runconfig import (AUGMENTS, CURRICULUM_FLAGS, DEFAULTS, FLAG_OF, OFF_FLAGS, RUN_FLAGS,
                                  SETTINGS_FLAGS, CurriculumConfig, Layers, TrainConfig, dest,
                                  merge)
 
@@ -35,7 +35,7 @@ def test_every_field_has_its_flag_and_the_flag_names_the_default(field: str, fla
     if field in SETTINGS_FLAGS:
         assert field in {f.name for f in fields(Settings)}
         return
-    owner = TrainConfig if field in RUN_FLAGS else CurriculumConfig
+    owner = TrainConfig if field in RUN_FLAGS or field in OFF_FLAGS else CurriculumConfig
     default = {f.name: f.default for f in fields(owner)}[field]
     if default is None or isinstance(default, bool) or default == -1:
         return                  # "not set", said in words where it matters
@@ -44,7 +44,7 @@ def test_every_field_has_its_flag_and_the_flag_names_the_default(field: str, fla
 
 def test_every_setting_and_run_value_a_user_may_set_has_a_flag() -> None:
     decided = {"out", "settings", "cpu_demo", "resume_ckpt", "profile", "curriculum"}
-    assert {f.name for f in fields(TrainConfig)} - decided == set(RUN_FLAGS)
+    assert {f.name for f in fields(TrainConfig)} - decided == set(RUN_FLAGS) | set(OFF_FLAGS)
     assert {f.name for f in fields(Settings)} - {"effective_batch_size"} == set(SETTINGS_FLAGS)
     assert {f.name for f in fields(CurriculumConfig)} == set(CURRICULUM_FLAGS)
 
