@@ -72,6 +72,7 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
     wl_fp = work.fingerprint()
     found = find_profile(hardware.fingerprint, wl_fp, folder)
     if found is not None and (devices is None or found.settings.devices == devices):
+        _show(found)
         return ResolvedProfile(found.settings, found.path, found.to_dict(), False,
                                f"profile auto: reusing {found.path} (same hardware and workload)")
     if found is not None:
@@ -97,8 +98,18 @@ def resolve_profile(spec: str | None, *, data: str | None, preset: str,
                     hardware=hardware)
     path = save_profile(profile, folder / f"{profile.name}.json")
     say(f"profile auto: saved {path}")
+    _show(profile)
     return ResolvedProfile(profile.settings, path, profile.to_dict(), True,
                            f"profile auto: probed and saved {path}")
+
+
+def _show(profile: Profile) -> None:
+    """The settings a run is about to use, with the reason and source of each, before any
+    training starts: what the user would otherwise only find in the profile file."""
+    from rich.console import Console
+
+    from autotune.show import profile_table
+    Console().print(profile_table(profile))
 
 
 def _warn_if_foreign(profile: Profile, *, data: str | None, preset: str,
