@@ -80,12 +80,12 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
     callbacks, throughput = assembly.make_callbacks(plan)
     request = stop.StopRequest()
     callbacks.append(stop.SaveAndStop(plan.out / "checkpoints", request, plan.ckpt_every_min))
+    tuner = None
     if curriculum_source is not None:
         from smt.curriculum import CurriculumStep
         from smt.stages import stage_tuner
-        callbacks.append(CurriculumStep(curriculum_source))
-        callbacks.append(stage_tuner(plan, config, curriculum_source, plan.out / ck.RUN_NAME,
-                                     say=say))
+        tuner = stage_tuner(plan, config, curriculum_source, plan.out / ck.RUN_NAME, say=say)
+        callbacks += [CurriculumStep(curriculum_source), tuner]
     with ExitStack() as scope:
         # For the Trainer's life: DDP's socket variables, the command line the ranks that
         # Lightning starts re-run, Lightning's messages a user can do nothing about.
@@ -103,6 +103,8 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
             trainer.validate(module, dataloaders=val_loader, verbose=False)
             summary.keep_if_best(trainer, module, plan.out / "checkpoints" / ck.BEST_NAME)
     result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0)
+    if tuner is not None:       # each curriculum stage's micro-batch, why, and samples/s
+        result["stages"] = tuner.summary()
     if is_rank_zero():
         atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
         print(summary.one_line(result), flush=True)

@@ -94,6 +94,7 @@ def test_curriculum_run_moves_from_systems_to_synthetic_pages(tmp_path, capsys) 
     assert "curriculum stage 1: pages, 2 system(s) per synthetic page, all synthetic" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["val_ser"] is not None
+    assert [s["stage"] for s in summary["stages"]] == [0, 1]
     run = json.loads((out / "run.json").read_text())
     assert run["curriculum"]["stage_steps"] == 2
     # Each stage re-decided its micro-batch from its own images (pages are taller than
