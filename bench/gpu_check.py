@@ -113,7 +113,8 @@ def _real_rows_batch(work: Any, batch: int, ratio: float, seed: int = 0) -> dict
     training loader collates them (smt.builder): a typical batch of real rows."""
     import random
 
-    from smt.builder import DEFAULT_TEACHER_NOISE, collate_rows
+    from smt.builder import collate_rows
+    from smt.runconfig import DEFAULT_TEACHER_NOISE
     rows = work.prepared_sample(ratio, 64)
     rng = random.Random(seed)
     picked = [rng.randrange(len(rows)) for _ in range(batch)]

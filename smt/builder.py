@@ -21,10 +21,6 @@ from typing import Any
 HEADROOM = 1.25
 # The encoder downsamples by 16: config sizes are whole multiples of it.
 _SIZE_STEP = 16
-# Fraction of decoder input tokens replaced at random during training (`--teacher-noise`):
-# the reference recipe's 0.2 makes the decoder robust to its own mistakes at inference. Here,
-# not in smt.train's TrainConfig, because the probe measures the same loader.
-DEFAULT_TEACHER_NOISE = 0.2
 
 
 def _round_up(x: int, to: int) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from smt.say import say
-from smt.train.runconfig import CurriculumConfig
+from smt.runconfig import CurriculumConfig
 
 _DEFAULT = CurriculumConfig()
 # The share of synthetic pages in the last stage: mostly real pages, the target domain.

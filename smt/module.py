@@ -31,7 +31,7 @@ from autotune.measure import free_memory, is_oom_error
 from autotune.settings import Settings
 from smt import faults
 from smt.say import say
-from smt.train.runconfig import DEFAULTS, check_recipe
+from smt.runconfig import DEFAULTS, check_recipe
 
 
 class OutOfMemoryAtBatchOne(UserError):
@@ -41,7 +41,7 @@ class OutOfMemoryAtBatchOne(UserError):
 @dataclass
 class TrainHParams:
     """What the module needs of a run's settings. The defaults are the run's own
-    (`smt.train.runconfig.TrainConfig` and `autotune.settings.Settings`, with their reasons)."""
+    (`smt.runconfig.TrainConfig` and `autotune.settings.Settings`, with their reasons)."""
     lr: float = DEFAULTS.lr
     warmup_steps: int = DEFAULTS.warmup_steps
     grad_clip: float | None = DEFAULTS.grad_clip

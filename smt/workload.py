@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.workload import MapSpec, ModelShape
-from smt.train.runconfig import DEFAULTS
+from smt.runconfig import DEFAULTS
 
 # Bump when what this module measures changes for equal inputs: old profiles stop matching.
 WORKLOAD_VERSION = 1
@@ -221,7 +221,8 @@ class SMTWorkload:
                     rows: int) -> Any:
         """The training DataLoader (`smt.builder.make_loader`, as `smt.train` builds it)
         over `rows` prepared rows; workers end with the loader."""
-        from smt.builder import DEFAULT_TEACHER_NOISE, make_loader
+        from smt.builder import make_loader
+        from smt.runconfig import DEFAULT_TEACHER_NOISE
         return make_loader(self.prepared_sample(reduce_ratio, rows), self.vocab, self.fmt,
                            batch_size=batch_size, num_workers=num_workers, shuffle=True,
                            teacher_noise=DEFAULT_TEACHER_NOISE, persistent_workers=False)

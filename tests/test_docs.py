@@ -238,8 +238,8 @@ def test_a_planted_unknown_subcommand_and_make_target_are_caught(tmp_path: Path)
 
 REFERENCE_PLANTS = [
     ("`smt/train/no_such.py`", "`smt/train/no_such.py` does not exist"),
-    ("`smt/train/runconfig.py:no_such_function`",
-     "`smt/train/runconfig.py:no_such_function`: smt/train/runconfig.py defines no "
+    ("`smt/runconfig.py:no_such_function`",
+     "`smt/runconfig.py:no_such_function`: smt/runconfig.py defines no "
      "'no_such_function'"),
     ("`smt/step.py:TrainStep.no_such_method`",
      "`smt/step.py:TrainStep.no_such_method`: smt/step.py defines no 'TrainStep.no_such_method'"),

@@ -26,16 +26,16 @@ import importlib
 from typing import Any
 
 # Every name is loaded on first use: the lower layers (smt.module, smt.curriculum,
-# smt.workload) import `smt.train.runconfig` for the defaults, and that must not pull in the
+# smt.workload) import `smt.runconfig` for the defaults, and that must not pull in the
 # command line, the planner (which sets the CUDA allocator's variable) or torch and Lightning.
 _LAZY = {"PROG": "smt.say",
          "build_parser": "smt.train.cli", "main": "smt.train.cli", "parse_duration": "smt.train.cli",
          "default_precision": "smt.train.planner", "default_settings": "smt.train.planner",
          "describe": "smt.train.planner", "plan_run": "smt.train.planner",
-         "CPU_DEMO_MAX_TIME_S": "smt.train.runconfig", "CPU_DEMO_PRESET": "smt.train.runconfig",
-         "CPU_DEMO_VAL_ROWS": "smt.train.runconfig", "CPU_DEMO_VAL_SAMPLES": "smt.train.runconfig",
-         "CurriculumConfig": "smt.train.runconfig", "TrainConfig": "smt.train.runconfig",
-         "merge": "smt.train.runconfig",
+         "CPU_DEMO_MAX_TIME_S": "smt.runconfig", "CPU_DEMO_PRESET": "smt.runconfig",
+         "CPU_DEMO_VAL_ROWS": "smt.runconfig", "CPU_DEMO_VAL_SAMPLES": "smt.runconfig",
+         "CurriculumConfig": "smt.runconfig", "TrainConfig": "smt.runconfig",
+         "merge": "smt.runconfig",
          "train": "smt.train.run", "RunData": "smt.train.data", "load_data": "smt.train.data",
          "load_curriculum": "smt.train.data", "make_trainer": "smt.train.assembly",
          "make_callbacks": "smt.train.assembly", "make_loggers": "smt.train.assembly",

@@ -21,7 +21,7 @@ from smt.distributed import make_strategy
 from smt.train.data import RunData
 from smt.say import say
 from smt.train.quiet import ParamSummary
-from smt.train.runconfig import TrainConfig
+from smt.runconfig import TrainConfig
 
 
 def model_config(plan: TrainConfig, data: RunData) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from autotune.errors import UserErrorParser, float_in, int_in
 from smt.say import PROG
 from smt.train.planner import PLAN_FLAG
-from smt.train.runconfig import (AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, FORMATS,
+from smt.runconfig import (AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, FORMATS,
                                  PRESETS, CurriculumConfig)
 
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")

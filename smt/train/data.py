@@ -11,7 +11,7 @@ from smt.builder import scan_extent
 from smt.data import prepare as prep
 from smt.tokenizer import Vocab, tokenize
 from smt.say import is_rank_zero, say
-from smt.train.runconfig import TrainConfig
+from smt.runconfig import TrainConfig
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.settings import Settings
 from smt.say import line, say
-from smt.train.runconfig import (CPU_DEMO_LR, CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET,
+from smt.runconfig import (CPU_DEMO_LR, CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET,
                                  CPU_DEMO_WARMUP_STEPS, DEFAULTS, FLAG_OF, Layers, TrainConfig,
                                  flag_values, merge)
 

@@ -19,7 +19,7 @@ from smt.train import assembly, stop, summary
 from smt.train.data import RunData, load_curriculum, load_data
 from smt.train.planner import describe, ranks_read_plan
 from smt.train.quiet import quiet_lightning
-from smt.train.runconfig import TrainConfig
+from smt.runconfig import TrainConfig
 
 
 def _write_run_files(plan: TrainConfig, config: Any, data: RunData) -> None:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from autotune.units import format_bytes
 from smt import checkpoint as ck
 from smt.say import line
-from smt.train.runconfig import TrainConfig
+from smt.runconfig import TrainConfig
 
 
 def best_callback(trainer: Any) -> ModelCheckpoint | None:

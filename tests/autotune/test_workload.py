@@ -165,7 +165,8 @@ def test_smt_make_step_is_the_modules_training_step(smt_work, precision):
 def test_smt_typical_batch_is_real_rows_batched_like_training(smt_work):
     """Real prepared rows, collated as the training loader collates them, fit the model sized
     for the largest shape and step through make_step."""
-    from smt.builder import DEFAULT_TEACHER_NOISE, collate_rows
+    from smt.builder import collate_rows
+    from smt.runconfig import DEFAULT_TEACHER_NOISE
     shape = smt_work.largest_shape(0.5)
     median = smt_work.typical_shape(0.5)
     assert 0 < median.height <= shape.height and 0 < median.width <= shape.width

@@ -14,7 +14,7 @@ from autotune.errors import UserError
 from autotune.settings import Settings
 from smt.train.cli import build_parser
 from smt.train.planner import PLAN_FLAG, plan_run, ranks_read_plan
-from smt.train.runconfig import (AUGMENTS, CURRICULUM_FLAGS, DEFAULTS, FLAG_OF, OFF_FLAGS, RUN_FLAGS,
+from smt.runconfig import (AUGMENTS, CURRICULUM_FLAGS, DEFAULTS, FLAG_OF, OFF_FLAGS, RUN_FLAGS,
                                  SETTINGS_FLAGS, CurriculumConfig, Layers, TrainConfig, dest,
                                  merge)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.settings import Settings, SettingError
-from smt.builder import DEFAULT_TEACHER_NOISE
 from smt.config import PRESETS
 from smt.tokenizer import FORMATS
 
@@ -40,6 +39,12 @@ CPU_DEMO_VAL_ROWS = 16
 # warm-up steps) is. Flags (--accumulate, --lr, --warmup-steps) still win.
 CPU_DEMO_LR = 1e-3
 CPU_DEMO_WARMUP_STEPS = 20
+
+
+# Fraction of decoder input tokens replaced at random during training (`--teacher-noise`):
+# the reference recipe's 0.2 makes the decoder robust to its own mistakes at inference. The
+# probe's loader (smt.workload) uses the same value, so it measures the loader that trains.
+DEFAULT_TEACHER_NOISE = 0.2
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class TrainConfig:
     warmup_steps: int = 0
     # Clipping at norm 1.0 is what the user's hand-tuned Kaggle run used with fp16; None = off.
     grad_clip: float | None = 1.0
-    # The loader's recipe, shared with the probe (the reason is at smt.builder).
+    # The loader's recipe, shared with the probe (the reason is at DEFAULT_TEACHER_NOISE).
     teacher_noise: float = DEFAULT_TEACHER_NOISE
     # No augmentation: the reference trains on clean renders.
     augment: str = "none"
