@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.decide.loop import LoopCell
-from autotune.measure import ProgressWatchdog, RssSampler, free_memory, is_oom_error, kill_tree
+from autotune.measure import (ProgressWatchdog, RssSampler, error_line, free_memory,
+                              is_oom_error, kill_tree)
 from autotune.probes.step import threads
 from autotune.records import LoopTrial
 from autotune.workload import Workload
@@ -62,8 +63,22 @@ def timed_steps_for(step_s: float | None) -> int:
     return max(MIN_TIMED_STEPS, min(MAX_TIMED_STEPS, round(TARGET_CELL_S / step_s)))
 
 
+def batch_rows(batch: Any) -> int:
+    """Samples in a loader's batch: a mapping's `images`, a sequence's first tensor, a tensor."""
+    if isinstance(batch, dict):
+        batch = batch.get("images")
+    elif isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else 0
+
+
 def _kill_workers() -> None:
     kill_tree(os.getpid(), grace_s=0, include_root=False, wait=False)
+
+
+class _TooFewRows(Exception):
+    """The prepared sample cannot fill one batch of the cell's size."""
 
 
 @dataclass
@@ -84,35 +99,55 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precis
     loader = workload.make_loader(spec.batch_size, spec.num_workers, reduce_ratio, rows)
     watchdog = ProgressWatchdog(stall_s, on_stall=lambda _s: _kill_workers())
     sampler = RssSampler(interval_ms=50, keep_samples=False)
+    batches: Any = None
+
+    def next_batch() -> Any:
+        # A sample smaller than the cell needs starts over, as training's next epoch does.
+        nonlocal batches
+        for _ in range(2):
+            try:
+                return next(batches)
+            except StopIteration:
+                batches = iter(loader)
+        raise StopIteration
     try:
         with threads(spec.num_threads), sampler, watchdog:
             batches = iter(loader)
-            first = next(batches)
+            first = next_batch()
+            for _ in range(2):                  # a short last batch: take the next one
+                if batch_rows(first) == spec.batch_size:
+                    break
+                first = next_batch()
+            if batch_rows(first) != spec.batch_size:
+                raise _TooFewRows
             watchdog.beat()
             step = steps.get(spec.batch_size)
             if step is None:
                 step = steps[spec.batch_size] = workload.make_step(
                     spec.batch_size, shape, precision, device, batch=first)
             step.step(first)
-            wait = 0.0
+            wait, samples = 0.0, 0
             start = time.perf_counter()
             for _ in range(timed):
                 t0 = time.perf_counter()
-                batch = next(batches)
+                batch = next_batch()
                 wait += time.perf_counter() - t0
                 watchdog.beat()
                 step.step(batch)
+                samples += batch_rows(batch)
                 watchdog.beat()
             wall = time.perf_counter() - start
-        cell.rates.append(timed * spec.batch_size / wall)
+        cell.rates.append(samples / wall)
         cell.waits.append(wait / wall)
     except StopIteration:
-        cell.error = "the loader ran dry before the timed steps ended"
+        cell.error = "the loader gave no batch"
+    except _TooFewRows:
+        cell.error = f"the data sample holds fewer than {spec.batch_size} rows"
     except Exception as exc:
         if watchdog.stalled:
             cell.error = f"no batch for {stall_s:g} s"
         elif is_oom_error(exc):
-            cell.error = f"OOM: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+            cell.error = f"OOM: {error_line(exc)}"
             steps.pop(spec.batch_size, None)
             free_memory()
         else:

@@ -14,7 +14,7 @@ from autotune.staff import DEFAULT_STAFF_SPACE_PX, ratio_for_staff_space
 def assert_every_stage_reached_the_profile(profile: Profile,
                                            staff_target_px: float = DEFAULT_STAFF_SPACE_PX
                                            ) -> None:
-    """map -> staff -> step (precision x threads) -> model -> loader, each seen in the
+    """map -> staff -> step (precision x threads) -> model -> loader -> loop, each seen in the
     measurements and in the decision it feeds (source `measured`, its figures in the reason)."""
     m, sources, reasons = profile.measurements, profile.sources, profile.reasons
     # map: num_proc and writer_batch_size come from timed trials.
@@ -46,4 +46,15 @@ def assert_every_stage_reached_the_profile(profile: Profile,
     assert sources["batch_size"] == "measured"
     assert m.loader_trials and sources["num_workers"] == "measured"
     assert m.estimates
-    # TODO(loop issue): the loop cells, once the probe's "loop" stage lands.
+    # loop: threads, workers and batch come from the loader + step cells timed together, every
+    # cell's rate is in the reason, and the settings are one of the cells.
+    loop_ok = [t for t in m.loop_trials if t.samples_per_s and t.error is None]
+    assert loop_ok, f"the loop stage did not reach the profile: {m.loop_trials}"
+    for key in ("num_threads", "num_workers"):
+        assert sources[key] == "measured" and "training loop timed as it runs" in reasons[key]
+    for t in loop_ok:
+        assert (f"{t.num_threads or 'torch'}x{t.num_workers}@{t.batch_size}: "
+                f"{t.samples_per_s:.3g}") in reasons["num_workers"]
+    s = profile.settings
+    assert (s.num_threads, s.num_workers, s.batch_size) in \
+        {(t.num_threads, t.num_workers, t.batch_size) for t in loop_ok}

@@ -52,14 +52,17 @@ class _SleepStep:
 
 
 class LoopFake(FakeWorkload):
-    def __init__(self, load_s: float, work_s: float, flat: bool) -> None:
+    def __init__(self, load_s: float, work_s: float, flat: bool,
+                 max_rows: int | None = None) -> None:
         super().__init__()
         self.load_s, self.work_s, self.flat = load_s, work_s, flat
+        self.max_rows = max_rows            # a dataset smaller than the cells ask for
         self.steps: list[_SleepStep] = []
 
     def make_loader(self, batch_size: int, num_workers: int, reduce_ratio: float,
                     rows: int) -> Any:
         import torch
+        rows = min(rows, self.max_rows or rows)
         return torch.utils.data.DataLoader(_SleepRows(rows, self.load_s), batch_size=batch_size,
                                            num_workers=num_workers)
 
@@ -97,6 +100,18 @@ def test_the_choice_follows_the_loop(load_s, work_s, flat, expected) -> None:
     # The real step ran on the loader's batches, not on a batch of its own.
     assert sum(s.batches for s in work.steps) == len(CELLS) * 2 * (3 + 1)
     assert _choice(result.trials) == expected
+
+
+@pytest.mark.parametrize("max_rows, timed", [(5, 4), (1, 2)])
+def test_a_small_dataset_starts_over_like_a_new_epoch(max_rows, timed) -> None:
+    work = LoopFake(0.0, 0.001, True, max_rows=max_rows)
+    result = probe_loop(work, [LoopCell(1, 0, 2), LoopCell(1, 1, 2)], precision="32-true",
+                        device="cpu", reduce_ratio=1.0, timed_steps=timed)
+    if max_rows >= 2:        # 5 rows: batches of 2, 2, 1; the loop reads on into a new pass
+        assert all(t.samples_per_s and t.error is None for t in result.trials)
+    else:                    # not even one full batch: said, not timed
+        assert all(t.samples_per_s is None and "fewer than 2 rows" in t.error
+                   for t in result.trials)
 
 
 def loop(t: int, w: int, b: int, rate: float, precision: str = "32-true") -> LoopTrial:
