@@ -9,8 +9,9 @@ batch comes from here (`autotune.decide.loop.LoopRule`).
 
 One cell, one round: the loader is built as training builds it (`Workload.make_loader`), its
 first batch is drawn (worker start-up is paid once per run, not per step, so it is left out),
-one untimed step runs on it (thread pool and allocator warm at this cell's settings), then
-`timed_steps` x (next batch + step) are timed. The round's rate is samples over that wall time;
+one untimed step runs on it (thread pool and allocator warm at this cell's settings) and one
+more per batch the workers prefetch (their start-up burst is over), then `timed_steps` x
+(next batch + step) are timed. The round's rate is samples over that wall time;
 the share of it spent in `next()` is the data wait. Rounds go over every cell in turn (the
 second in reverse order), so that load from elsewhere and the model's own warm-up fall on every
 cell alike; the cell's rate is the median of its rounds. The step objects (one per batch size)
@@ -41,6 +42,8 @@ ROUNDS = 2
 MIN_TIMED_STEPS, MAX_TIMED_STEPS = 2, 8
 # Wall time a cell's timed steps aim at, per round.
 TARGET_CELL_S = 1.5
+# Batches each DataLoader worker loads ahead (torch's default prefetch_factor).
+PREFETCH = 2
 
 
 @dataclass
@@ -126,6 +129,12 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precis
                 step = steps[spec.batch_size] = workload.make_step(
                     spec.batch_size, shape, precision, device, batch=first)
             step.step(first)
+            # Workers fill their prefetch queues (PREFETCH batches each) right after they
+            # start, computing beside the step: untimed, or a worker cell is timed in a burst
+            # that training, whose workers live for the whole run, sees once.
+            for _ in range(PREFETCH * spec.num_workers):
+                step.step(next_batch())
+                watchdog.beat()
             wait, samples = 0.0, 0
             start = time.perf_counter()
             for _ in range(timed):
@@ -171,7 +180,8 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str,
     done_rounds = 0
     # Every cell reads the same rows (one preparation of the sample, the same size mix); a
     # cell stops after its timed steps and its workers end with the loader.
-    rows = max((c.batch_size for c in cells), default=1) * (timed_steps + 2)
+    warm = PREFETCH * max((c.num_workers for c in cells), default=0)
+    rows = max((c.batch_size for c in cells), default=1) * (timed_steps + 2 + warm)
     try:
         for r in range(rounds):
             if r and deadline is not None and time.monotonic() >= deadline:

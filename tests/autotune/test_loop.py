@@ -97,8 +97,10 @@ def test_the_choice_follows_the_loop(load_s, work_s, flat, expected) -> None:
     assert result.rounds == 2 and all(len(t.round_samples_per_s) == 2 for t in result.trials)
     assert {(t.num_threads, t.num_workers) for t in result.trials} == \
         {(c.num_threads, c.num_workers) for c in CELLS}
-    # The real step ran on the loader's batches, not on a batch of its own.
-    assert sum(s.batches for s in work.steps) == len(CELLS) * 2 * (3 + 1)
+    # The real step ran on the loader's batches, not on a batch of its own: per round one
+    # warm-up, one per batch a worker prefetches, then the timed ones.
+    assert sum(s.batches for s in work.steps) == sum(2 * (1 + 2 * c.num_workers + 3)
+                                                     for c in CELLS)
     assert _choice(result.trials) == expected
 
 
