@@ -179,7 +179,7 @@ def run_probe_stages(opts: ProbeOptions, *, workload: Workload | None = None,
             workload, ratios=tuple(sorted({*REDUCE_LADDER, top_ratio}, reverse=True)))],
         "dataset_rows": workload.dataset_rows(), "num_params": model_result.num_params,
     })
-    loop = _loop_stage(run, measurements, precision, model_result)
+    loop = _loop_stage(run, measurements, model_result)
     if loop is not None:
         measurements.loop_trials = loop.trials
         measurements.extra["loop"] = {k: v for k, v in loop.to_dict().items() if k != "trials"}
@@ -281,14 +281,14 @@ def _estimate_fn(workload: Workload) -> Callable[[int, float, str], int | None]:
 def _say_loop(say: Callable[[str], None]) -> Callable[[LoopTrial], None]:
     return lambda t: say(
         f"  loop threads={t.num_threads or 'torch'} workers={t.num_workers} "
-        f"batch={t.batch_size}: "
+        f"batch={t.batch_size} {t.precision}: "
         + (f"{t.samples_per_s:.3g} samples/s (rounds "
            + ", ".join(f"{x:.3g}" for x in t.round_samples_per_s)
            + (f"; waits for data {t.data_wait_frac:.0%}" if t.data_wait_frac is not None else "")
            + ")" if t.samples_per_s else f"{t.error}"))
 
 
-def _loop_stage(run: _Run, measurements: Measurements, precision: str,
+def _loop_stage(run: _Run, measurements: Measurements,
                 model: ModelProbeResult) -> LoopProbeResult | None:
     """Time the cells the part stages leave as the real loop; None when there is nothing to
     time (no batch fits, no step measured)."""
@@ -307,9 +307,9 @@ def _loop_stage(run: _Run, measurements: Measurements, precision: str,
         else None
     timed = timed_steps_for(per_step)
     run.say(f"loop: the real loader feeding the real step, {len(cells)} cells of threads x "
-            f"workers x batch at reduce ratio {ratio:g} ({precision}), {timed} timed steps "
+            f"workers x batch x precision at reduce ratio {ratio:g}, {timed} timed steps "
             f"each, 2 interleaved rounds")
-    result = probe_loop(run.workload, cells, precision=precision, device=pick_device(),
+    result = probe_loop(run.workload, cells, device=pick_device(),
                         reduce_ratio=ratio, timed_steps=timed,
                         deadline=run.deadline(LOOP_SHARE), on_trial=_say_loop(run.say))
     run.stage_s["loop"] = result.seconds

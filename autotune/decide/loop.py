@@ -5,9 +5,9 @@ together on the same cores, where a loader worker and a second OpenMP thread com
 not) in ways neither part shows. So the earlier rules only narrow the field: `loop_cells`
 turns their choices into the few cells worth timing together (threads near the fastest step,
 worker counts from 0 to the first that feeds the step, the batch and its neighbours within the
-memory caps), the probe times each cell as the real DataLoader feeding the real step
+memory caps, the other precisions the step probe timed close enough to matter), the probe times each cell as the real DataLoader feeding the real step
 (`autotune.probes.loop`), and `LoopRule` takes the fastest cell. No rule overrides it: where the
-loop was timed, its figures decide threads, workers and batch; the part rules' choices stand
+loop was timed, its figures decide threads, workers, batch and precision; the part rules' choices stand
 only where it was not (another machine's `plan`, a probe out of time), with their own sources.
 """
 from __future__ import annotations
@@ -27,6 +27,10 @@ LOOP_WITHIN = 0.98
 THREADS_KEEP = 0.6
 # Cells per probe: each costs a loader start and a few warm steps per round.
 MAX_PAIRS = 6
+# Another precision whose step-alone rate is at least this share of the chosen one's gets a
+# loop cell: the step alone has ranked them wrongly (synthetic pages: bf16 ahead alone, fp32
+# 1.8x faster in the real run), but one many times slower is not worth the time.
+PRECISION_KEEP = 0.4
 # Batch caps that are about safety (the loop must not try what will not fit); the others
 # ("speed", "target", "accumulation") are preferences the loop itself measures.
 SAFE_BATCH_CAPS = ("memory", "oom", "extrapolation", "limit")
@@ -37,6 +41,7 @@ class LoopCell:
     num_threads: int | None            # torch intra-op threads (None: torch's own, on GPU)
     num_workers: int
     batch_size: int
+    precision: str
 
 
 def _thread_options(ctx: Context) -> list[int | None]:
@@ -110,34 +115,48 @@ def loop_cells(ctx: Context) -> list[LoopCell]:
     """The cells worth timing as a loop, best predicted first: every kept thread count x
     worker count at the chosen batch (at most MAX_PAIRS), then the batch's neighbours at the
     best predicted pair."""
-    b = int(ctx.chosen["batch_size"])
+    b, p = int(ctx.chosen["batch_size"]), str(ctx.chosen["precision"])
     pairs = [(t, w) for t in _thread_options(ctx) for w in _worker_options(ctx)]
-    pairs.sort(key=lambda p: -_predicted(ctx, *p))
+    pairs.sort(key=lambda pair: -_predicted(ctx, *pair))
     pairs = pairs[:MAX_PAIRS]
-    cells = [LoopCell(t, w, b) for t, w in pairs]
+    cells = [LoopCell(t, w, b, p) for t, w in pairs]
     if pairs:
         t, w = pairs[0]
-        cells += [LoopCell(t, w, nb) for nb in _batch_options(ctx) if nb != b]
+        cells += [LoopCell(t, w, nb, p) for nb in _batch_options(ctx) if nb != b]
+        cells += [LoopCell(t, w, b, other) for other in _other_precisions(ctx)]
     return cells
 
 
+def _other_precisions(ctx: Context) -> list[str]:
+    timed = {t.precision: t.samples_per_s or 0.0 for t in ctx.m.precision_trials
+             if t.samples_per_s and not t.oom and t.device.split(":")[0] == ctx.kind}
+    mine = timed.get(ctx.chosen["precision"])
+    if not mine:
+        return []
+    return sorted(p for p, rate in timed.items()
+                  if p != ctx.chosen["precision"] and rate >= PRECISION_KEEP * mine)
+
+
 def loop_trials(ctx: Context) -> list[LoopTrial]:
-    """Loop cells timed on this device kind at the chosen precision that ran."""
+    """Loop cells timed on this device kind that ran."""
     return [t for t in ctx.m.loop_trials if t.samples_per_s and t.error is None
-            and t.device.split(":")[0] == ctx.kind and t.precision == ctx.chosen["precision"]]
+            and t.device.split(":")[0] == ctx.kind]
 
 
-def _cell_text(t: LoopTrial) -> str:
-    return f"{t.num_threads or 'torch'}x{t.num_workers}@{t.batch_size}: {t.samples_per_s:.3g}"
+def _cell_text(t: LoopTrial, chosen_precision: str | None = None) -> str:
+    other = f" {t.precision}" if chosen_precision and t.precision != chosen_precision else ""
+    return (f"{t.num_threads or 'torch'}x{t.num_workers}@{t.batch_size}{other}: "
+            f"{t.samples_per_s:.3g}")
 
 
 class LoopRule(Rule):
-    """Threads, workers and batch from the loop cells; accumulation follows the batch.
+    """Threads, workers, batch and precision from the loop cells; accumulation follows the
+    batch.
 
-    It owns no setting of its own (`keys` is empty: ThreadsRule, WorkersRule and BatchRule
-    each decide theirs first); it re-decides `refines` where the loop was timed."""
+    It owns no setting of its own (`keys` is empty: the part rules each decide theirs first);
+    it re-decides `refines` where the loop was timed."""
     keys = ()
-    refines = ("num_threads", "num_workers", "batch_size")
+    refines = ("num_threads", "num_workers", "batch_size", "precision")
 
     def apply(self, ctx: Context) -> None:
         trials = [] if ctx.predicted else loop_trials(ctx)
@@ -147,14 +166,20 @@ class LoopRule(Rule):
         near = [t for t in trials if (t.samples_per_s or 0.0) >= LOOP_WITHIN * (best.samples_per_s or 0.0)]
         pick = min(near, key=lambda t: ((t.num_threads or 0) + t.num_workers, -(t.samples_per_s or 0.0)))
         rounds = max(len(t.round_samples_per_s) for t in trials)
-        table = ", ".join(_cell_text(t) for t in sorted(
-            trials, key=lambda t: (t.batch_size, t.num_threads or 0, t.num_workers)))
+        chosen_p = str(ctx.chosen["precision"])
+        table = ", ".join(_cell_text(t, chosen_p) for t in sorted(
+            trials, key=lambda t: (t.precision != chosen_p, t.precision, t.batch_size,
+                                   t.num_threads or 0, t.num_workers)))
         why = "the fastest" if pick is best else \
             f"the fewest threads + workers within {1 - LOOP_WITHIN:.0%} of the fastest " \
-            f"({_cell_text(best)})"
-        head = (f"training loop timed as it runs (loader + step, {pick.precision}, "
+            f"({_cell_text(best, chosen_p)})"
+        head = (f"training loop timed as it runs (loader + step, {chosen_p} unless named, "
                 f"median of {rounds} interleaved round(s)); samples/s by "
                 f"threads x workers @ batch: {table}: {why}")
+        if pick.precision != chosen_p:
+            ctx.choose("precision", pick.precision,
+                       f"{head}; the step alone ranked them otherwise: "
+                       f"{ctx.reasons.get('precision', '-')}", "measured")
         wait = f"; waits for data {pick.data_wait_frac:.0%} of the time" \
             if pick.data_wait_frac is not None else ""
         if not ctx.on_gpu:
@@ -174,5 +199,6 @@ class LoopRule(Rule):
         ctx.details["loop_pick"] = {"num_threads": pick.num_threads,
                                     "num_workers": pick.num_workers,
                                     "batch_size": pick.batch_size,
+                                    "precision": pick.precision,
                                     "samples_per_s": pick.samples_per_s}
 

@@ -49,7 +49,6 @@ PREFETCH = 2
 @dataclass
 class LoopProbeResult:
     trials: list[LoopTrial]
-    precision: str
     reduce_ratio: float
     rounds: int
     seconds: float = 0.0
@@ -93,7 +92,7 @@ class _Cell:
     error: str | None = None
 
 
-def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precision: str,
+def _run_round(workload: Workload, cell: _Cell, steps: dict[tuple[int, str], Any], *,
                device: str, reduce_ratio: float, timed: int, rows: int,
                stall_s: float) -> None:
     """One round of one cell: build its loader, warm, time `timed` (next batch + step)."""
@@ -124,10 +123,11 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precis
             if batch_rows(first) != spec.batch_size:
                 raise _TooFewRows
             watchdog.beat()
-            step = steps.get(spec.batch_size)
+            key = (spec.batch_size, spec.precision)
+            step = steps.get(key)
             if step is None:
-                step = steps[spec.batch_size] = workload.make_step(
-                    spec.batch_size, shape, precision, device, batch=first)
+                step = steps[key] = workload.make_step(
+                    spec.batch_size, shape, spec.precision, device, batch=first)
             step.step(first)
             # Workers fill their prefetch queues (PREFETCH batches each) right after they
             # start, computing beside the step: untimed, or a worker cell is timed in a burst
@@ -157,7 +157,9 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precis
             cell.error = f"no batch for {stall_s:g} s"
         elif is_oom_error(exc):
             cell.error = f"OOM: {error_line(exc)}"
-            steps.pop(spec.batch_size, None)
+            stale = steps.pop((spec.batch_size, spec.precision), None)
+            if stale is not None:
+                stale.close()
             free_memory()
         else:
             raise
@@ -168,7 +170,7 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[int, Any], *, precis
             cell.peak_rss_bytes = max(peak, cell.peak_rss_bytes or 0)
 
 
-def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str, device: str,
+def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, device: str,
                reduce_ratio: float, timed_steps: int = MIN_TIMED_STEPS + 1,
                rounds: int = ROUNDS, deadline: float | None = None, stall_s: float = 30.0,
                on_trial: Callable[[LoopTrial], None] | None = None) -> LoopProbeResult:
@@ -176,7 +178,7 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str,
     returns one `LoopTrial` per cell, in the order given."""
     started = time.monotonic()
     state = [_Cell(spec) for spec in cells]
-    steps: dict[int, Any] = {}
+    steps: dict[tuple[int, str], Any] = {}
     done_rounds = 0
     # Every cell reads the same rows (one preparation of the sample, the same size mix); a
     # cell stops after its timed steps and its workers end with the loader.
@@ -189,7 +191,7 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str,
             order = state if r % 2 == 0 else list(reversed(state))
             for cell in order:
                 if cell.error is None:
-                    _run_round(workload, cell, steps, precision=precision, device=device,
+                    _run_round(workload, cell, steps, device=device,
                                reduce_ratio=reduce_ratio, timed=timed_steps, rows=rows,
                                stall_s=stall_s)
             done_rounds += 1
@@ -203,7 +205,7 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str,
         rate = statistics.median(cell.rates) if cell.rates and cell.error is None else None
         trial = LoopTrial(
             num_threads=cell.spec.num_threads, num_workers=cell.spec.num_workers,
-            batch_size=cell.spec.batch_size, precision=precision, device=device,
+            batch_size=cell.spec.batch_size, precision=cell.spec.precision, device=device,
             samples_per_s=round(rate, 4) if rate else None,
             round_samples_per_s=[round(x, 4) for x in cell.rates],
             data_wait_frac=round(statistics.median(cell.waits), 4) if cell.waits else None,
@@ -211,5 +213,5 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, precision: str,
         trials.append(trial)
         if on_trial:
             on_trial(trial)
-    return LoopProbeResult(trials=trials, precision=precision, reduce_ratio=reduce_ratio,
+    return LoopProbeResult(trials=trials, reduce_ratio=reduce_ratio,
                            rounds=done_rounds, seconds=round(time.monotonic() - started, 3))

@@ -24,7 +24,6 @@ from autotune.settings import Settings, accumulation_for
 RATIO_LADDER = (0.25, 0.35, 0.5, 0.7, 1.0)
 # Learning rates around the reference Adam 1e-4, a decade each way.
 LR_RANGE = (1e-5, 1e-3)
-DEFAULT_LR = 1e-4
 # Never search beyond these, whatever a profile says: each trial must stay a short run.
 MAX_BATCH = 256
 MAX_WORKERS = 16
@@ -133,11 +132,12 @@ class SearchSpace:
                                                                  "num_threads", "lr")
                         else ", ".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
                                        for v in val))
+            elif knob == "lr":          # the trainer owns it (autotune does not know its value)
+                text = "fixed: the trainer's default"
             else:
-                fixed = DEFAULT_LR if knob == "lr" else getattr(b, knob)
-                text = ("fixed " + (f"{fixed:g}" if isinstance(fixed, (int, float)) else
-                                    str(fixed if fixed is not None else "torch's own"))
-                        + (" (trainer default)" if knob == "lr" else ""))
+                fixed = getattr(b, knob)
+                text = "fixed " + (f"{fixed:g}" if isinstance(fixed, (int, float)) else
+                                   str(fixed if fixed is not None else "torch's own"))
             rows.append((knob, text))
         return rows
 

@@ -72,7 +72,7 @@ class LoopFake(FakeWorkload):
         return self.steps[-1]
 
 
-CELLS = [LoopCell(t, w, 2) for t in (1, 2) for w in (0, 1)]
+CELLS = [LoopCell(t, w, 2, "32-true") for t in (1, 2) for w in (0, 1)]
 
 
 def _choice(trials: list[LoopTrial]) -> tuple[int | None, int]:
@@ -92,8 +92,7 @@ def _choice(trials: list[LoopTrial]) -> tuple[int | None, int]:
 ])
 def test_the_choice_follows_the_loop(load_s, work_s, flat, expected) -> None:
     work = LoopFake(load_s, work_s, flat)
-    result = probe_loop(work, CELLS, precision="32-true", device="cpu", reduce_ratio=1.0,
-                        timed_steps=3)
+    result = probe_loop(work, CELLS, device="cpu", reduce_ratio=1.0, timed_steps=3)
     assert result.rounds == 2 and all(len(t.round_samples_per_s) == 2 for t in result.trials)
     assert {(t.num_threads, t.num_workers) for t in result.trials} == \
         {(c.num_threads, c.num_workers) for c in CELLS}
@@ -107,7 +106,7 @@ def test_the_choice_follows_the_loop(load_s, work_s, flat, expected) -> None:
 @pytest.mark.parametrize("max_rows, timed", [(5, 4), (1, 2)])
 def test_a_small_dataset_starts_over_like_a_new_epoch(max_rows, timed) -> None:
     work = LoopFake(0.0, 0.001, True, max_rows=max_rows)
-    result = probe_loop(work, [LoopCell(1, 0, 2), LoopCell(1, 1, 2)], precision="32-true",
+    result = probe_loop(work, [LoopCell(1, 0, 2, "32-true"), LoopCell(1, 1, 2, "32-true")],
                         device="cpu", reduce_ratio=1.0, timed_steps=timed)
     if max_rows >= 2:        # 5 rows: batches of 2, 2, 1; the loop reads on into a new pass
         assert all(t.samples_per_s and t.error is None for t in result.trials)
@@ -128,15 +127,15 @@ def loop(t: int, w: int, b: int, rate: float, precision: str = "32-true") -> Loo
     ([loop(2, 0, 2, 10.35), loop(2, 1, 2, 10.39)], (2, 0, 2)),
     # A batch neighbour that ran faster moves the batch (accumulation follows).
     ([loop(1, 1, 2, 8.0), loop(1, 1, 4, 9.5)], (1, 1, 4)),
-    # Cells at another precision than the chosen one are not comparable: ignored.
-    ([loop(1, 0, 2, 8.0), loop(2, 2, 2, 50.0, "bf16-mixed")], (1, 0, 2)),
+    # Another precision that trained faster in the loop wins the precision too.
+    ([loop(1, 0, 2, 8.0), loop(1, 0, 2, 14.0, "bf16-mixed")], (1, 0, 2, "bf16-mixed")),
 ])
 def test_loop_rule_takes_the_fastest_cell(trials, expected) -> None:
     m = meas(trials=CPU_TRIALS)
     m.loop_trials = trials
     d = decide(hw(2, 8), m, Budgets(effective_batch_size=16))
     s = d.settings
-    assert (s.num_threads, s.num_workers, s.batch_size) == expected
+    assert (s.num_threads, s.num_workers, s.batch_size, s.precision)[:len(expected)] == expected
     assert s.batch_size * s.accumulate_grad_batches >= 16
     assert d.sources["num_workers"] == "measured"
 
@@ -165,6 +164,19 @@ def test_cells_cover_threads_times_workers_and_the_batch_neighbours() -> None:
     # A thread count far slower alone is not worth a cell.
     m.thread_trials[0] = StepTrial("32-true", 1, 2, 100, 400, 50, "cpu", 1.0, 2.0, None, [1.0] * 2)
     assert {c.num_threads for c in candidate_loop_cells(hw(2, 8), m, Budgets())} == {2}
+
+
+@pytest.mark.parametrize("bf16_rate, cells_in_bf16", [(12.0, 1), (3.0, 0)])
+def test_another_precision_near_enough_alone_gets_a_loop_cell(bf16_rate, cells_in_bf16) -> None:
+    """The step alone can rank precisions wrongly (pages: bf16 ahead alone, fp32 1.8x faster
+    training), so one within PRECISION_KEEP of the chosen is timed in the loop too."""
+    m = meas(trials=CPU_TRIALS)
+    m.precision_trials = [StepTrial("32-true", 2, 2, 100, 400, 50, "cpu", 0.2, 13.0, None, [0.2] * 2),
+                          StepTrial("bf16-mixed", 2, 2, 100, 400, 50, "cpu", 0.2, bf16_rate, None,
+                                    [0.2] * 2)]
+    cells = candidate_loop_cells(hw(2, 8), m, Budgets())
+    assert {c.precision for c in cells[:-cells_in_bf16 or None]} == {"32-true"}
+    assert sum(c.precision == "bf16-mixed" for c in cells) == cells_in_bf16
 
 
 @pytest.mark.parametrize("step_s, expected", [(None, 3), (0.01, 8), (0.3, 5), (5.0, 2)])
