@@ -123,7 +123,7 @@ def main() -> int:
                   f"{s.reduce_ratio}")
     for t in profile.measurements.loop_trials:
         console.print(f"  probe loop threads={t.num_threads} workers={t.num_workers} "
-                      f"batch={t.batch_size}: {t.samples_per_s} samples/s")
+                      f"batch={t.batch_size} {t.precision}: {t.samples_per_s} samples/s")
     cores = max(1, int(profile.hardware.usable_cpus))
     cells = neighbours(s, cores)
     pick = (profile.details.get("loop_pick") or {}).get("samples_per_s")
