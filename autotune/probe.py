@@ -293,14 +293,12 @@ def _loop_stage(run: _Run, measurements: Measurements,
     """Time the cells the part stages leave as the real loop; None when there is nothing to
     time (no batch fits, no step measured)."""
     try:
-        cells = candidate_loop_cells(run.hardware, measurements, run.budgets,
-                                     estimate=_estimate_fn(run.workload))
+        cells, ratio = candidate_loop_cells(run.hardware, measurements, run.budgets,
+                                            estimate=_estimate_fn(run.workload))
     except NothingFitsError:
         return None
     if not cells:
         return None
-    prelim = decide(run.hardware, measurements, run.budgets, estimate=_estimate_fn(run.workload))
-    ratio = prelim.settings.reduce_ratio
     steps = [t for t in model.trials if t.step_s and not t.oom and t.error is None]
     near = min(steps, key=lambda t: abs(t.batch_size - cells[0].batch_size), default=None)
     per_step = near.step_s * cells[0].batch_size / near.batch_size if near and near.step_s \

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from autotune.probe import ProbeOptions, run_probe_stages  # noqa: E402
-from autotune.settings import Settings, accumulation_for  # noqa: E402
+from autotune.search.space import make_point  # noqa: E402
+from autotune.settings import Settings  # noqa: E402
 from autotune.workload import TrialRequest, load_workload  # noqa: E402
 
 OTHER_PRECISION = {"32-true": "bf16-mixed", "bf16-mixed": "32-true",
@@ -48,13 +48,11 @@ OTHER_PRECISION = {"32-true": "bf16-mixed", "bf16-mixed": "32-true",
 
 def cell_settings(s: Settings, *, threads: int | None = None, workers: int | None = None,
                   batch: int | None = None, precision: str | None = None) -> Settings:
-    b = batch or s.batch_size
-    acc = accumulation_for(s.effective_batch_size, b, s.devices)
-    return replace(s, num_threads=threads if threads is not None else s.num_threads,
-                   num_workers=workers if workers is not None else s.num_workers,
-                   batch_size=b, accumulate_grad_batches=acc,
-                   effective_batch_size=b * acc * s.devices,
-                   precision=precision or s.precision)
+    """`s` with one axis moved; accumulation keeps the effective batch (the search's
+    `make_point`, so a cell is built as a search trial is)."""
+    return make_point(s, batch or s.batch_size, s.effective_batch_size, s.reduce_ratio,
+                      s.num_workers if workers is None else workers, None,
+                      num_threads=threads, precision=precision).settings
 
 
 def neighbours(s: Settings, cores: int) -> dict[str, Settings]:

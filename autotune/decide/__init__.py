@@ -72,14 +72,15 @@ def _context(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | No
 
 def candidate_loop_cells(hw: HardwareInfo, measurements: Measurements,
                          budgets: Budgets | None = None, *,
-                         estimate: EstimateFn | None = None) -> list[LoopCell]:
-    """The loop cells worth timing, from what the part rules choose on the measurements so
-    far (the probe calls this between its part stages and its loop stage)."""
+                         estimate: EstimateFn | None = None) -> tuple[list[LoopCell], float]:
+    """The loop cells worth timing and the reduce ratio to time them at, from what the part
+    rules choose on the measurements so far (the probe calls this between its part stages and
+    its loop stage)."""
     ctx = _context(hw, measurements, budgets, estimate, False)
     for name, rule in RULES.items():
         if name != "loop":
             rule().apply(ctx)
-    return loop_cells(ctx)
+    return loop_cells(ctx), float(ctx.chosen["reduce_ratio"])
 
 
 def decide(hw: HardwareInfo, measurements: Measurements, budgets: Budgets | None = None, *,

@@ -92,7 +92,7 @@ def _predicted(ctx: Context, threads: int | None, workers: int) -> float:
     loads: dict[int, float] = {t.num_workers: t.samples_per_s for t in ctx.m.loader_trials
                                if t.samples_per_s and t.error is None}
     load = loads.get(workers) or max(loads.values(), default=0.0) or math.inf
-    rate = 1.0 / (1.0 / step + 1.0 / load) if workers == 0 else min(step, load * 1.0)
+    rate = 1.0 / (1.0 / step + 1.0 / load) if workers == 0 else min(step, load)
     busy = (threads or 1) + workers
     cores = max(1.0, float(ctx.hw.usable_cpus))
     return rate * min(1.0, cores / busy) if not ctx.on_gpu else rate

@@ -13,10 +13,11 @@ loader batch split in chunks whose gradients accumulate) changes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.decide.context import shape_for
+from autotune.records import Measurements
 from autotune.units import format_bytes as fb
 
 
@@ -44,12 +45,11 @@ class StageMemory:
         details = profile.get("details") or {}
         fit, budget = details.get("memory_fit") or {}, details.get("model_memory_budget_bytes")
         ratio = fit.get("reduce_ratio")
-        trials = ((profile.get("measurements") or {}).get("model") or {}).get("trials") or []
-        shape = next(((t["height"], t["width"]) for t in trials if isinstance(t, dict)
-                      and t.get("height") and t.get("reduce_ratio") is not None and ratio
-                      and math.isclose(t["reduce_ratio"], ratio)), None)
+        if ratio is None or not budget or not fit.get("per_sample_bytes"):
+            return None
+        shape = shape_for(Measurements.from_dict(profile.get("measurements")), ratio)
         try:
-            if shape is None or not budget or not fit.get("per_sample_bytes"):
+            if shape is None:
                 return None
             return cls(float(fit["fixed_bytes"]), float(fit["per_sample_bytes"]),
                        int(shape[0]), int(shape[1]), int(budget), str(fit.get("source") or "measured"))

@@ -45,7 +45,7 @@ def worker_counts(usable_cpus: float, cap: int = 8) -> list[int]:
     return [0] + doubling_counts(usable_cpus, cap)
 
 
-def _kill_children() -> None:
+def kill_loader_workers() -> None:
     """Kill this process's DataLoader workers so that a blocked `next()` raises (the loader
     joins its own workers, so they are not reaped here)."""
     kill_tree(os.getpid(), grace_s=0, include_root=False, wait=False)
@@ -57,7 +57,7 @@ def run_loader_trial(workload: Workload, batch_size: int, num_workers: int, redu
     loader = workload.make_loader(batch_size, num_workers, reduce_ratio, rows)
     stamps: list[float] = []
     error = None
-    watchdog = ProgressWatchdog(stall_s, on_stall=lambda _s: _kill_children())
+    watchdog = ProgressWatchdog(stall_s, on_stall=lambda _s: kill_loader_workers())
     sampler = RssSampler(interval_ms=50, keep_samples=False)
     start = time.perf_counter()
     try:

@@ -22,7 +22,6 @@ workers of a cell whose next batch does not come for `stall_s`, an OOM is a resu
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.decide.loop import LoopCell
-from autotune.measure import (ProgressWatchdog, RssSampler, error_line, free_memory,
-                              is_oom_error, kill_tree)
+from autotune.measure import ProgressWatchdog, RssSampler, error_line, free_memory, is_oom_error
+from autotune.probes.loader import kill_loader_workers
 from autotune.probes.step import threads
 from autotune.records import LoopTrial
 from autotune.workload import Workload
@@ -75,10 +74,6 @@ def batch_rows(batch: Any) -> int:
     return int(shape[0]) if shape else 0
 
 
-def _kill_workers() -> None:
-    kill_tree(os.getpid(), grace_s=0, include_root=False, wait=False)
-
-
 class _TooFewRows(Exception):
     """The prepared sample cannot fill one batch of the cell's size."""
 
@@ -99,7 +94,7 @@ def _run_round(workload: Workload, cell: _Cell, steps: dict[tuple[int, str], Any
     spec = cell.spec
     shape = workload.largest_shape(reduce_ratio)
     loader = workload.make_loader(spec.batch_size, spec.num_workers, reduce_ratio, rows)
-    watchdog = ProgressWatchdog(stall_s, on_stall=lambda _s: _kill_workers())
+    watchdog = ProgressWatchdog(stall_s, on_stall=lambda _s: kill_loader_workers())
     sampler = RssSampler(interval_ms=50, keep_samples=False)
     batches: Any = None
 

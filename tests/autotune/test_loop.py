@@ -155,7 +155,7 @@ def test_cells_cover_threads_times_workers_and_the_batch_neighbours() -> None:
         LoaderTrial(0, 2, 40.0, 80.0, 10**8), LoaderTrial(1, 2, 40.0, 80.0, 2 * 10**8)])
     m.thread_trials = [StepTrial("32-true", n, 2, 100, 400, 50, "cpu", 0.2, r, None, [0.2] * 2)
                        for n, r in ((1, 9.15), (2, 13.7))]
-    cells = candidate_loop_cells(hw(2, 8), m, Budgets(effective_batch_size=16))
+    cells, _ratio = candidate_loop_cells(hw(2, 8), m, Budgets(effective_batch_size=16))
     b = cells[0].batch_size
     pairs = {(c.num_threads, c.num_workers) for c in cells if c.batch_size == b}
     # No rule keeps a core back: 2 threads with a worker is a cell like any other.
@@ -163,7 +163,7 @@ def test_cells_cover_threads_times_workers_and_the_batch_neighbours() -> None:
     assert {c.batch_size for c in cells} - {b} <= {b // 2, 2 * b}
     # A thread count far slower alone is not worth a cell.
     m.thread_trials[0] = StepTrial("32-true", 1, 2, 100, 400, 50, "cpu", 1.0, 2.0, None, [1.0] * 2)
-    assert {c.num_threads for c in candidate_loop_cells(hw(2, 8), m, Budgets())} == {2}
+    assert {c.num_threads for c in candidate_loop_cells(hw(2, 8), m, Budgets())[0]} == {2}
 
 
 @pytest.mark.parametrize("bf16_rate, cells_in_bf16", [(12.0, 1), (3.0, 0)])
@@ -174,7 +174,7 @@ def test_another_precision_near_enough_alone_gets_a_loop_cell(bf16_rate, cells_i
     m.precision_trials = [StepTrial("32-true", 2, 2, 100, 400, 50, "cpu", 0.2, 13.0, None, [0.2] * 2),
                           StepTrial("bf16-mixed", 2, 2, 100, 400, 50, "cpu", 0.2, bf16_rate, None,
                                     [0.2] * 2)]
-    cells = candidate_loop_cells(hw(2, 8), m, Budgets())
+    cells, _ratio = candidate_loop_cells(hw(2, 8), m, Budgets())
     assert {c.precision for c in cells[:-cells_in_bf16 or None]} == {"32-true"}
     assert sum(c.precision == "bf16-mixed" for c in cells) == cells_in_bf16
 

@@ -1,9 +1,12 @@
 """A curriculum stage's micro-batch from the probe's memory line at the stage's image size."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from autotune.decide.stage import StageMemory, batch_at_size
+from autotune.records import ModelTrial
 
 MIB = 2**20
 # 100 MiB fixed + 50 MiB per sample measured at 200x1000 px, 1 GiB a step may use.
@@ -30,8 +33,8 @@ def test_the_line_comes_from_a_probe_profile_or_not_at_all() -> None:
     profile = {"details": {"memory_fit": {"reduce_ratio": 0.5, "fixed_bytes": 1e8,
                                           "per_sample_bytes": 5e7, "source": "measured"},
                            "model_memory_budget_bytes": 2**30},
-               "measurements": {"model": {"trials": [
-                   {"reduce_ratio": 0.5, "height": 240, "width": 1200, "batch_size": 1}]}}}
+               "measurements": {"model": {"trials": [asdict(ModelTrial(
+                   0.5, 1, 240, 1200, 64, "cpu", "32-true", 0.2, 5.0, 10**8, 10**8))]}}}
     line = StageMemory.from_profile(profile)
     assert (line.height, line.width, line.budget_bytes) == (240, 1200, 2**30)
     assert StageMemory.from_profile({"details": {}}) is None
