@@ -16,8 +16,10 @@ FOLDER = "pictures"
 def sample_indices(n: int, count: int = COUNT) -> list[int]:
     """`count` indices spread evenly over `n` rows, first and last included: the same rows
     at the end of every run on the same validation set, so pictures compare across runs."""
-    if n <= count:
-        return list(range(n))
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count!r}")
+    if n <= count or count == 1:
+        return list(range(min(n, count)))
     return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
 
 
