@@ -210,15 +210,15 @@ def resolve_device(spec: str | None) -> Any:
 
 def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
     """--out and --render checked before loading anything: one line, exit 2."""
-    if args.out:
-        check_out_dir(args.out, PREDICT_COMMAND, inputs, args.overwrite)
-    if args.render:
-        check_out_dir(args.render, RENDER_COMMAND, inputs, args.overwrite, flag="--render")
     if args.out and args.render:
         out, render = Path(args.out).resolve(), Path(args.render).resolve()
         if out == render or out in render.parents or render in out.parents:
             raise UserError(f"--render {args.render} and --out {args.out} overlap; one would "
                             "replace the other: choose two separate folders")
+    if args.out:
+        check_out_dir(args.out, PREDICT_COMMAND, inputs, args.overwrite)
+    if args.render:
+        check_out_dir(args.render, RENDER_COMMAND, inputs, args.overwrite, flag="--render")
 
 
 def _truth_beside(image: str | Path) -> str | None:
