@@ -108,7 +108,21 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
     if is_rank_zero():
         atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
         print(summary.one_line(result), flush=True)
+        _pictures(plan, module, data)
     return result
+
+
+def _pictures(plan: TrainConfig, module: SMTModule, data: RunData) -> None:
+    """OUT/pictures/ (`smt.train.pictures`) and the line saying where: the run's last line.
+    A finished run stays finished: a picture that cannot be made is one line, not an error."""
+    from smt.train.pictures import FOLDER, write_end_of_run
+    try:
+        pictures = write_end_of_run(plan.out, module.model, data.vocab, plan.fmt, data.val)
+    except Exception as exc:  # noqa: BLE001 - the checkpoints and summary are already written
+        say(f"pictures not written: {type(exc).__name__}: {exc}")
+        return
+    say(f"pictures of what the model reads in {len(pictures)} validation samples (image, "
+        f"prediction, truth): {plan.out / FOLDER}/")
 
 
 def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: Any,
