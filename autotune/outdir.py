@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from autotune.atomic import atomic_write_json
+from autotune.atomic import atomic_write_json, default_mode
 from autotune.errors import UserError
 
 OUT_MARKER = ".smt-autotune-out.json"      # {"creator", "command", "created"} in the folder
@@ -92,6 +92,12 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
     if clash:
         raise UserError(f"{flag} {out} {clash[0]} the input {clash[1]}; writing there would "
                         f"replace it: choose a folder outside the input")
+    # The folder is replaced by a rename, which the OS refuses (EBUSY) for the current folder
+    # and would pull the ground from under the shell for a folder holding it.
+    here = _overlap(target.resolve(), Path.cwd().resolve())
+    if here in ("is", "contains"):
+        raise UserError(f"{flag} {out} {'is' if here == 'is' else 'holds'} the current folder, "
+                        f"which cannot be replaced: choose another folder (e.g. {flag} ./out)")
     if target.is_dir() and any(target.iterdir()):
         marker = read_out_marker(target)
         if not overwrite and (marker is None or marker.get("command") != command):
@@ -136,6 +142,8 @@ def replace_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None] =
     target = check_out_dir(out, command, inputs, overwrite, flag)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(default_mode(folder=True))     # mkdtemp makes it 0700; the output is not private
+
         yield tmp
         atomic_write_json(tmp / OUT_MARKER, {"creator": CREATOR, "command": command,
                                              "created": datetime.now(timezone.utc).isoformat()})

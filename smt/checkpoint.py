@@ -43,6 +43,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
+def load_failure(exc: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in one line. torch's own first line
+    advises `weights_only=False` (running the file's code) and names the refused global only
+    further down: the global is what to look at, so that is what we say."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if refused:
+        return f"it needs the global {refused.group(1)}, which a weights-only load refuses"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return reason[:300]
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """`torch.load(weights_only=True)` with one-line errors naming the file."""
     p = Path(path)
@@ -51,12 +62,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # torch names the refused global further down its message: that is what to look at.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused:
-            reason = f"it needs the global {refused.group(1)}, which a weights-only load refuses"
-        raise UserError(f"cannot load checkpoint {p} (weights-only): {reason[:300]}") from exc
+        raise UserError(f"cannot load checkpoint {p} (weights-only): {load_failure(exc)}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")
     return ckpt
