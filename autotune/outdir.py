@@ -74,6 +74,9 @@ def _writable_parent(target: Path, flag: str) -> None:
         probe = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
         os.rmdir(probe)
     except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"{flag} {target}: {blocker} is a file, not a folder") from None
         raise UserError(f"{flag} {target}: cannot write in {parent} "
                         f"({exc.strerror or type(exc).__name__})") from None
 

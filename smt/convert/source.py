@@ -156,13 +156,16 @@ def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from smt.checkpoint import load_weights_only
+
+            state = load_weights_only(path, "cpu", f"cannot load {path} as plain tensors")
     except ImportError:
         raise UserError("reading .safetensors needs safetensors: pip install 'smt-autotune[hub]'") from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a bad or hostile file is the file's fault
-        from smt.checkpoint import load_failure
-
-        raise UserError(f"cannot load {path} as plain tensors: {load_failure(exc)}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load {path} as plain tensors: {first[:300]}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
