@@ -95,17 +95,21 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
     if clash:
         raise UserError(f"{flag} {out} {clash[0]} the input {clash[1]}; writing there would "
                         f"replace it: choose a folder outside the input")
-    # The folder is replaced by a rename, which the OS refuses (EBUSY) for the current folder
-    # and would pull the ground from under the shell for a folder holding it.
-    here = _overlap(target.resolve(), Path.cwd().resolve())
-    if here in ("is", "contains"):
-        raise UserError(f"{flag} {out} {'is' if here == 'is' else 'holds'} the current folder, "
-                        f"which cannot be replaced: choose another folder (e.g. {flag} ./out)")
     if target.is_dir() and any(target.iterdir()):
         marker = read_out_marker(target)
         if not overwrite and (marker is None or marker.get("command") != command):
             raise UserError(f"{flag} {out} already exists and was not written by `{command}`; "
                             f"pass --overwrite to replace it, or choose another folder")
+    # Past that check (--overwrite): the folder is replaced by a rename, which the OS refuses
+    # (EBUSY) for the current folder and which would pull a folder holding it from under the
+    # shell.
+    try:
+        here = _overlap(target.resolve(), Path.cwd().resolve())
+    except OSError:                       # the current folder was deleted: nothing to protect
+        here = ""
+    if here in ("is", "contains"):
+        raise UserError(f"{flag} {out} {'is' if here == 'is' else 'holds'} the current folder, "
+                        f"which cannot be replaced: choose another folder (e.g. {flag} ./out)")
     _writable_parent(target, flag)
     return target
 
