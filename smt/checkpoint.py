@@ -43,20 +43,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
+def load_weights_only(path: Path, map_location: Any, failure: str) -> Any:
+    """`torch.load(path, weights_only=True)`; a refusal is one UserError line, `failure: why`.
+
+    torch's own message starts by advising `weights_only=False` (running the file's code) and
+    names what it refused only further down (a global, or an opcode it does not read): that
+    part is what the user needs, so it is all we say. torch's warning about the file's pickle
+    protocol is noise before that line and is silenced."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
+        raise UserError(f"{failure}: {_refusal(exc)}") from exc
+
+
+def _refusal(exc: BaseException) -> str:
+    text = str(exc)
+    # "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL x.y whose module
+    # x is blocked", depending on torch's version and why it refused.
+    refused = re.search(r"\bGLOBAL (\S+)", text)
+    if refused:
+        return f"it needs the global {refused.group(1)}, which a weights-only load refuses"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"a weights-only load refuses it ({detail.group(1).strip()[:200]})"
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return reason[:300]
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """`torch.load(weights_only=True)` with one-line errors naming the file."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # torch names the refused global further down its message: that is what to look at.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused:
-            reason = f"it needs the global {refused.group(1)}, which a weights-only load refuses"
-        raise UserError(f"cannot load checkpoint {p} (weights-only): {reason[:300]}") from exc
+    ckpt = load_weights_only(p, map_location, f"cannot load checkpoint {p} (weights-only)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")
     return ckpt

@@ -134,13 +134,20 @@ def _global_comment_tokens(line: str, fmt: str) -> list[str]:
     return tokens
 
 
+def plain_lines(text: str) -> str:
+    """A transcription as written by any editor -> "\n"-separated text: the one place that
+    drops a leading UTF-8 byte-order mark (Windows editors write one; it would glue onto the
+    first token as "\ufeff**kern", a new vocabulary entry) and turns CRLF / CR into LF."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def tokenize(kern: str, fmt: Format = "bekern") -> list[str]:
     """Plain **kern text -> tokens (no `<bos>`/`<eos>`; the Vocab adds those on encode).
 
     Raises `TokenizeError` for empty text or fields carrying ekern markers.
     """
     _check_format(fmt)
-    text = kern.replace("\r\n", "\n").rstrip("\n")
+    text = plain_lines(kern).rstrip("\n")
     if not text.strip():
         raise TokenizeError("empty transcription")
     bad = _CONTROL.search(text)
@@ -184,9 +191,10 @@ def normalize_kern(text: str) -> str:
 
     Strips ekern markers (`@`, `·`) and turns `**ekern*`/`**bekern*` headers into `**kern`;
     drops measure numbers (`=12` -> `=`) as the reference SMT code does, because a model
-    cannot read them from a system image; drops trailing blank lines and `\r`.
+    cannot read them from a system image; drops trailing blank lines, `\r` and a leading
+    byte-order mark (`plain_lines`).
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = plain_lines(text)
     lines = []
     for line in text.split("\n"):
         fields = []

@@ -29,6 +29,9 @@ def build_parser() -> UserErrorParser:
                         "which its weights need)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="replace DIR (an earlier conversion, or a folder smt.convert did not write)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert weights holding NaN or infinite values (reported) instead of "
+                        "refusing them")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -38,10 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from smt.convert.build import convert
 
     result = convert(args.src, args.out, dataset=args.dataset, reduce_ratio=args.reduce_ratio,
-                     fmt=args.fmt, revision=args.revision, positional=args.positional, force=args.force)
+                     fmt=args.fmt, revision=args.revision, positional=args.positional, force=args.force,
+                     allow_nonfinite=args.allow_nonfinite)
     dropped = f"; unused by the model: {', '.join(result.dropped_keys)}" if result.dropped_keys else ""
     print(f"{args.src} ({result.layout} layout, {result.dataset}) -> {result.checkpoint}: "
           f"{result.parameters:,} parameters mapped{dropped}")
+    if result.nonfinite_keys:
+        print(f"warning: non-finite (NaN or infinite) weights kept in "
+              f"{', '.join(result.nonfinite_keys)}", file=sys.stderr)
     return 0
 
 

@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:        # the flags above already bound each value; this is the net
         raise UserError(str(exc)) from None
     result = prepare(args.data, cfg, out=args.out, overwrite=args.overwrite)
+    empty = result.nothing_kept()
+    if empty:                      # exit 0 would let a script go on to train on nothing
+        raise UserError(empty)
     print(result.summary())
     return 0
 

@@ -97,6 +97,20 @@ class PrepareResult:
         d.pop("dataset", None)
         return d
 
+    def skipped_line(self) -> str:
+        """"skipped N: reason: count (e.g. rows); ..." on one line."""
+        skipped = sum(self.skipped.values())
+        return f"skipped {skipped}" + (": " + "; ".join(
+            f"{k}: {v} (e.g. {', '.join(self.skipped_examples.get(k, [])[:3])})"
+            for k, v in sorted(self.skipped.items())) if skipped else "")
+
+    def nothing_kept(self) -> str | None:
+        """One line saying why no row was kept, or None when some were."""
+        if sum(self.rows_kept.values()):
+            return None
+        return (f"prepared {self.source}: kept 0 of {self.rows_in} rows, nothing to train on; "
+                f"{self.skipped_line()}")
+
     def summary(self) -> str:
         kept = sum(self.rows_kept.values())
         lines = []
@@ -110,10 +124,7 @@ class PrepareResult:
                      + ", ".join(f"{k} {v}" for k, v in self.rows_kept.items())
                      + f"), {rate}, {self.seconds:.1f} s, num_proc {self.num_proc}, "
                        f"writer_batch_size {self.writer_batch_size}")
-        skipped = sum(self.skipped.values())
-        lines.append(f"skipped {skipped}" + (": " + "; ".join(
-            f"{k}: {v} (e.g. {', '.join(self.skipped_examples.get(k, [])[:3])})"
-            for k, v in sorted(self.skipped.items())) if skipped else ""))
+        lines.append(self.skipped_line())
         if self.skipped.get("transcription too long") or self.skipped.get("image too large"):
             lines.append(f"limits: --max-tokens {self.limits.get('max_tokens')}, "
                          f"--max-image-area {self.limits.get('max_image_pixels')} px "
