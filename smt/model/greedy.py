@@ -92,9 +92,6 @@ class DecodeCache:
         self.live = n
 
 
-Step = Callable[[torch.Tensor, int, DecodeCache], torch.Tensor]
-
-
 def decoder_step(weights: list[StepWeights], x: torch.Tensor, position: int,
                  cache: DecodeCache) -> torch.Tensor:
     """All layers for one new token per live row: x [rows, d] (embedding + position) ->
@@ -120,25 +117,30 @@ def decoder_step(weights: list[StepWeights], x: torch.Tensor, position: int,
     return x
 
 
-def compile_step(step: Step) -> Step:
-    """`torch.compile` of the step with a clean fallback: if compiling (or the first compiled
-    call) fails, for example without a C++ compiler, decoding goes on in eager mode. Dynamic
-    shapes, so neither the position nor a shrinking batch recompiles it."""
-    try:
-        compiled = torch.compile(step, dynamic=True)
-    except Exception:                                    # noqa: BLE001 - any failure: eager
-        return step
-    failed = False
+class CompiledStep:
+    """`torch.compile` of `decoder_step`, made once per process and shared by every call (the
+    weights and caches are its arguments, so a new call or a shrinking batch reuses it; dynamic
+    shapes, so neither the position nor the batch recompiles it), with a clean fallback: if
+    compiling or a compiled call fails (e.g. no C++ compiler on a CPU), this call and every
+    later one run eagerly."""
 
-    def run(x: torch.Tensor, position: int, cache: DecodeCache) -> torch.Tensor:
-        nonlocal failed
-        if not failed:
+    def __init__(self) -> None:
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.failed = False
+
+    def __call__(self, weights: list[StepWeights], x: torch.Tensor, position: int,
+                 cache: DecodeCache) -> torch.Tensor:
+        if not self.failed:
             try:
-                return compiled(x, position, cache)
+                if self.compiled is None:
+                    self.compiled = torch.compile(decoder_step, dynamic=True)
+                return self.compiled(weights, x, position, cache)
             except Exception:                            # noqa: BLE001 - any failure: eager
-                failed = True
-        return step(x, position, cache)
-    return run
+                self.failed = True
+        return decoder_step(weights, x, position, cache)
+
+
+COMPILED_STEP = CompiledStep()
 
 
 def greedy_decode(model: nn.Module, keys: torch.Tensor, values: torch.Tensor,
@@ -150,17 +152,14 @@ def greedy_decode(model: nn.Module, keys: torch.Tensor, values: torch.Tensor,
     rows = keys.shape[0]
     weights = [StepWeights.of(layer) for layer in model.layers]
     cache = DecodeCache.start(model.layers, keys, values, mask, max_len)
-
-    def step(x: torch.Tensor, position: int, c: DecodeCache) -> torch.Tensor:
-        return decoder_step(weights, x, position, c)
-    run = compile_step(step) if compile else step
+    step = COMPILED_STEP if compile else decoder_step
     device = keys.device
     out = torch.full((rows, max_len), cfg.eos_id, dtype=torch.long, device=device)
     index = torch.arange(rows, device=device)         # original row of each live row
     tokens = torch.full((rows,), cfg.bos_id, dtype=torch.long, device=device)
     for position in range(max_len):
         x = model.embedding(tokens) + model.positions[position]
-        tokens = model.logits(run(x, position, cache)).argmax(dim=-1)
+        tokens = model.logits(step(weights, x, position, cache)).argmax(dim=-1)
         out[index, position] = tokens
         done = tokens == cfg.eos_id
         if bool(done.any()):                            # the one host sync per token

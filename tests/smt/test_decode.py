@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_model import _model_with_varied_endings, make
 
+from smt.model import greedy
 from smt.model.greedy import DecodeCache
 
 
@@ -27,7 +28,7 @@ def _padded(sizes: list[tuple[int, int]], dtype: torch.dtype, seed: int) -> tupl
     h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
     batch = torch.ones(len(sizes), 1, h, w, dtype=dtype)
     for i, (ih, iw) in enumerate(sizes):
-        batch[i, :, :ih, :iw] = torch.rand(1, ih, iw, dtype=dtype) ** (i + 1) * 3
+        batch[i, :, :ih, :iw] = torch.rand(1, ih, iw, dtype=dtype) ** (len(sizes) - i) * 3
     return batch, torch.tensor(sizes)
 
 
@@ -109,4 +110,50 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch, fails_at: str) -> No
     images = torch.rand(2, 1, 48, 160)
     expected = model.generate(images, 12)
     monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(greedy, "COMPILED_STEP", greedy.CompiledStep())
     assert model.generate(images, 12, compile=True) == expected
+    assert greedy.COMPILED_STEP.failed                   # and later calls go straight to eager
+    assert model.generate(images[:1], 12, compile=True) == expected[:1]
+
+
+def _bench(name: str):
+    """A bench script as a module (bench/ is not a package; gpu_check imports bench_decode
+    from its own folder)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[2] / "bench"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
+def test_bench_cells_agree_and_flag_a_differing_cell(monkeypatch) -> None:
+    """The cells bench_decode and gpu_check's decoding section time: every method's tokens
+    agree with the uncached loop's, the table has a row per batch, and a cell whose tokens
+    differ is named."""
+    bench = _bench("bench_decode")
+    monkeypatch.setattr(greedy, "COMPILED_STEP", greedy.CompiledStep())
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)          # compile = eager here
+    model = make(vocab_size=50, seed=4).eval()
+    with torch.inference_mode():
+        memory = model.encode(torch.rand(3, 1, 48, 160))
+    methods = {"ours": [6, 9], "ours compiled": [6], "uncached": [6]}
+    best, tokens = bench.time_cells(model, memory, [1, 3], [6, 9], methods, repeats=1)
+    assert set(best) == {(m, b, n) for m, at in methods.items() for n in at for b in (1, 3)}
+    assert bench.differing(tokens) == []
+    assert bench.decode_table(best, [1, 3], [6, 9], "t").row_count == 4
+    tokens[("ours compiled", 3, 6)][2][-1] += 1          # against the uncached loop
+    tokens[("ours", 3, 9)][0][-1] += 1                   # against ours at batch 1
+    assert sorted(bench.differing(tokens)) == [("ours", 3, 9), ("ours compiled", 3, 6)]
+
+
+def test_gpu_check_has_its_decoding_section() -> None:
+    gpu_check = _bench("gpu_check")
+    assert gpu_check.DECODE_BATCHES == (1, 16, 64)
+    assert callable(gpu_check.decode_section)
