@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compiled", action="store_true",
-                        help="also time the torch.compile'd step (the first call compiles: "
+                        help="also time the torch.compile'd step (it compiles in the first repeat, "
+                             "so keep --repeats >= 2; "
                              "off by default, on a CPU it is slower at these lengths)")
     args = parser.parse_args(argv)
     if args.threads:
