@@ -96,12 +96,12 @@ def fit_to_data(init: InitWeights, data_tokens: Iterable[str] | Mapping[str, int
     vocab, state = init.vocab, init.state
     if unknown and not extend:
         raise UserError(f"the data has {len(unknown)} token(s) the model's vocabulary lacks: "
-                        f"{_shown(unknown, counts)}; pass --extend-vocab to add output rows for them")
+                        f"{shown_tokens(unknown, counts)}; pass --extend-vocab to add output rows for them")
     if unknown:
         vocab = init.vocab.extended(unknown)
         state = grow_rows(init.state, len(vocab))
         say(f"--extend-vocab: {len(unknown)} new token(s) get fresh output rows: "
-            f"{_shown(unknown, counts)}")
+            f"{shown_tokens(unknown, counts)}")
     config = init.config.replace(vocab_size=len(vocab),
                                  max_height=max(init.config.max_height, max_height),
                                  max_width=max(init.config.max_width, max_width),
@@ -109,7 +109,7 @@ def fit_to_data(init: InitWeights, data_tokens: Iterable[str] | Mapping[str, int
     return InitWeights(init.checkpoint, config, vocab, state)
 
 
-def _shown(tokens: list[str], counts: Mapping[str, int] | None) -> str:
+def shown_tokens(tokens: list[str], counts: Mapping[str, int] | None) -> str:
     """The first SHOWN_TOKENS tokens (most frequent first when counted), `'x' (n times)`."""
     if counts is not None:
         tokens = sorted(tokens, key=lambda t: (-counts[t], t))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.units import size_arg
@@ -116,7 +117,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(str(exc)) from None
     result = prepare(args.data, cfg, out=args.out, overwrite=args.overwrite)
     print(result.summary())
+    if args.model:
+        print(_unknown_to_model(result, args.model, fmt))
     return 0
+
+
+def _unknown_to_model(result: Any, model: str, fmt: str) -> str:
+    """One line: the prepared data's tokens that --model's vocabulary lacks, with counts."""
+    from smt import checkpoint as ck
+    from smt.convert.finetune import shown_tokens, checkpoint_of, token_counts
+    from smt.data.prepare import load_prepared
+    from smt.tokenizer import Vocab
+
+    known = set(Vocab.load(ck.find_metadata(checkpoint_of(model), ck.VOCAB_NAME)).tokens)
+    if set(Vocab.load(result.vocab_path).tokens) <= known:
+        return f"every token of the data is in the vocabulary of {model}"
+    dataset = result.dataset if result.dataset is not None else load_prepared(result.cache_dir)
+    counts = token_counts(dataset.values(), fmt)
+    unknown = sorted(set(counts) - known)
+    return (f"{len(unknown)} token(s) of the data are not in the vocabulary of {model}: "
+            f"{shown_tokens(unknown, counts)} (smt.train --extend-vocab adds them)")
 
 
 if __name__ == "__main__":
