@@ -38,8 +38,10 @@ from autotune.atomic import atomic_write_json
 from smt.reference_tokens import REFERENCE_FORMATS, reference_tokens
 
 Format = Literal["kern", "ekern", "bekern", "ref-system", "ref-kern", "ref-ekern", "ref-bekern"]
-OWN_FORMATS: tuple[str, ...] = ("kern", "ekern", "bekern")
-FORMATS: tuple[str, ...] = OWN_FORMATS + REFERENCE_FORMATS
+# Our own formats: `detokenize` then `tokenize` gives the same tokens back.
+FORMATS: tuple[str, ...] = ("kern", "ekern", "bekern")
+# Every format a run, a preparation or a converted model may name.
+ALL_FORMATS: tuple[str, ...] = FORMATS + REFERENCE_FORMATS
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 LINE, TAB, SPACE = "<b>", "<t>", "<s>"
@@ -70,8 +72,8 @@ class TokenizeError(ValueError):
 
 
 def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown kern format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in ALL_FORMATS:
+        raise ValueError(f"unknown kern format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
 
 
 def _field_parts(field: str) -> list[tuple[str, str]]:

@@ -81,7 +81,7 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     """Convert `src` (folder or hub id) into `out`; every parameter is mapped or refused."""
     from smt import checkpoint as ck
     from smt.model import SMTModel
-    from smt.tokenizer import FORMATS, Vocab
+    from smt.tokenizer import ALL_FORMATS, Vocab
 
     out_dir = Path(out).expanduser()
     target = out_dir / CHECKPOINT_NAME
@@ -91,8 +91,8 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     # is written through a temporary sibling (autotune.outdir): checked now, before any work.
     inputs = [src] if Path(src).expanduser().exists() else []
     check_out_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=force)
-    if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt is not None and fmt not in ALL_FORMATS:
+        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     ds = pick_dataset(src, dataset)
     folder, commit = resolve(src, revision)
     ref = read_config(folder)

@@ -51,14 +51,14 @@ def recorded_format(spec: str) -> str | None:
     """The tokenization the model `spec` (as for --init-from) reads: its vocabulary's format
     (a converted model's is the reference's, e.g. `ref-system`), or None if it records none."""
     from smt import checkpoint as ck
-    from smt.tokenizer import FORMATS
+    from smt.tokenizer import ALL_FORMATS
 
     vocab_path = ck.find_metadata(checkpoint_of(spec), ck.VOCAB_NAME)
     try:
         fmt = json.loads(vocab_path.read_text(encoding="utf-8")).get("format")
     except (OSError, ValueError, AttributeError) as exc:
         raise UserError(f"cannot read {vocab_path}: {exc}") from None
-    return fmt if fmt in FORMATS else None
+    return fmt if fmt in ALL_FORMATS else None
 
 
 def load_init(spec: str) -> InitWeights:

@@ -9,7 +9,7 @@ from typing import Any
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.units import size_arg
 from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
-from smt.tokenizer import FORMATS
+from smt.tokenizer import ALL_FORMATS
 
 DEFAULT_FORMAT = "bekern"        # PrepareConfig's: the SMT papers' format, smallest vocabulary
 
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--reduce-ratio", type=float_in(0.0, 1.0), default=0.5)
     q.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1)
     q.add_argument("--writer-batch-size", type=int_in(1, MAX_ROWS), default=100)
-    q.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
+    q.add_argument("--format", dest="fmt", choices=ALL_FORMATS, default=None,
                    help=f"tokenization (default: --model's, else {DEFAULT_FORMAT}; ref-*: the "
                         "reference SMT's own, which converted models read)")
     q.add_argument("--model", default=None, metavar="DIR|CKPT",

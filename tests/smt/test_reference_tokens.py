@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import UserError
-from smt.tokenizer import FORMATS, TokenizeError, Vocab, detokenize, tokenize
+from smt.tokenizer import ALL_FORMATS, TokenizeError, Vocab, detokenize, tokenize
 
 T, B, S = "<t>", "<b>", "<s>"
 
@@ -148,4 +148,4 @@ def test_unknown_tokens_are_named_with_their_counts(tmp_path: Path,
 
 
 def test_every_reference_format_is_a_run_format() -> None:
-    assert {"ref-system", "ref-kern", "ref-ekern", "ref-bekern"} <= set(FORMATS)
+    assert {"ref-system", "ref-kern", "ref-ekern", "ref-bekern"} <= set(ALL_FORMATS)
