@@ -19,7 +19,7 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.settings import Settings, SettingError
 from smt.config import PRESETS
-from smt.tokenizer import FORMATS
+from smt.tokenizer import ALL_FORMATS
 
 # The names of smt.data.augment.PRESETS, which imports OpenCV: not at flag parsing
 # (tests/smt/test_train_flags.py checks they agree).
@@ -147,7 +147,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, "preset", f"must be one of {', '.join(sorted(PRESETS))}", self.preset)
-        _check(self.fmt in FORMATS, "fmt", f"must be one of {', '.join(FORMATS)}", self.fmt)
+        _check(self.fmt in ALL_FORMATS, "fmt", f"must be one of {', '.join(ALL_FORMATS)}", self.fmt)
         _check(self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}",
                self.augment)
         _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1)",

@@ -11,7 +11,7 @@ PROG = "smt.convert"
 
 def build_parser() -> UserErrorParser:
     from smt.convert.conventions import DATASETS
-    from smt.tokenizer import FORMATS
+    from smt.tokenizer import ALL_FORMATS
 
     p = UserErrorParser(prog=PROG, description="Convert a published SMT checkpoint (hub id or "
                         "folder with config.json + model.safetensors/pytorch_model.bin) into ours.")
@@ -19,10 +19,11 @@ def build_parser() -> UserErrorParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the converted model to")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=None,
                    help="what SRC was trained on (default: read from its name); sets the image "
-                        "scaling and kern flavour recorded with the model")
+                        "scaling and tokenization recorded with the model")
     p.add_argument("--reduce-ratio", type=float_in(0.05, 4.0), default=None,
                    help="override the dataset's image scale")
-    p.add_argument("--fmt", choices=FORMATS, default=None, help="override the dataset's kern flavour")
+    p.add_argument("--fmt", choices=ALL_FORMATS, default=None,
+                   help="override the dataset's tokenization (ref-system, ref-bekern, ...)")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (default: main)")
     p.add_argument("--positional", choices=("reference", "ours"), default="reference",
                    help="positional tables to build the model with (default: the reference's, "

@@ -114,7 +114,7 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     is a non-finite weight unless `allow_nonfinite` (then its key is in the result)."""
     from smt import checkpoint as ck
     from smt.model import SMTModel
-    from smt.tokenizer import FORMATS, Vocab
+    from smt.tokenizer import ALL_FORMATS, Vocab
 
     out_dir = Path(out).expanduser()
     target = out_dir / CHECKPOINT_NAME
@@ -124,8 +124,8 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     # is written through a temporary sibling (autotune.outdir): checked now, before any work.
     inputs = [src] if Path(src).expanduser().exists() else []
     check_out_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=force)
-    if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt is not None and fmt not in ALL_FORMATS:
+        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     ds = pick_dataset(src, dataset)
     folder, commit = resolve(src, revision)
     ref = read_config(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smt.tokenizer import FORMATS
+from smt.tokenizer import ALL_FORMATS
 
 PREP_VERSION = 2                 # bump when prepare_example's output changes for equal inputs
 # Rows past these are skipped and counted: the values `smt.data.limits.row_limits()` derives
@@ -36,8 +36,8 @@ class PrepareConfig:
             raise ValueError(f"num_proc must be a positive integer, got {self.num_proc!r}")
         if not isinstance(self.writer_batch_size, int) or self.writer_batch_size < 1:
             raise ValueError(f"writer_batch_size must be a positive integer, got {self.writer_batch_size!r}")
-        if self.fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        if self.fmt not in ALL_FORMATS:
+            raise ValueError(f"fmt must be one of {ALL_FORMATS}, got {self.fmt!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens!r}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:

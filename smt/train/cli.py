@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from autotune.errors import UserErrorParser, float_in, int_in
 from smt.say import PROG
 from smt.train.planner import PLAN_FLAG
-from smt.runconfig import (AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, FORMATS,
+from smt.runconfig import (ALL_FORMATS, AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS,
                                  PRESETS, CurriculumConfig)
 
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
@@ -53,7 +53,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="hub id, save_to_disk folder or image folder (default: embedded synthetic set)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help=f"model size ({_default('preset', f'; {CPU_DEMO_PRESET} in the CPU demo')})")
-    g.add_argument("--format", dest="fmt", default=None, choices=FORMATS,
+    g.add_argument("--format", dest="fmt", default=None, choices=ALL_FORMATS,
                    help=f"transcription format ({_default('fmt')}; a resumed run keeps its own)")
     g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
                    help="apply a profile's settings; auto reuses a matching one or probes")
