@@ -87,6 +87,8 @@ def test_the_recipe_fine_tunes_a_converted_model_on_reference_format_scores(
         assert run_cli(_main(module), args, prog=module) == 0, capsys.readouterr().err
         out[module] = capsys.readouterr().out
 
+    # The predict step drew what the converted model reads, the truth beside it (score1.krn).
+    assert (tmp_path / "pictures" / "before" / "score1.png").is_file()
     model = tmp_path / "models" / "grandstaff"
     assert json.loads((model / "reference.json").read_text())["fmt"] == "ref-system"
     assert "1 token(s) of the data are not in the vocabulary" in out["smt.data"]
@@ -100,6 +102,7 @@ def test_the_recipe_fine_tunes_a_converted_model_on_reference_format_scores(
     model_tokens = json.loads((model / "vocab.json").read_text())["tokens"]
     assert json.loads((run / "vocab.json").read_text())["tokens"] == [*model_tokens, "4d"]
     summary = json.loads((run / "summary.json").read_text())
+    assert sorted(p.name for p in (run / "pictures").glob("*.png"))
     assert isinstance(summary["baseline_val_ser"], float) and summary["best_val_ser"] is not None
     assert f"baseline val SER {summary['baseline_val_ser']:.1f} -> best val SER" in train
 
