@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from autotune.errors import UserErrorParser, float_in, int_in
 from smt.say import PROG
 from smt.train.planner import PLAN_FLAG
-from smt.runconfig import (ALL_FORMATS, AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS,
+from smt.runconfig import (ALL_FORMATS, AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, MAX_PICTURES,
                                  PRESETS, CurriculumConfig)
 
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
@@ -107,6 +107,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"training image augmentation ({_default('augment')})")
     r.add_argument("--val-every", type=int_in(1, 10**9), metavar="STEPS",
                    help="validate every STEPS optimizer steps (default: every epoch)")
+    r.add_argument("--pictures", type=int_in(0, MAX_PICTURES), metavar="N", default=None,
+                   help="pictures of what the model reads for N validation samples at the end "
+                        f"(image, prediction and truth engraved; 0 = none; {_default('pictures')})")
     r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
                    help="decode at most this many validation batches")
     r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-# Four: enough to tell a model that reads from one that repeats a memorised answer, few
-# enough to cost seconds (four greedy decodes and eight engravings) at the end of a run.
-COUNT = 4
+from smt.runconfig import DEFAULTS
+
+# How many by default: TrainConfig.pictures (why four is there).
+COUNT = DEFAULTS.pictures
 FOLDER = "pictures"
 
 

@@ -110,7 +110,8 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
     if is_rank_zero():
         atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
         print(summary.one_line(result), flush=True)
-        _pictures(plan, module, data)
+        if plan.pictures:
+            _pictures(plan, module, data)
     return result
 
 
@@ -119,7 +120,8 @@ def _pictures(plan: TrainConfig, module: SMTModule, data: RunData) -> None:
     A finished run stays finished: a picture that cannot be made is one line, not an error."""
     from smt.train.pictures import FOLDER, write_end_of_run
     try:
-        pictures = write_end_of_run(plan.out, module.model, data.vocab, plan.fmt, data.val)
+        pictures = write_end_of_run(plan.out, module.model, data.vocab, plan.fmt, data.val,
+                                    plan.pictures)
     except Exception as exc:  # noqa: BLE001 - the checkpoints and summary are already written
         say(f"pictures not written: {type(exc).__name__}: {exc}")
         return
