@@ -80,7 +80,8 @@ def make_loaders(plan: TrainConfig, data: RunData) -> tuple[Any, Any]:
     train = builder.make_loader(data.train, data.vocab, plan.fmt, shuffle=True,
                                 augment=plan.augment, teacher_noise=plan.teacher_noise,
                                 seed=plan.seed, resizable=plan.adapt_workers, **common)
-    val = builder.make_loader(data.val, data.vocab, plan.fmt, shuffle=False, **common)
+    val = builder.make_loader(data.val, data.vocab, plan.fmt, shuffle=False,
+                              **{**common, "batch_size": plan.val_batch_size or s.batch_size})
     return train, val
 
 

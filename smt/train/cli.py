@@ -112,6 +112,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                         f"(image, prediction and truth engraved; 0 = none; {_default('pictures')})")
     r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
                    help="decode at most this many validation batches")
+    r.add_argument("--val-batch-size", type=int_in(1, 4096), default=None, metavar="N",
+                   help="validation batch, loss and decoding (default: the training batch)")
     r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,
                    help=f"write last.ckpt every STEPS optimizer steps ({_default('ckpt_every')})")
     r.add_argument("--ckpt-every-min", type=float_in(0.0, 7 * 24 * 60.0), metavar="MINUTES",

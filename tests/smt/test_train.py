@@ -156,7 +156,10 @@ def test_cpu_demo_validates_often_on_a_bounded_sample_and_steps_every_batch() ->
     s = demo.settings
     assert s.accumulate_grad_batches == 1 and s.effective_batch_size == 2 and demo.lr == 1e-3
     assert demo.val_every * s.effective_batch_size <= CPU_DEMO_VAL_SAMPLES
-    assert demo.val_batches * s.batch_size <= CPU_DEMO_VAL_ROWS
+    # The same 64 rows each validation, decoded in batches of their own size.
+    assert demo.val_batches * demo.val_batch_size == CPU_DEMO_VAL_ROWS >= 64
+    assert plan_run(build_parser().parse_args(
+        ["--out", "unused-dir", "--val-batch-size", "8"])).val_batches * 8 == CPU_DEMO_VAL_ROWS
     # At the 1.1 samples/s the demo must reach, the cap holds at least 3 validations.
     assert demo.max_time_s * 1.1 / (demo.val_every * s.effective_batch_size) >= 3
 
