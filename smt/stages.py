@@ -152,12 +152,10 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
     model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
     memory = _profile_memory(plan.profile)
     if memory is None:
-        from autotune.decide import Budgets
+        from autotune.feasible import device_budget
         from autotune.hardware import inventory
         from smt.builder import scan_extent
-        hw, budgets = inventory(), Budgets()
-        budget = budgets.vram_budget(hw.gpus[0].memory_bytes) if hw.gpus else \
-            int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
+        budget, _ = device_budget(inventory())
         ext = scan_extent({"systems": source.systems}, plan.fmt)
         memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
                                   ext.max_width_px, ext.max_seq_len_tokens, budget)

@@ -153,6 +153,8 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
     _check_strategy(plan.settings.strategy)
     from smt.distributed import check_launch
     check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
+    from smt.train.preflight import check_memory
+    check_memory(plan, force=bool(getattr(args, "force", False)))   # RAM/VRAM: before data work
     return plan
 
 
