@@ -1,4 +1,5 @@
-"""Before any data work: will the run about to start fit in RAM (and VRAM on a GPU)?
+"""Before any data work: will the run about to start fit in RAM (and VRAM on a GPU), and how
+did the last run in its folder end?
 
 On a container's RAM limit, running out is not an exception but the kernel's SIGKILL: no
 message, no checkpoint. So `plan_run` asks here first. The step's peak comes from the
@@ -8,10 +9,15 @@ own estimate at the largest image the data holds (`autotune.feasible`, the predi
 (`autotune.preflight`). Over budget: one line with the figure, the budget and its limit, and
 the largest batch that fits (the accumulation keeping the effective batch) or a reduce ratio;
 exit 2. `--force` starts anyway after a warning.
+
+A run the OOM killer ended wrote no summary and said nothing; the resource monitor's live file
+(autotune.monitor.files) still holds its last RSS, which `last_run_note` reads back when
+`smt.train` is pointed at that folder again (`--resume`, or `--out`).
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
@@ -69,6 +75,18 @@ def check_memory(plan: TrainConfig, force: bool = False) -> None:
         raise UserError(f"{message}; or pass {FORCE_FLAG} to start anyway")
     say(f"warning: {message}; starting anyway ({FORCE_FLAG}): if a step outgrows the limit "
         "the kernel kills the run, and only the last saved checkpoint is kept")
+
+
+def last_run_note(out: Path) -> None:
+    """Say how the last run in `out` ended when it wrote no summary and its process is gone:
+    the last RSS the monitor recorded against the limit ("likely killed for memory" near it)."""
+    from autotune.monitor.files import killed_note
+    from smt.checkpoint import SUMMARY_NAME
+    if (out / SUMMARY_NAME).is_file():
+        return
+    note = killed_note(out)
+    if note is not None:
+        say(f"the last run in {out} wrote no summary: {note}")
 
 
 def profile_fits(predictor: Any) -> bool:
