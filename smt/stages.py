@@ -164,7 +164,9 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
     return StageTuner(source, memory, plan.settings.batch_size, run_json, say)
 
 
-def _profile_memory(profile: str | None) -> StageMemory | None:
+def profile_dict(profile: str | None) -> dict[str, Any] | None:
+    """A run's profile (its name or path) as a dict; None without one, or when it cannot be
+    read (the planner has read it once already, so that is a race, not a user mistake)."""
     if not profile:
         return None
     import json
@@ -174,4 +176,9 @@ def _profile_memory(profile: str | None) -> StageMemory | None:
         data = json.loads(resolve_profile_path(profile).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return StageMemory.from_profile(data) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _profile_memory(profile: str | None) -> StageMemory | None:
+    data = profile_dict(profile)
+    return StageMemory.from_profile(data) if data is not None else None

@@ -16,7 +16,6 @@ A run the OOM killer ended wrote no summary and said nothing; the resource monit
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,8 @@ def _predictor_and_holds(plan: TrainConfig, own_rss: int, on_gpu: bool) -> tuple
     from autotune.preflight import RunHolds
     from autotune.records import Measurements
 
-    profile = _profile(plan.profile)
+    from smt.stages import profile_dict
+    profile = profile_dict(plan.profile)
     predictor = choose_predictor(profile, plan.preset, plan.data, fmt=plan.fmt)
     s = plan.settings
     m = Measurements.from_dict((profile or {}).get("measurements"))
@@ -133,16 +133,3 @@ def _predictor_and_holds(plan: TrainConfig, own_rss: int, on_gpu: bool) -> tuple
         worker = (Budgets().prefetch_factor * s.batch_size * hw_px[0] * hw_px[1] * 4
                   if hw_px else 0.0)
     return predictor, RunHolds(float(process), float(worker or 0.0), s.devices, on_gpu)
-
-
-def _profile(name: str | None) -> dict[str, Any] | None:
-    """The run's profile as a dict, None without one (or when it cannot be read: the
-    planner has already read it once, so that is a race, not a user mistake)."""
-    if not name:
-        return None
-    from autotune.profile import resolve_profile_path
-    try:
-        data = json.loads(resolve_profile_path(name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
