@@ -141,10 +141,12 @@ def test_resume_after_a_kill_says_it_was_likely_memory(tmp_path, capsys) -> None
     names it; a run that was still going would not be."""
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=8, n_val=2, n_test=1)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_KILL_AT_STEP: "6",
+    # Killed at step 2: the monitor has read at most 2 intervals (one per optimizer step),
+    # fewer than its stop needs, so the kill, not the stop, ends the run.
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_KILL_AT_STEP: "2",
            ENV_RAM_LIMIT_MB: "256"}
     proc = subprocess.run([sys.executable, "-m", "smt.train", "--data", str(data), *FAST,
-                           "--batch-size", "2", "--max-steps", "100000", "--ckpt-every", "2",
+                           "--batch-size", "2", "--max-steps", "100000", "--ckpt-every", "1",
                            "--out", str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
