@@ -409,6 +409,9 @@ def fault_container(work: Path) -> list[Row]:
         return [Row("train: in a 1.5 GiB container", "n/a", "-", "-", "n/a", why[:70])]
     env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(work / "box-cache")}
     rows = []
+    subprocess.run([sys.executable, "-c", "from smt.data.default import ensure_default_dataset;"
+                    " ensure_default_dataset(quiet=True)"], cwd=REPO, env=env, check=True,
+                   timeout=900)      # the check reads the embedded data's largest image
     with cgroup.memory_cgroup(CONTAINER) as group:
         t0 = time.perf_counter()
         big = subprocess.run(cgroup.inside(group, [

@@ -32,6 +32,12 @@ def check_memory(plan: TrainConfig, force: bool = False) -> None:
     say so and go on. A run whose peak cannot be predicted goes on with a line saying why."""
     if plan.curriculum is not None:
         return      # each stage's micro-batch is sized by its own memory line (smt.stages)
+    if not plan.data and not plan.profile and not _default_data_built():
+        # Its largest image is known once it is rendered (a minute or more): that is the data
+        # work this check comes before, so the first start on a machine goes without it.
+        say("memory check skipped: the embedded dataset is not built yet (it is next; the "
+            "check runs from the next start)")
+        return
     import psutil
     import torch
 
@@ -74,6 +80,12 @@ def check_memory(plan: TrainConfig, force: bool = False) -> None:
         raise UserError(f"{message}; or pass {FORCE_FLAG} to start anyway")
     say(f"warning: {message}; starting anyway ({FORCE_FLAG}): if a step outgrows the limit "
         "the kernel kills the run, and only the last saved checkpoint is kept")
+
+
+def _default_data_built() -> bool:
+    from smt.data.default import VERSION
+    from smt.paths import default_dataset_dir
+    return (default_dataset_dir(VERSION) / "dataset_dict.json").is_file()
 
 
 def last_run_note(out: Path) -> None:

@@ -78,6 +78,14 @@ def test_force_starts_anyway_with_a_warning(tmp_path, monkeypatch, capsys) -> No
     assert len(warning) == 1 and "starting anyway (--force)" in warning[0]
 
 
+def test_the_embedded_data_not_built_yet_is_not_built_by_the_check(tmp_path, capsys) -> None:
+    from smt.data.default import VERSION
+    from smt.paths import default_dataset_dir
+    _plan([*TOO_BIG, "--out", str(tmp_path / "run")])
+    assert "memory check skipped: the embedded dataset is not built yet" in capsys.readouterr().out
+    assert not default_dataset_dir(VERSION).exists()
+
+
 def test_a_run_that_fits_says_nothing(tmp_path, monkeypatch, capsys) -> None:
     _container(monkeypatch, 64 * GIB)
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=8, n_val=2, n_test=1)
@@ -173,6 +181,8 @@ def _in_container(argv: list[str], limit: int, env: dict[str, str] | None = None
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_in_a_small_container_the_issue_command_stops_in_one_line(tmp_path) -> None:
+    from smt.data.default import ensure_default_dataset
+    ensure_default_dataset(quiet=True)      # built once before (the check needs its images)
     out = tmp_path / "run"
     proc, kills = _in_container([*TOO_BIG, "--out", str(out)], int(1.5 * GIB))
     assert proc.returncode == 2 and kills == 0, proc.stderr[-3000:]
