@@ -7,7 +7,9 @@ run end where a clean run ends?
 Every row runs the real code path with a real fault: child processes killed with SIGKILL,
 the preparation's map stalled or swollen through SMT_PREPARE_FAULT, corrupt files on disk, a
 writer killed mid-write, training OOM through SMT_INJECT_OOM_ABOVE and a training SIGKILL
-through SMT_INJECT_KILL_AT_STEP. "Extra s" is the faulty path's wall time (every attempt)
+through SMT_INJECT_KILL_AT_STEP; as root, a training run inside a 1.5 GiB memory cgroup (a
+batch too large for the container, and a loader that fills it through SMT_LOADER_FAULT).
+"Extra s" is the faulty path's wall time (every attempt)
 minus a clean run's, both measured here; "identical" compares the final artefact (prepared rows
 byte for byte; profile JSON; model weights) with the clean run's.
 """
@@ -30,6 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "smt"))    # tiny_scores: the training tests' tiny data
+sys.path.insert(0, str(REPO / "tests"))             # cgroup: the memory tests' container
 
 ENV_CACHE = "SMT_AUTOTUNE_CACHE"
 
@@ -390,6 +393,63 @@ def fault_signals(work: Path) -> list[Row]:
     return rows
 
 
+CONTAINER = int(1.5 * 2**30)      # the new user's container: a CPU box, a notebook's host side
+
+
+def fault_container(work: Path) -> list[Row]:
+    """smt.train in a 1.5 GiB memory cgroup: the small model at batch 32 (refused before any
+    data work, naming a batch that fits), and a run whose loader fills the container to 96%
+    (saved and stopped before the OOM killer: steps lost, what was saved)."""
+    import re
+
+    import cgroup
+    from tiny_scores import tiny_dataset_dict
+    why = cgroup.unavailable()
+    if why:
+        return [Row("train: in a 1.5 GiB container", "n/a", "-", "-", "n/a", why[:70])]
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(work / "box-cache")}
+    rows = []
+    subprocess.run([sys.executable, "-c", "from smt.data.default import ensure_default_dataset;"
+                    " ensure_default_dataset(quiet=True)"], cwd=REPO, env=env, check=True,
+                   timeout=900)      # the check reads the embedded data's largest image
+    with cgroup.memory_cgroup(CONTAINER) as group:
+        t0 = time.perf_counter()
+        big = subprocess.run(cgroup.inside(group, [
+            sys.executable, "-m", "smt.train", "--preset", "small", "--batch-size", "32",
+            "--accumulate", "1", "--max-steps", "20", "--num-workers", "0",
+            "--out", str(work / "box-big")]), cwd=REPO, env=env, capture_output=True,
+            text=True, timeout=900)
+        took = time.perf_counter() - t0
+        line = (big.stderr.strip().splitlines() or ["?"])[-1]
+        fit = re.search(r"(--batch-size \d+ --accumulate \d+) fits", line)
+        rows.append(Row("train: batch 32 too large for a 1.5 GiB container",
+                        _yes(big.returncode == 2 and bool(fit)), f"{took:.1f}",
+                        "0 (nothing started)" if not (work / "box-big").exists() else "?",
+                        "n/a", f"exit {big.returncode}, OOM kills {cgroup.oom_kills(group)}; "
+                        f"fits: {fit.group(1) if fit else line[-60:]}"))
+    data = tiny_dataset_dict(work / "tiny-box", n_train=2, n_val=1, n_test=1)
+    out = work / "box-fill"
+    with cgroup.memory_cgroup(CONTAINER) as group:
+        t0 = time.perf_counter()
+        full = subprocess.run(cgroup.inside(group, [
+            sys.executable, "-m", "smt.train", "--data", str(data), *FAST, "--batch-size", "2",
+            "--max-steps", "100000", "--ckpt-every", "50", "--out", str(out)]), cwd=REPO,
+            env={**env, "SMT_LOADER_FAULT": "fill_pct=96"}, capture_output=True, text=True,
+            timeout=900)
+        took = time.perf_counter() - t0
+        line = (full.stderr.strip().splitlines() or ["?"])[-1]
+        ckpt = out / "checkpoints" / "last.ckpt"
+        saved = int(_weights(ckpt)["global_step"]) if ckpt.is_file() else None
+        at = re.search(r"stopped at step (\d+)", line)
+        rows.append(Row("train: loader fills the 1.5 GiB container to 96%",
+                        _yes(full.returncode == 3 and saved is not None), f"{took:.1f} (run)",
+                        f"{int(at.group(1)) - saved} steps (last.ckpt at step {saved})"
+                        if at and saved is not None else "?",
+                        "n/a", f"exit {full.returncode}, OOM kills {cgroup.oom_kills(group)}; "
+                        f"{line.split(': error: ')[-1][:48]}..."))
+    return rows
+
+
 def fault_concurrent_prepare(raw: Path, work: Path) -> Row:
     """Two processes prepare the same data at once: the second waits, then reuses."""
     cache = work / "conc-cache"
@@ -444,7 +504,8 @@ def main() -> int:
                  ("truncated profile", lambda: [fault_truncated_profile(work)]),
                  ("training", lambda: fault_training(work)),
                  ("concurrent prepare", lambda: [fault_concurrent_prepare(raw, work)]),
-                 ("signals", lambda: fault_signals(work))]
+                 ("signals", lambda: fault_signals(work)),
+                 ("container", lambda: fault_container(work))]
         only = set(sys.argv[1:])            # e.g. `signals "concurrent prepare"`: those only
         steps = [(n, f) for n, f in steps if not only or n in only]
         for name, step in steps:

@@ -21,10 +21,16 @@ kill_at_step (smt.callbacks.KillAtStep, added     SMT_INJECT_KILL_AT_STEP=N: SIG
 load_item (smt.data.loader.ScoreDataset, once     SMT_LOADER_FAULT="k=v;k=v": `sleep_ms=S`
   per item (training and validation), in the      sleeps S ms per item (a starving loader);
   process that loads it: a worker or the main one)      `ram_mb=M` holds M MiB of touched memory per
-                                                  loading process from its first item on.
+                                                  loading process from its first item on;
+                                                  `fill_pct=P` holds what brings that process's
+                                                  RSS to P% of the RAM limit (a leak that stops
+                                                  short of the OOM killer).
 ram_budget (smt.train's trainer assembly, the     SMT_INJECT_RAM_BUDGET_MB=M: the resource
   resource monitor's RAM budget)                  monitor's RAM budget is M MiB instead of the
                                                   machine's RAM (RAM "near the budget" at once).
+ram_limit (smt.train's trainer assembly, the      SMT_INJECT_RAM_LIMIT_MB=M: the RAM limit the
+  resource monitor's stop)                        monitor's stop holds the run to is M MiB (RAM
+                                                  "at the limit" at once: the run saves, stops).
 
 This module imports nothing heavy: the preparation's worker processes load it.
 """
@@ -43,6 +49,7 @@ ENV_INJECT_OOM_RANKS = "SMT_INJECT_OOM_RANKS"
 ENV_KILL_AT_STEP = "SMT_INJECT_KILL_AT_STEP"
 ENV_LOADER_FAULT = "SMT_LOADER_FAULT"
 ENV_RAM_BUDGET_MB = "SMT_INJECT_RAM_BUDGET_MB"
+ENV_RAM_LIMIT_MB = "SMT_INJECT_RAM_LIMIT_MB"
 
 STALL_S = 3600.0
 
@@ -102,11 +109,28 @@ def load_item() -> None:
         import numpy as np
         _LOAD["_ballast"] = np.ones(_LOAD["ram_mb"] * 2**20, dtype=np.uint8)  # touched: real RSS
         _LOAD["_pid"] = os.getpid()
+    if "fill_pct" in _LOAD and _LOAD.get("_filled") != os.getpid():
+        import numpy as np
+        import psutil
+
+        from autotune.hardware import ram_now
+        room = ram_now()[0] * _LOAD["fill_pct"] / 100 - psutil.Process().memory_info().rss
+        _LOAD["_fill"] = np.ones(max(0, int(room)), dtype=np.uint8)          # touched: real RSS
+        _LOAD["_filled"] = os.getpid()
 
 
 def ram_budget_bytes() -> int | None:
     """The resource monitor's RAM budget SMT_INJECT_RAM_BUDGET_MB sets, None when unset."""
-    value = os.environ.get(ENV_RAM_BUDGET_MB, "").strip()
+    return _mib(ENV_RAM_BUDGET_MB)
+
+
+def ram_limit_bytes() -> int | None:
+    """The RAM limit of the monitor's stop SMT_INJECT_RAM_LIMIT_MB sets, None when unset."""
+    return _mib(ENV_RAM_LIMIT_MB)
+
+
+def _mib(env: str) -> int | None:
+    value = os.environ.get(env, "").strip()
     return int(value) * 2**20 if value else None
 
 

@@ -152,12 +152,10 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
     model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
     memory = _profile_memory(plan.profile)
     if memory is None:
-        from autotune.decide import Budgets
+        from autotune.feasible import device_budget
         from autotune.hardware import inventory
         from smt.builder import scan_extent
-        hw, budgets = inventory(), Budgets()
-        budget = budgets.vram_budget(hw.gpus[0].memory_bytes) if hw.gpus else \
-            int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
+        budget, _ = device_budget(inventory())
         ext = scan_extent({"systems": source.systems}, plan.fmt)
         memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
                                   ext.max_width_px, ext.max_seq_len_tokens, budget)
@@ -166,7 +164,9 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
     return StageTuner(source, memory, plan.settings.batch_size, run_json, say)
 
 
-def _profile_memory(profile: str | None) -> StageMemory | None:
+def profile_dict(profile: str | None) -> dict[str, Any] | None:
+    """A run's profile (its name or path) as a dict; None without one, or when it cannot be
+    read (the planner has read it once already, so that is a race, not a user mistake)."""
     if not profile:
         return None
     import json
@@ -176,4 +176,9 @@ def _profile_memory(profile: str | None) -> StageMemory | None:
         data = json.loads(resolve_profile_path(profile).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return StageMemory.from_profile(data) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _profile_memory(profile: str | None) -> StageMemory | None:
+    data = profile_dict(profile)
+    return StageMemory.from_profile(data) if data is not None else None

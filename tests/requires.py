@@ -1,5 +1,5 @@
 """Skip or fail, one decision for every test that needs something the machine may lack (a
-PostgreSQL server, a network or UTS namespace). Locally a missing piece skips with the
+PostgreSQL server, a network or UTS namespace, a memory cgroup). Locally a missing piece skips with the
 reason; where its switch is set to 1 (`.ci/run` sets them all) it fails instead, so a green
 CI cannot hide tests that never ran."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 
 POSTGRES = "SMT_REQUIRE_POSTGRES"
 NAMESPACES = "SMT_REQUIRE_NAMESPACES"
+CGROUPS = "SMT_REQUIRE_CGROUPS"
 
 
 def skip_or_fail(reason: str, switch: str) -> NoReturn:

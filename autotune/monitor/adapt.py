@@ -1,5 +1,6 @@
 """Act on what the monitor sees: more loader workers when the step waits for data, fewer when
-RAM nears its budget, decided once per monitor interval and applied by the run.
+RAM nears its budget, and a stop (with the run's work saved) when the process tree stays at
+the RAM limit the OOM killer acts at; decided once per monitor interval, applied by the run.
 
 The decision (`decide_workers`) and the bounds (`worker_cap`) are pure functions, so tables
 test them; `WorkerAdapter` keeps the few intervals of history they read and the state that
@@ -30,6 +31,11 @@ class AdaptConfig:
     # A raise may not project the tree above 80% of the budget: the gap to ram_near_frac keeps
     # a raise from triggering the next lowering.
     ram_raise_frac: float = 0.8
+    # The stop: the tree above 95% of the RAM limit (the cgroup's or the machine's: where the
+    # OOM killer acts) for `patience` intervals after the last worker change. Above
+    # ram_near_frac of a budget at most that limit, so the workers are given back first; the
+    # 5% left is a few seconds of growth, time to finish a step and write last.ckpt.
+    ram_stop_frac: float = 0.95
     # Consecutive intervals a condition must hold: one slow batch or one spike is no trend.
     patience: int = 3
     # Intervals after a change before the next one may be decided; the readings of the
@@ -42,7 +48,7 @@ class AdaptConfig:
     shm_margin: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("starved_frac", "ram_near_frac", "ram_raise_frac"):
+        for name in ("starved_frac", "ram_near_frac", "ram_raise_frac", "ram_stop_frac"):
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {value!r}")
@@ -141,6 +147,22 @@ def decide_workers(history: Sequence[Reading], workers: int, cap: int, since_cha
         return Change(workers, workers + 1, "starved",
                       f"waited for data {wait:.0%} of each step over {_span(measured)}")
     return None
+
+
+def decide_stop(history: Sequence[Reading], limit_bytes: int | None,
+                cfg: AdaptConfig = AdaptConfig()) -> str | None:
+    """Why the run should save and stop now, or None: the last `patience` intervals (since the
+    last worker change) all had the process tree, loader workers included, within
+    `ram_stop_frac` of the RAM limit (`ram_near`, the worker loop's own test)."""
+    if not limit_bytes or len(history) < cfg.patience:
+        return None
+    recent = history[-cfg.patience:]
+    if not all(ram_near(r.rss_bytes, r.available_bytes, limit_bytes, cfg.ram_stop_frac)
+               for r in recent):
+        return None
+    peak = max(r.rss_bytes or 0 for r in recent)
+    return (f"the run used up to {fb(peak)} of its {fb(limit_bytes)} RAM limit "
+            f"(over {cfg.ram_stop_frac:.0%}) over {_span(recent)}")
 
 
 class WorkerAdapter:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ import psutil
 from lightning.pytorch.callbacks import Callback
 
 from autotune.hardware import usable_cpus
-from autotune.monitor.adapt import AdaptConfig, Limits, Reading, SetWorkers, WorkerAdapter
-from autotune.monitor.files import write_outputs
+from autotune.monitor.adapt import (AdaptConfig, Limits, Reading, SetWorkers, WorkerAdapter,
+                                    decide_stop)
+from autotune.monitor.files import LIVE_NAME, append_live, write_outputs
 from autotune.monitor.hints import ram_hint, shm_hint, starved_hint, tensor_bytes, vram_headroom_hint
 from autotune.monitor.samples import Event, Hint, ResourceHint, ResourceSample, vram_peaks
 from autotune.monitor.sampling import GpuReader, ResourceSampler, shm_usage, worker_rss_bytes
@@ -45,6 +46,9 @@ class MonitorConfig:
     gpu_indices: Sequence[int] | None = None
     # The RAM the run may use; None = the machine's total (the probe's budget is better).
     ram_budget_bytes: int | None = None
+    # Where the OOM killer acts, for the stop (`on_ram_stop`); None = the machine's RAM as the
+    # cgroup sees it, the limit itself.
+    ram_limit_bytes: int | None = None
     # Above 30% of loop time outside the step, more workers usually pay for themselves.
     starved_frac: float = 0.3
     # Samples the starved rule averages over: a single slow batch is not a starved loader.
@@ -65,8 +69,10 @@ class MonitorConfig:
         if not 0 < self.vram_headroom_frac < 1:
             raise ValueError(
                 f"vram_headroom_frac must be in (0, 1), got {self.vram_headroom_frac!r}")
-        if self.ram_budget_bytes is not None and self.ram_budget_bytes <= 0:
-            raise ValueError(f"ram_budget_bytes must be positive, got {self.ram_budget_bytes!r}")
+        for name in ("ram_budget_bytes", "ram_limit_bytes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 class ResourceMonitor(Callback):
@@ -76,12 +82,16 @@ class ResourceMonitor(Callback):
     With `set_workers`, it also acts (autotune.monitor.adapt): it asks for more loader workers
     when the step keeps waiting for data and fewer when RAM keeps nearing the budget, and
     records each change as an event (resources.json/.csv, a marked line in resources.png).
+    With `on_ram_stop`, when the process tree stays at the RAM limit (`adapt.decide_stop`) it
+    calls it once with the reason: the run saves and stops rather than be killed.
     """
 
     def __init__(self, set_workers: SetWorkers | None = None,
-                 adapt: AdaptConfig | None = None, **config: Any) -> None:
+                 adapt: AdaptConfig | None = None,
+                 on_ram_stop: Callable[[str], None] | None = None, **config: Any) -> None:
         self.config = MonitorConfig(**config)
         self.set_workers = set_workers
+        self.on_ram_stop = on_ram_stop
         self.adapt = adapt or AdaptConfig()
         self._reset()
 
@@ -91,6 +101,8 @@ class ResourceMonitor(Callback):
         self.hints: list[Hint] = []
         self.events: list[Event] = []
         self._adapter: WorkerAdapter | None = None
+        self._since_change: list[Reading] = []   # the stop's readings, after the last change
+        self._stopping = False
         self._batch_bytes = 0              # largest loader batch seen (for /dev/shm)
         self._last_t = 0.0                 # time of the previous published sample
         self.files: dict[str, Path] = {}
@@ -142,6 +154,7 @@ class ResourceMonitor(Callback):
             self._gpus = GpuReader(cuda_ids=list(trainer.device_ids),
                                    visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
         self._ranks = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+        (self._out / LIVE_NAME).unlink(missing_ok=True)   # a killed run's, already reported
         self.start()
 
     def start(self) -> None:
@@ -150,9 +163,14 @@ class ResourceMonitor(Callback):
             return
         self._active = True
         self._sampler = ResourceSampler(self.config.interval_s, self._gpus, lambda: self._step,
-                                        self.samples, self._lock)
+                                        self.samples, self._lock, self._write_live)
         self._sampler.start()
         self._t0 = self._sampler._t0
+
+    def _write_live(self, sample: ResourceSample) -> None:
+        """The live file's line for `sample` (on the sampling thread; none without a folder)."""
+        if self._out is not None:
+            append_live(self._out, sample, self.config.ram_limit_bytes)
 
     def stop(self) -> None:
         """Stop the thread after one last sample, so that short runs still have an end point."""
@@ -235,8 +253,15 @@ class ResourceMonitor(Callback):
                 pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
                               on_epoch=False, rank_zero_only=True)
         self._check(latest)
+        utils = [g.util_pct for g in latest.gpus if g.util_pct is not None]
+        reading = Reading(latest.t_s, max(0.0, latest.t_s - self._last_t), frac,
+                          latest.rss_bytes, latest.ram_available_bytes,
+                          sum(utils) / len(utils) if utils else None)
+        self._last_t = latest.t_s
         if self._adapter is not None:
-            self._act(latest, frac)
+            self._act(latest, reading)
+        if self.on_ram_stop is not None:
+            self._guard(latest, reading)
 
     @staticmethod
     def _prog_bar_figures(s: ResourceSample) -> dict[str, float]:
@@ -284,15 +309,10 @@ class ResourceMonitor(Callback):
 
     # -- acting -------------------------------------------------------------------------------
 
-    def _act(self, latest: ResourceSample, wait_frac: float | None) -> None:
+    def _act(self, latest: ResourceSample, reading: Reading) -> None:
         """Hand this interval to the worker controller (autotune.monitor.adapt)."""
         assert self._adapter is not None
         import torch   # loaded by the training this watches
-        utils = [g.util_pct for g in latest.gpus if g.util_pct is not None]
-        reading = Reading(latest.t_s, max(0.0, latest.t_s - self._last_t), wait_frac,
-                          latest.rss_bytes, latest.ram_available_bytes,
-                          sum(utils) / len(utils) if utils else None)
-        self._last_t = latest.t_s
         workers = self._adapter.workers
         shm = shm_usage()
         prefetch = self._loader["prefetch_factor"] or 2
@@ -302,7 +322,25 @@ class ResourceMonitor(Callback):
             rss_bytes=latest.rss_bytes, worker_rss_bytes=worker_rss_bytes(workers, self._ranks),
             shm_free_bytes=None if shm is None else shm[0] - shm[1],
             shm_per_worker_bytes=prefetch * self._batch_bytes or None)
-        self._adapter.observe(reading, limits)
+        if self._adapter.observe(reading, limits) is not None:
+            self._since_change = []     # the stop waits to see what the change did
+
+    def _guard(self, latest: ResourceSample, reading: Reading) -> None:
+        """Ask the run to save and stop (once) when the tree stays at the RAM limit."""
+        if self._stopping:
+            return
+        self._since_change = (self._since_change + [reading])[-self.adapt.patience:]
+        limit = self.config.ram_limit_bytes or latest.ram_total_bytes
+        reason = decide_stop(self._since_change, limit, self.adapt)
+        if reason is None:
+            return
+        self._stopping = True
+        t = time.monotonic() - self._t0 if self._t0 else 0.0
+        self.events.append(Event("stop", f"stopping before the OOM killer: {reason}",
+                                 round(t, 3), self._step))
+        log.info("resource monitor: stopping: %s", reason)
+        assert self.on_ram_stop is not None
+        self.on_ram_stop(reason)
 
     def _change_workers(self, n: int, reason: str) -> None:
         old = self._loader["num_workers"] or 0
@@ -351,6 +389,8 @@ class ResourceMonitor(Callback):
         try:
             self.files = write_outputs(self._out, self.samples, self.hints, self.summary(),
                                        self.config.ram_budget_bytes, self.events)
+            # resources.json holds every sample now: the live file stays only after a kill
+            (self._out / LIVE_NAME).unlink(missing_ok=True)
         except Exception:  # never turn a finished run into a failed one over a plot
             log.warning("could not write the resource plot", exc_info=True)
         return self.files

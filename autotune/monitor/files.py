@@ -1,19 +1,27 @@
 """The monitor's files: resources.json (summary, hints, samples), resources.csv (one flat row
-per sample) and resources.png (autotune.monitor.plot), each written atomically."""
+per sample) and resources.png (autotune.monitor.plot), each written atomically at the end;
+and while the run goes on, resources.live.jsonl, one line per sample as it is taken, removed
+once the others are written: a run killed outright (the OOM killer's SIGKILL) leaves it, and
+its last line says how much RAM the run held against the limit."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autotune.monitor.adapt import AdaptConfig
+from autotune.monitor.hints import ram_near
 from autotune.monitor.plot import plot_resources
 from autotune.monitor.samples import Event, Hint, ResourceSample
+from autotune.units import format_bytes as fb
 
 
 def samples_to_csv(samples: Sequence[ResourceSample], events: Sequence[Event] = ()) -> str:
@@ -50,6 +58,57 @@ def write_outputs(out_dir: str | os.PathLike[str], samples: Sequence[ResourceSam
     files["png"] = atomic_write_bytes(out / "resources.png",
                                       plot_resources(samples, ram_budget_bytes, hints, events))
     return files
+
+
+LIVE_NAME = "resources.live.jsonl"
+
+
+def append_live(out_dir: str | os.PathLike[str], sample: ResourceSample,
+                limit_bytes: int | None) -> None:
+    """One line for `sample`: this process's id, the step, RAM figures and the RAM limit.
+    Appended and closed each time (no fsync: the page cache outlives a killed process)."""
+    record = {"pid": os.getpid(), "t_s": sample.t_s, "step": sample.step,
+              "rss_bytes": sample.rss_bytes, "ram_available_bytes": sample.ram_available_bytes,
+              "ram_limit_bytes": limit_bytes or sample.ram_total_bytes}
+    with open(Path(out_dir) / LIVE_NAME, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def last_live(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The last whole line of a run's live file; None without one (a line cut by the kill
+    is skipped)."""
+    try:
+        lines = (Path(out_dir) / LIVE_NAME).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for text in reversed(lines):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def killed_note(out_dir: str | os.PathLike[str],
+                alive: Callable[[int], bool] = psutil.pid_exists) -> str | None:
+    """What the live file a run left says about how it ended, None when it left none or its
+    process is still there: the last RSS against the limit, "likely killed for memory" when it
+    was near it (`ram_near` at the worker loop's threshold)."""
+    last = last_live(out_dir)
+    if last is None or not isinstance(last.get("pid"), int) or alive(last["pid"]):
+        return None
+    rss, limit = last.get("rss_bytes"), last.get("ram_limit_bytes")
+    if not isinstance(rss, int):
+        return f"its process ({last['pid']}) ended without a word at step {last.get('step')}"
+    figure = f"{fb(rss)} of RSS" + (f" against the {fb(limit)} RAM limit"
+                                    if isinstance(limit, int) else "")
+    near = ram_near(rss, last.get("ram_available_bytes"), limit if isinstance(limit, int)
+                    else None, AdaptConfig().ram_near_frac)
+    verdict = "likely killed for memory" if near else "not near the RAM limit: not memory, by that"
+    return (f"its process ({last['pid']}) ended without a word at step {last.get('step')}; "
+            f"the monitor last saw {figure}: {verdict}")
 
 
 def load_samples(path: str | os.PathLike[str]) -> list[ResourceSample]:

@@ -55,7 +55,7 @@ class Hint:
 @dataclass
 class Event:
     """Something the run changed because of what the monitor saw (e.g. its loader workers)."""
-    kind: str                           # "workers"
+    kind: str                           # "workers", or "stop" (RAM at its limit)
     message: str                        # what changed and the numbers that caused it
     t_s: float                          # seconds since the monitor started
     step: int                           # trainer.global_step when it was decided

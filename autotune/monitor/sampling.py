@@ -137,16 +137,20 @@ def worker_rss_bytes(workers: int, ranks: int) -> int | None:
 class ResourceSampler(PollingThread):
     """Takes a sample at start, every `interval_s`, and once more at stop, into `samples`.
 
-    `step()` says which training step a sample belongs to (read on the thread: an int).
+    `step()` says which training step a sample belongs to (read on the thread: an int);
+    `on_sample` gets each sample on the thread, even while the main one is inside a long step
+    (the monitor's live file: what a run killed mid-step leaves behind).
     """
 
     _thread_name = "resource-monitor"
 
     def __init__(self, interval_s: float, gpus: GpuReader | None,
                  step: Callable[[], int], samples: list[ResourceSample],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock,
+                 on_sample: Callable[[ResourceSample], None] | None = None) -> None:
         self._period_s = interval_s
         self.gpus, self.step, self.samples, self.lock = gpus, step, samples, lock
+        self.on_sample = on_sample
         self._t0 = 0.0
         self._init_thread()
 
@@ -169,4 +173,9 @@ class ResourceSampler(PollingThread):
             return True
         with self.lock:
             self.samples.append(sample)
+        if self.on_sample is not None:
+            try:
+                self.on_sample(sample)
+            except Exception:  # a monitor must never end the run it watches
+                log.debug("resource sample hook failed", exc_info=True)
         return True

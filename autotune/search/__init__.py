@@ -1,8 +1,8 @@
 """Optuna search over training settings (`python -m autotune search`).
 
 Modules, one job each: `searchconfig` (what one search is), `space` (knobs and bounds),
-`feasible` (reject before running),
-`constraints` (that rejection as Optuna's constraint, on Optuna 3.6 to 5), `objectives` (what
+`constraints` (the rejection before running that `autotune.feasible` predicts, as Optuna's
+constraint, on Optuna 3.6 to 5), `objectives` (what
 a trial is scored on), `length` (a trial's steps and the request the workload launches),
 `runner` (one trial = one child training process), `storage` (study storage, heartbeats,
 counts), `study` (the loop), `results` (table, profile, plots), `cli` (flags).

@@ -19,8 +19,7 @@ from rich.table import Table
 from autotune.errors import MAX_FLAG_SECONDS, UserError, float_in
 from autotune.outdir import check_out_dir, check_out_file, check_run_dir, replace_dir
 from autotune.search import results
-from autotune.search.feasible import (FitPredictor, MemoryPredictor, NullPredictor,
-                                    fits_from_profile, offset_from_profile, workload_predictor)
+from autotune.feasible import choose_predictor, device_budget
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.space import space_for
 from autotune.search.storage import (GRACE_S, HEARTBEAT_S, JOURNAL_PREFIX, check_journal,
@@ -122,35 +121,11 @@ def memory_budget(args: argparse.Namespace, profile: dict[str, Any] | None) -> t
             return parse_size(args.memory_budget), "--memory-budget"
         except ValueError as exc:
             raise UserError(f"--memory-budget: {exc}") from exc
-    from autotune.decide import Budgets
     from autotune.records import HardwareInfo
-    budgets = Budgets()
     if profile is not None:
-        hw, where = HardwareInfo.from_dict(profile["hardware"]), "the profile's"
-    else:
-        from autotune.hardware import inventory
-        hw, where = inventory(), "this machine's"
-    if hw.gpus:
-        smallest = min(g.memory_bytes for g in hw.gpus)
-        return (budgets.vram_budget(smallest),
-                f"{where} smallest GPU less {budgets.vram_margin:.0%}")
-    ram = int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
-    return ram, (f"{budgets.ram_fraction:.0%} of {where} available RAM less "
-                 f"{budgets.ram_margin:.0%} margin")
-
-
-def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
-                     data: str | None, workload: str = DEFAULT_WORKLOAD) -> MemoryPredictor:
-    if profile is not None:
-        fits = fits_from_profile(profile)
-        if fits:
-            kind = "predicted" if all(f.source == "predicted" for f in fits) else "measured"
-            return FitPredictor(fits, offset_bytes=offset_from_profile(profile),
-                                source=f"{kind} fits in profile {profile.get('name', '?')}")
-    if workload == "none":
-        return NullPredictor(source="none (--workload none and no profile fits)")
-    # smt.train's own default preset when a trial passes none (--max-steps is always given).
-    return workload_predictor(preset or "paper", data, workload)
+        return device_budget(HardwareInfo.from_dict(profile["hardware"]), "the profile's")
+    from autotune.hardware import inventory
+    return device_budget(inventory(), "this machine's")
 
 
 def describe_workload(preset: str | None, data: str | None,

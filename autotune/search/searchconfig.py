@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.search.feasible import MemoryPredictor, NullPredictor
+from autotune.feasible import MemoryPredictor, NullPredictor
 from autotune.search.objectives import Objective
 from autotune.search.space import SearchSpace
 from autotune.search.storage import GRACE_S, HEARTBEAT_S, default_storage_url

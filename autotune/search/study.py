@@ -21,7 +21,7 @@ from rich.console import Console
 
 from autotune.atomic import atomic_write_json
 from autotune.errors import UserError
-from autotune.search.feasible import Feasibility
+from autotune.feasible import Feasibility
 from autotune.search.objectives import TrialFailed
 from autotune.search.runner import TrialResult, TrialRunner
 from autotune.search.space import TrialPoint

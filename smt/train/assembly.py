@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,10 @@ def make_loggers(plan: TrainConfig, wandb: bool) -> list[Any]:
     return loggers
 
 
-def make_callbacks(plan: TrainConfig) -> tuple[list[Any], Throughput]:
+def make_callbacks(plan: TrainConfig, on_ram_stop: Callable[[str], None] | None = None
+                   ) -> tuple[list[Any], Throughput]:
+    """The run's callbacks; `on_ram_stop` goes to the resource monitor, which calls it when the
+    process tree stays at the RAM limit (smt.train.stop saves and stops)."""
     ckpt_dir = plan.out / "checkpoints"
     throughput = Throughput()
     callbacks: list[Any] = [LastCheckpoint(ckpt_dir, plan.ckpt_every), best_checkpoint(ckpt_dir),
@@ -141,8 +145,10 @@ def make_callbacks(plan: TrainConfig) -> tuple[list[Any], Throughput]:
         set_workers = switch.set_workers
     try:
         from autotune.monitor import ResourceMonitor
-        callbacks.append(ResourceMonitor(set_workers=set_workers, out_dir=str(plan.out),
-                                         ram_budget_bytes=faults.ram_budget_bytes()))
+        callbacks.append(ResourceMonitor(set_workers=set_workers, on_ram_stop=on_ram_stop,
+                                         out_dir=str(plan.out),
+                                         ram_budget_bytes=faults.ram_budget_bytes(),
+                                         ram_limit_bytes=faults.ram_limit_bytes()))
     except ImportError:
         pass
     return callbacks, throughput

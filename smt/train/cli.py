@@ -155,6 +155,9 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
                    help="continue a run from its last.ckpt (auto, or the flag alone: --out "
                         "itself when it holds a run, else the latest run under --out or runs/)")
     o.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    o.add_argument("--force", action="store_true",
+                   help="start even when the memory check predicts the run will not fit in "
+                        "RAM (or VRAM): a warning instead of exit 2")
     o.add_argument("--debug", action="store_true", help="show tracebacks")
     # Added by rank 0 to the command line Lightning re-runs for the other DDP ranks.
     o.add_argument(PLAN_FLAG, default=None, help=argparse.SUPPRESS)

@@ -76,9 +76,11 @@ def _check_strategy(strategy: str) -> None:
 def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, Any]]:
     """(run folder, checkpoint to resume or None, the resumed run's run.json or {})."""
     from smt import checkpoint as ck   # imports torch and Lightning: not at flag parsing
+    from smt.train.preflight import last_run_note
     if not args.resume:
         out = Path(args.out) if args.out else \
             Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        last_run_note(out)
         if ck.last_checkpoint(out):
             raise UserError(f"--out {out} already holds a run (checkpoints/last.ckpt); "
                             "pass --resume to continue it or choose another --out")
@@ -86,6 +88,7 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
         check_run_dir(out, [args.data])           # a file, the data folder, read-only: now
         return out, None, {}
     out, resume_ckpt = ck.resolve_resume(args.resume, Path(args.out) if args.out else Path("runs"))
+    last_run_note(out)
     # Fail before any data work if the checkpoint is unreadable or not weights-only.
     ckpt = ck.load_checkpoint(resume_ckpt)
     ck.check_matches_run(ckpt, resume_ckpt)         # another run's model or vocabulary: now
@@ -160,6 +163,8 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
     _check_strategy(plan.settings.strategy)
     from smt.distributed import check_launch
     check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
+    from smt.train.preflight import check_memory
+    check_memory(plan, force=bool(getattr(args, "force", False)))   # RAM/VRAM: before data work
     return plan
 
 

@@ -77,8 +77,8 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
         apply(module.model, init)
         say(f"starting from {init.checkpoint} ({module.model.num_params():,} parameters, "
             "fresh optimizer)")
-    callbacks, throughput = assembly.make_callbacks(plan)
     request = stop.StopRequest()
+    callbacks, throughput = assembly.make_callbacks(plan, on_ram_stop=request.for_memory)
     callbacks.append(stop.SaveAndStop(plan.out / "checkpoints", request, plan.ckpt_every_min))
     tuner = None
     if curriculum_source is not None:
@@ -144,7 +144,8 @@ def _baseline(trainer: pl.Trainer, module: SMTModule, val_loader: Any) -> dict[s
 
 def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: Any,
          plan: TrainConfig, request: stop.StopRequest) -> None:
-    """`trainer.fit`, stopping on SIGINT/SIGTERM with last.ckpt saved (`smt.train.stop`)."""
+    """`trainer.fit`, stopping on SIGINT/SIGTERM or RAM at its limit with last.ckpt saved
+    (`smt.train.stop`)."""
     with stop.on_signals(request):
         try:
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
@@ -153,5 +154,7 @@ def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: 
         except SystemExit:              # Lightning's own SIGTERM exit, after our save
             if not request.signum:
                 raise
+    if request.memory:
+        raise stop.MemoryStopped(request.memory, plan.out, trainer.global_step)
     if request.signum:
         raise stop.Stopped(request.signum, plan.out, trainer.global_step)

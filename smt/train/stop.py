@@ -1,11 +1,14 @@
 """Stopping a run without losing it: Ctrl-C, SIGTERM (Kaggle's session end, SLURM pre-emption,
-`kill`) and a time interval all end in an atomic `last.ckpt` that `--resume` continues.
+`kill`), RAM at its limit (the resource monitor's stop: the OOM killer would end the run with a
+SIGKILL nothing can catch) and a time interval all end in an atomic `last.ckpt` that
+`--resume` continues.
 
 How: while `trainer.fit` runs, SIGINT and SIGTERM only *record* that a stop was asked (a
 second one stops at once, the old way). After the optimizer step in progress, `SaveAndStop`
 writes `last.ckpt` (every rank calls the save, rank 0 writes it atomically through
 `AtomicCheckpointIO`) and asks Lightning to stop. `train` then raises `Stopped`: one line
-saying how to resume, exit 128 + the signal's number. DataLoader workers ignore both signals
+saying how to resume, exit 128 + the signal's number (`MemoryStopped` after RAM: the peak, the
+limit, what to lower, exit 3). DataLoader workers ignore both signals
 (a Ctrl-C reaches the whole process group): the main process stops them when the loader
 closes, so they never die mid-batch with a traceback.
 
@@ -33,10 +36,22 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """The first SIGINT/SIGTERM received while fitting (0: none)."""
+    """The first SIGINT/SIGTERM received while fitting (0: none), or why RAM stops the run."""
 
     def __init__(self) -> None:
         self.signum = 0
+        self.memory = ""
+
+    def for_memory(self, reason: str) -> None:
+        """The resource monitor's stop (autotune.monitor: RAM stayed at its limit)."""
+        if not self.memory:
+            say(f"RAM near its limit: finishing this step, then saving last.ckpt ({reason})",
+                start="\n")
+        self.memory = reason
+
+    @property
+    def asked(self) -> bool:
+        return bool(self.signum or self.memory)
 
     @property
     def name(self) -> str:
@@ -55,6 +70,28 @@ class Stopped(UserError):
                        f"python -m smt.train --resume {out}")
         else:       # before the first step ended: there is nothing to continue
             message = f"stopped by {name} before the first training step; nothing was saved"
+        super().__init__(message)
+
+
+# Neither 2 (a mistake refused before the run) nor 137 (the OOM killer's SIGKILL): a script
+# tells a run that stopped itself for RAM, with its work saved, from both.
+MEMORY_EXIT_CODE = 3
+
+
+class MemoryStopped(UserError):
+    """A run stopped before the OOM killer: one line (the peak, the limit, what to lower)."""
+    exit_code = MEMORY_EXIT_CODE
+
+    def __init__(self, reason: str, out: Path, step: int) -> None:
+        ckpt = out / "checkpoints" / LAST_NAME
+        lower = ("lower --batch-size (raise --accumulate to keep the effective batch), "
+                 "--num-workers or --reduce-ratio")
+        if ckpt.is_file():
+            message = (f"stopped at step {step} before the OOM killer: {reason}; {ckpt} is "
+                       f"saved: {lower}, then python -m smt.train --resume {out}")
+        else:
+            message = (f"stopped before the first training step ended, before the OOM "
+                       f"killer: {reason}; nothing was saved: {lower}")
         super().__init__(message)
 
 
@@ -136,7 +173,7 @@ class SaveAndStop(Callback):
 
     def _check(self, trainer: pl.Trainer) -> None:
         strategy = trainer.strategy
-        stop = bool(self.request.signum)
+        stop = self.request.asked
         due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
         if trainer.world_size > 1:
             stop = strategy.reduce_boolean_decision(stop, all=False)
@@ -146,6 +183,6 @@ class SaveAndStop(Callback):
             self.saved_step = trainer.global_step
             self._last_save = time.monotonic()
         if stop:
-            if not self.request.signum:
+            if not self.request.asked:
                 self.request.signum = signal.SIGTERM     # another rank was signalled
             trainer.should_stop = True

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autotune.records import MemoryFit, ModelTrial
 from autotune.search import cli
-from autotune.search.feasible import (Feasibility, FitPredictor, fit_line, fits_from_profile,
+from autotune.feasible import (Feasibility, FitPredictor, fit_line, fits_from_profile,
                                       offset_from_profile)
 from autotune.units import parse_size
 from autotune.search.objectives import make_objective

@@ -1,4 +1,5 @@
-"""Reject points the memory model says will not fit, before a trial is launched.
+"""Reject settings the memory model says will not fit, before they run: `autotune search`
+before a trial is launched, `smt.train` before any data work (through `autotune.preflight`).
 
 Prediction = fixed + per_sample x batch, with per_sample scaled by the image area
 (reduce_ratio squared) from the ratio it was measured at. The fits come from the probe's
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.decide.batch import process_base_rss
+from autotune.decide.context import Budgets
 from autotune.fits import bound_memory, fit_trials
-from autotune.records import Measurements, MemoryFit
+from autotune.records import HardwareInfo, Measurements, MemoryFit
 from autotune.settings import Settings
 from autotune.workload import DEFAULT_WORKLOAD
 
@@ -25,6 +27,11 @@ class MemoryPredictor(ABC):
 
     @abstractmethod
     def predict_bytes(self, settings: Settings) -> float | None: ...
+
+    def includes_process(self) -> bool:
+        """Whether the prediction holds the training process's own RSS (a CPU profile's fits
+        carry it as their offset); a caller adds it where not."""
+        return False
 
 
 @dataclass
@@ -46,6 +53,9 @@ class FitPredictor(MemoryPredictor):
         # Per-device batch is what lands in one device's memory; DDP replicates the fixed part.
         return (self.offset_bytes + fit.fixed_bytes
                 + fit.per_sample_bytes * area * settings.batch_size)
+
+    def includes_process(self) -> bool:
+        return self.offset_bytes > 0
 
 
 @dataclass
@@ -145,18 +155,61 @@ class WorkloadPredictor(MemoryPredictor):
 
 
 def workload_predictor(preset: str | None, data: str | None,
-                       name: str = DEFAULT_WORKLOAD) -> MemoryPredictor:
+                       name: str = DEFAULT_WORKLOAD, **options: Any) -> MemoryPredictor:
     """A WorkloadPredictor for the named workload, or a NullPredictor saying why there is none.
 
     Opening the workload opens the dataset (the embedded default is rendered once into the
-    cache, which the trials then reuse) and scans it for the largest image.
+    cache, which the trials then reuse) and scans it for the largest image. `options` go to
+    the workload's factory as they are (smt.train passes its format).
     """
     kwargs = {k: v for k, v in (("preset", preset), ("data", data)) if v is not None}
+    kwargs.update(options)
     try:
         from autotune.workload import load_workload
         return WorkloadPredictor(load_workload(name, **kwargs))
     except Exception as exc:  # no estimate means no rejection, and the table says so
         return NullPredictor(source=f"none (workload estimate unavailable: {exc})")
+
+
+def choose_predictor(profile: dict[str, Any] | None, preset: str | None,
+                     data: str | None, workload: str = DEFAULT_WORKLOAD,
+                     **options: Any) -> MemoryPredictor:
+    """The profile's measured (or predicted) fits when it has any, else the workload's own
+    estimate (`options` go to its factory), else a NullPredictor saying why."""
+    if profile is not None:
+        fits = fits_from_profile(profile)
+        if fits:
+            kind = "predicted" if all(f.source == "predicted" for f in fits) else "measured"
+            return FitPredictor(fits, offset_bytes=offset_from_profile(profile),
+                                source=f"{kind} fits in profile {profile.get('name', '?')}")
+    if workload == "none":
+        return NullPredictor(source="none (--workload none and no profile fits)")
+    # smt.train's own default preset when a trial passes none (--max-steps is always given).
+    return workload_predictor(preset or "paper", data, workload, **options)
+
+
+def ram_budget(hw: HardwareInfo, where: str = "this machine's",
+               budgets: Budgets = Budgets()) -> tuple[int, str]:
+    """Bytes of RAM a run may use, and how: the probe's budget rule (autotune.decide.Budgets,
+    a share of the RAM available, which a container's limit bounds) less its RAM margin."""
+    ram = int(budgets.ram_budget(hw) * (1 - budgets.ram_margin))
+    return ram, (f"{budgets.ram_fraction:.0%} of {where} available RAM less "
+                 f"{budgets.ram_margin:.0%} margin")
+
+
+def vram_budget(hw: HardwareInfo, where: str = "this machine's",
+                budgets: Budgets = Budgets()) -> tuple[int, str] | None:
+    """Bytes one device's step may use (the smallest GPU less the VRAM margin); None on CPU."""
+    if not hw.gpus:
+        return None
+    smallest = min(g.memory_bytes for g in hw.gpus)
+    return budgets.vram_budget(smallest), f"{where} smallest GPU less {budgets.vram_margin:.0%}"
+
+
+def device_budget(hw: HardwareInfo, where: str = "this machine's",
+                  budgets: Budgets = Budgets()) -> tuple[int, str]:
+    """The budget a step's predicted peak is held to: VRAM on a GPU machine, else RAM."""
+    return vram_budget(hw, where, budgets) or ram_budget(hw, where, budgets)
 
 
 @dataclass(frozen=True)
