@@ -153,7 +153,33 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
     _check_strategy(plan.settings.strategy)
     from smt.distributed import check_launch
     check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
+    check_machine(plan, layers, force=bool(getattr(args, "force_oversubscribe", False)))
     return plan
+
+
+def _key_of(field: str, plan: TrainConfig, layers: Layers) -> str:
+    """Where the settings' `field` came from, as an error names it: the flag, the profile's
+    key or the resumed run's run.json key."""
+    if field in layers.flags:
+        return FLAG_OF[field]
+    if field in (layers.profile.get("settings") or {}):
+        return f'profile {plan.profile} "{field}"'
+    if field in (layers.resumed.get("settings") or {}):
+        return f'{plan.out / "run.json"} "{field}"'
+    return FLAG_OF[field]
+
+
+def check_machine(plan: TrainConfig, layers: Layers, force: bool = False) -> None:
+    """The ranks this node would start against its cores or GPUs (`autotune.bounds`), before
+    any process is started and before any data work; one line naming the flag or profile key."""
+    import torch
+    from autotune.bounds import Machine, check_ranks
+    from autotune.hardware import usable_cpus
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    s = plan.settings
+    check_ranks(s.devices, s.num_threads, Machine(usable_cpus(), gpus),
+                devices_key=_key_of("devices", plan, layers),
+                threads_key=_key_of("num_threads", plan, layers), force=force)
 
 
 @contextmanager
