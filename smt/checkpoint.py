@@ -120,6 +120,13 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def run_marks(run_dir: Path) -> list[str]:
+    """What in `run_dir` shows that a run wrote there (its checkpoint, run files, logs), in
+    that order; [] for a folder no run has started in."""
+    names = [f"checkpoints/{LAST_NAME}", RUN_NAME, CONFIG_NAME, SUMMARY_NAME, "logs"]
+    return [name for name in names if (run_dir / name).exists()]
+
+
 def find_latest_run(root: Path) -> Path | None:
     """The run under `root` (or `root` itself) whose last.ckpt was written most recently."""
     if last_checkpoint(root):

@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from smt.train.planner import plan_run
+    from smt.train.planner import own_run_folder, plan_run
     from smt.train.run import train   # torch and Lightning: only once the flags are good
-    train(plan_run(args), wandb=args.wandb)
+    plan = plan_run(args)
+    with own_run_folder(plan, args):
+        train(plan, wandb=args.wandb)
     return 0
