@@ -29,11 +29,35 @@ LAST_NAME = "last.ckpt"
 BEST_NAME = "best.ckpt"
 
 
+class NonFiniteWeights(UserError):
+    """Weights with a NaN or infinity about to be saved: the save is refused, so the
+    checkpoint on disk stays the last good one. Exit 3, as `smt.module.NonFiniteLoss`."""
+
+    exit_code = 3
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> str | None:
+    """The first floating-point tensor of `state_dict` holding a NaN or infinity, or None.
+    One pass over the weights: nothing next to serialising them."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO with atomic writes and weights-only reads."""
+    """Lightning's torch checkpoint IO with atomic writes and weights-only reads; weights that
+    are not finite are never written (`NonFiniteWeights`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
+        bad = first_non_finite(checkpoint.get("state_dict") or {})
+        if bad is not None:
+            raise NonFiniteWeights(
+                f"the weights are not finite at step {checkpoint.get('global_step')} ({bad}); "
+                f"{path} was not overwritten. Try a lower --lr, --precision 32-true, or check "
+                "the --init-from weights")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
