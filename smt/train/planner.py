@@ -182,7 +182,8 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
                     curriculum=bool(args.curriculum))
     plan = merge(layers)              # without the profile first: its preset picks the profile
     if args.profile:
-        plan = merge(replace(layers, profile=_profile_layer(args, plan.preset)))
+        layers = replace(layers, profile=_profile_layer(args, plan.preset))
+        plan = merge(layers)
     _check_strategy(plan.settings.strategy)
     from smt.distributed import check_launch
     check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
