@@ -455,7 +455,7 @@ def fault_bounds(work: Path) -> list[Row]:
     line = (second.stderr.strip().splitlines() or ["?"])[-1]
     metrics = out / "logs" / "csv" / "metrics.csv"
     kept = first.returncode == 0 and metrics.is_file() \
-        and "train_loss" in metrics.read_text().splitlines()[0] \
+        and "val_loss" in metrics.read_text().splitlines()[0] \
         and json.loads((out / "run.json").read_text()).get("max_steps") == 4
     rows.append(Row("train: a second training into a running one's --out",
                     _yes(second.returncode == 2 and f"pid {first.pid}" in line), f"{took:.1f} s",
