@@ -19,6 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 # Probe this machine (or reuse a matching profile), then train on the embedded synthetic data.
+# Its last line names OUT/pictures/: what the trained model reads in four validation samples.
 demo: $(STAMP)
 	$(BIN)/python -m smt.train --profile auto
 

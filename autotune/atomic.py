@@ -3,7 +3,9 @@ strict JSON (no NaN/Infinity) for every JSON we write.
 
 Write to a temporary file in the same folder, flush and fsync it, then `os.replace` it over
 the target (atomic on POSIX and Windows within one filesystem). The cost is one fsync per
-file, which is nothing next to what these files describe.
+file, which is nothing next to what these files describe. `mkstemp` creates the temporary
+file 0600; it is given the mode a plain `open()` would (0666 less the umask) before the rename,
+so outputs are as readable as any other file the user writes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,26 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once (a thread creating a file in between would get 0o077)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode `open()` (0666) or `mkdir()` (0777) would give under the current umask."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), default_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

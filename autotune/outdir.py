@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotune.atomic import atomic_write_json
+from autotune.atomic import atomic_write_json, default_mode
 from autotune.errors import UserError
 
 OUT_MARKER = ".smt-autotune-out.json"      # {"creator", "command", "created"} in the folder
@@ -76,6 +76,9 @@ def _writable_parent(target: Path, flag: str) -> None:
         probe = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
         os.rmdir(probe)
     except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"{flag} {target}: {blocker} is a file, not a folder") from None
         raise UserError(f"{flag} {target}: cannot write in {parent} "
                         f"({exc.strerror or type(exc).__name__})") from None
 
@@ -99,6 +102,16 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
         if not overwrite and (marker is None or marker.get("command") != command):
             raise UserError(f"{flag} {out} already exists and was not written by `{command}`; "
                             f"pass --overwrite to replace it, or choose another folder")
+    # Past that check (--overwrite): the folder is replaced by a rename, which the OS refuses
+    # (EBUSY) for the current folder and which would pull a folder holding it from under the
+    # shell.
+    try:
+        here = _overlap(target.resolve(), Path.cwd().resolve())
+    except OSError:                       # the current folder was deleted: nothing to protect
+        here = ""
+    if here in ("is", "contains"):
+        raise UserError(f"{flag} {out} {'is' if here == 'is' else 'holds'} the current folder, "
+                        f"which cannot be replaced: choose another folder (e.g. {flag} ./out)")
     _writable_parent(target, flag)
     return target
 
@@ -198,6 +211,8 @@ def replace_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None] =
     target = check_out_dir(out, command, inputs, overwrite, flag)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(default_mode(folder=True))     # mkdtemp makes it 0700; the output is not private
+
         yield tmp
         atomic_write_json(tmp / OUT_MARKER, {"creator": CREATOR, "command": command,
                                              "created": datetime.now(timezone.utc).isoformat()})

@@ -57,10 +57,14 @@ class Supervision:
 
 
 class _Stop:
-    """The first reason to stop wins; set from the watchdog and sampler threads too."""
+    """The first reason to stop wins; set from the watchdog and sampler threads too. `wake`
+    ends the poll loop's wait at once, for a stop or for the child's exit: a child that ends
+    between polls is seen in milliseconds, not up to `poll_s` later (a 1-row shard costs a
+    few ms of work; the old wait added 0.125 s on average to each)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.wake = threading.Event()
         self.reason: str | None = None
         self.detail = ""
 
@@ -68,6 +72,7 @@ class _Stop:
         if not self.event.is_set():
             self.reason, self.detail = reason, detail
             self.event.set()
+            self.wake.set()
 
 
 def supervise(proc: Any, how: Supervision) -> ChildOutcome:
@@ -79,6 +84,7 @@ def supervise(proc: Any, how: Supervision) -> ChildOutcome:
                                 ) if how.stall_s else None
     t0 = time.monotonic()
     proc.start()
+    threading.Thread(target=_wake_on_exit, args=(proc.sentinel, stop.wake), daemon=True).start()
     sampler = RssSampler(interval_ms=how.rss_interval_ms,
                          pid=proc.pid if how.rss_of_child else None,
                          limit_bytes=how.ram_limit_bytes, keep_samples=False,
@@ -95,6 +101,12 @@ def supervise(proc: Any, how: Supervision) -> ChildOutcome:
         proc.join(timeout=5)
     return ChildOutcome(stop.reason, stop.detail, proc.exitcode,
                         round(time.monotonic() - t0, 3), sampler.peak_rss_bytes)
+
+
+def _wake_on_exit(sentinel: int, wake: threading.Event) -> None:
+    from multiprocessing.connection import wait
+    wait([sentinel])
+    wake.set()
 
 
 def _watch(proc: Any, how: Supervision, stop: _Stop, watchdog: ProgressWatchdog | None,
@@ -120,7 +132,8 @@ def _watch(proc: Any, how: Supervision, stop: _Stop, watchdog: ProgressWatchdog 
                 watchdog.beat()
             if how.on_progress is not None:
                 how.on_progress(now)
-        if stop.event.wait(how.poll_s):
+        stop.wake.wait(how.poll_s)
+        if stop.event.is_set():
             return armed
     if how.on_progress is not None and (now := how.progress()) != last:
         how.on_progress(now)            # what the child did after the last poll

@@ -13,7 +13,9 @@ Without CUDA it stops at once with exit status 2 and one line saying so. With it
 5. A real CUDA OOM: `smt.train` in a child capped with
    `torch.cuda.set_per_process_memory_fraction` at a batch that cannot fit, and the back-off
    (micro-batch halved, accumulation doubled) keeping the effective batch.
-6. The `gpu`-marked tests.
+6. Decoding: ms/token of greedy decoding (`bench/bench_decode.py`'s cells) on CUDA at batch
+   1/16/64, eager and `torch.compile`d, tokens asserted identical to the eager step's.
+7. The `gpu`-marked tests.
 Each section is bounded by what is left of `--budget-s`; a section that would not fit says so.
 Exit status 0 when every goal held, 1 when one did not (the tables say which).
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))         # bench_decode's cells and table
 
 MEMORY_TOLERANCE = 0.10
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
@@ -142,6 +145,53 @@ def speed_section(work: Any, ratio: float, batch: int, deadline: float,
     return rows
 
 
+DECODE_BATCHES = (1, 16, 64)
+DECODE_LENGTH = 200
+
+
+def decode_section(preset: str, deadline: float) -> bool:
+    """Greedy decoding on CUDA, eager and compiled, <eos> unreachable so every row runs
+    DECODE_LENGTH tokens; True when the compiled step gave the eager step's tokens."""
+    import torch
+    from bench_decode import decode_table, differing, rows_of, time_cells
+
+    from smt.config import SMTConfig
+    from smt.model import SMTModel
+    print(f"== 6. decoding ({preset}, 256x1536 images, {DECODE_LENGTH} tokens) ==")
+    torch.manual_seed(0)
+    model = SMTModel(SMTConfig.preset(preset)).to("cuda:0").eval()
+    with torch.no_grad():
+        model.head.bias[model.config.eos_id] = -1e4
+    with torch.inference_mode():
+        memory = model.encode(torch.rand(max(DECODE_BATCHES), 1, 256, 1536, device="cuda:0"))
+        # Warm-up and the compiles, not timed: dynamo specialises sizes 0 and 1 (position 0
+        # and 1, batch 1), so every batch is run past position 1 once.
+        for batch in DECODE_BATCHES:
+            model.greedy_cached(rows_of(memory, batch), 4)
+            model.greedy_cached(rows_of(memory, batch), 4, compile=True)
+    best: dict = {}
+    tokens: dict = {}
+    for batch in DECODE_BATCHES:
+        if time.monotonic() > deadline:
+            print("  (time budget spent)")
+            break
+        cells = {"ours": [DECODE_LENGTH], "ours compiled": [DECODE_LENGTH]}
+        if batch == 1:
+            cells["uncached"] = [DECODE_LENGTH]
+        b, t = time_cells(model, memory, [batch], [DECODE_LENGTH], cells, repeats=2)
+        best.update(b)
+        tokens.update(t)
+    from rich.console import Console
+    done = sorted({b for _, b, _ in best})
+    if done:
+        Console(width=160).print(decode_table(best, done, [DECODE_LENGTH], "CUDA greedy decoding"))
+    from smt.model import greedy
+    print(f"  compiled step fell back to eager: {'YES' if greedy.COMPILED_STEP.failed else 'no'}")
+    bad = differing(tokens)
+    print(f"  tokens identical across cells: {'yes' if not bad else f'NO: {bad}'}")
+    return bool(done) and not bad and not greedy.COMPILED_STEP.failed
+
+
 OOM_CHILD = """
 import sys, torch
 torch.cuda.set_per_process_memory_fraction(float(sys.argv[1]), 0)
@@ -192,7 +242,7 @@ def oom_section(fraction: float, batch: int, ratio: float, precision: str, prese
 
 
 def tests_section(timeout_s: float) -> bool:
-    print("== 6. gpu-marked tests ==")
+    print("== 7. gpu-marked tests ==")
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
                                "no:cacheprovider"], cwd=ROOT, timeout=timeout_s,
@@ -247,6 +297,11 @@ def main() -> int:
             min(240.0, left - 30))["ok"]
     else:
         print("== 5. forced CUDA OOM: skipped, time budget spent ==")
+    if end - time.monotonic() > 60:
+        goals["compiled decoding gives eager's tokens"] = decode_section(
+            args.preset, time.monotonic() + 0.5 * (end - time.monotonic()))
+    else:
+        print("== 6. decoding: skipped, time budget spent ==")
     if not args.skip_tests:
         goals["gpu tests pass"] = tests_section(max(30.0, end - time.monotonic()))
     print("== goals ==")

@@ -36,14 +36,11 @@ class NonFiniteWeights(UserError):
     exit_code = 3
 
 
-def first_non_finite(state_dict: dict[str, Any]) -> str | None:
-    """The first floating-point tensor of `state_dict` holding a NaN or infinity, or None.
-    One pass over the weights: nothing next to serialising them."""
-    for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() \
-                and not bool(torch.isfinite(value).all()):
-            return key
-    return None
+def nonfinite_keys(state: dict[str, Any]) -> list[str]:
+    """Keys whose floating-point tensor holds a NaN or an infinity (such a model computes NaN
+    everywhere). One pass over the weights: nothing next to serialising them."""
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor)
+            and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -52,10 +49,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
-        bad = first_non_finite(checkpoint.get("state_dict") or {})
-        if bad is not None:
+        bad = nonfinite_keys(checkpoint.get("state_dict") or {})
+        if bad:
             raise NonFiniteWeights(
-                f"the weights are not finite at step {checkpoint.get('global_step')} ({bad}); "
+                f"the weights are not finite at step {checkpoint.get('global_step')} ({bad[0]}); "
                 f"{path} was not overwritten. Try a lower --lr, --precision 32-true, or check "
                 "the --init-from weights")
         buffer = io.BytesIO()
@@ -67,20 +64,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
+def load_weights_only(path: Path, map_location: Any, failure: str) -> Any:
+    """`torch.load(path, weights_only=True)`; a refusal is one UserError line, `failure: why`.
+
+    torch's own message starts by advising `weights_only=False` (running the file's code) and
+    names what it refused only further down (a global, or an opcode it does not read): that
+    part is what the user needs, so it is all we say. torch's warning about the file's pickle
+    protocol is noise before that line and is silenced."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
+        raise UserError(f"{failure}: {_refusal(exc)}") from exc
+
+
+def _refusal(exc: BaseException) -> str:
+    text = str(exc)
+    # "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL x.y whose module
+    # x is blocked", depending on torch's version and why it refused.
+    refused = re.search(r"\bGLOBAL (\S+)", text)
+    if refused:
+        return f"it needs the global {refused.group(1)}, which a weights-only load refuses"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"a weights-only load refuses it ({detail.group(1).strip()[:200]})"
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return reason[:300]
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """`torch.load(weights_only=True)` with one-line errors naming the file."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # torch names the refused global further down its message: that is what to look at.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused:
-            reason = f"it needs the global {refused.group(1)}, which a weights-only load refuses"
-        raise UserError(f"cannot load checkpoint {p} (weights-only): {reason[:300]}") from exc
+    ckpt = load_weights_only(p, map_location, f"cannot load checkpoint {p} (weights-only)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")
     return ckpt

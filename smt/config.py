@@ -19,6 +19,25 @@ DOWNSAMPLE = 16
 POSITIONAL_KINDS = ("ours", "reference")
 GRID_ROUNDINGS = ("ceil", "floor")
 
+# The most each size may be: one home for the bounds of the SMT family, checked at construction
+# (so by smt.convert before any tensor is built, and by every training config). Each is far
+# above any published SMT (vocabularies of hundreds to a few thousand tokens, 1512 tokens,
+# d_model 256, 8 layers, A4 at 300 dpi) and far below what would exhaust a machine's RAM before
+# the model exists: a typo or a hostile 1e9 is one line naming the field, not a huge allocation.
+MAX_SIZES: dict[str, int] = {
+    "vocab_size": 1 << 20,      # embedding + head rows: 1 Mi x d_model 256 is 2 GiB of float32
+    "max_height": 1 << 15,      # 32768 px: an A0 sheet at 300 dpi fits; the 2D table is /16 per side
+    "max_width": 1 << 15,
+    "max_seq_len": 1 << 16,     # 43x the reference's page limit; the 1D table has this many rows
+    "in_channels": 4,           # gray, RGB or RGBA
+    "d_model": 1 << 13,
+    "n_heads": 1 << 8,
+    "ff_dim": 1 << 16,
+    "n_layers": 1 << 8,
+}
+MAX_ENCODER_WIDTH = 1 << 13     # the last width is d_model, so the same bound
+MAX_ENCODER_DEPTH = 1 << 8
+
 
 @dataclass(frozen=True)
 class SMTConfig:
@@ -80,6 +99,9 @@ class SMTConfig:
                 raise ValueError(f"SMTConfig.{name} must be an int, got {value!r}")
             if value < minimum:
                 raise ValueError(f"SMTConfig.{name} must be >= {minimum}, got {value}")
+            if value > MAX_SIZES[name]:
+                raise ValueError(f"SMTConfig.{name} must be <= {MAX_SIZES[name]} (the most an SMT "
+                                 f"model takes), got {value}")
 
         positive_int("vocab_size", 4)
         positive_int("max_height", DOWNSAMPLE)
@@ -99,6 +121,10 @@ class SMTConfig:
                 )
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
                 raise ValueError(f"SMTConfig.{name} must hold positive ints, got {value!r}")
+            most = MAX_ENCODER_WIDTH if name == "encoder_widths" else MAX_ENCODER_DEPTH
+            if max(value) > most:
+                raise ValueError(f"SMTConfig.{name} entries must be <= {most} (the most an SMT "
+                                 f"model takes), got {value!r}")
         if self.encoder_widths[-1] != self.d_model:
             raise ValueError(
                 f"SMTConfig.encoder_widths[-1] ({self.encoder_widths[-1]}) must equal "
@@ -186,6 +212,8 @@ class SMTConfig:
                 data = json.load(fh)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: not a JSON model config ({exc})") from None
+            except RecursionError:
+                raise ValueError(f"{path}: nested too deeply to be a model config") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a model config must be a JSON object")
         try:

@@ -132,7 +132,11 @@ class SMTModule(pl.LightningModule):
         self.samples_seen = 0
         self.dropped_samples = 0
         self._window = 0
-        self._val_pairs: list[tuple[str, str]] = []
+        # (prediction, reference) texts, and their tokens where SER is counted on them: the
+        # reference's full-page tokens do not come back from the text (its header is cut off).
+        self._val_pairs: list[tuple[Any, ...]] = []
+        from smt.tokenizer import REFERENCE_FORMATS
+        self._ser_on_tokens = fmt in REFERENCE_FORMATS
         self.last_val: dict[str, float] = {}
         self.last_train_loss: float | None = None
         self._oom_fault = faults.oom_fault()
@@ -274,7 +278,10 @@ class SMTModule(pl.LightningModule):
         generated = self.model.generate(batch["images"], max_len=max_len,
                                         image_sizes=batch.get("image_sizes"))
         for pred, target in zip(generated, targets.tolist()):
-            self._val_pairs.append((self._detok(pred), self._detok(target)))
+            pair = (self._detok(pred), self._detok(target))
+            if self._ser_on_tokens:
+                pair += (self.vocab.decode(list(pred)), self.vocab.decode(list(target)))
+            self._val_pairs.append(pair)
 
     def on_validation_epoch_end(self) -> None:
         pairs = self._val_pairs
@@ -285,9 +292,11 @@ class SMTModule(pl.LightningModule):
         self._val_pairs = []
         if not pairs or self.trainer.sanity_checking:
             return
-        from smt.metrics import compute_metrics
-        preds, refs = zip(*pairs)
-        scores = compute_metrics(list(preds), list(refs), fmt=self.fmt)
+        from smt.metrics import compute_metrics, ser
+        preds, refs = [p[0] for p in pairs], [p[1] for p in pairs]
+        scores = compute_metrics(preds, refs, fmt=self.fmt)
+        if self._ser_on_tokens:
+            scores["ser"] = ser([p[2] for p in pairs], [p[3] for p in pairs])
         for name in ("cer", "ser", "ler"):
             self.log(f"val_{name}", float(scores[name]), prog_bar=(name == "ser"), sync_dist=True)
         self.last_val = {k: float(scores[k]) for k in ("cer", "ser", "ler")}

@@ -1,4 +1,5 @@
-"""`python -m smt.predict --checkpoint CKPT IMAGE... [--out DIR]`: score images -> **kern.
+"""`python -m smt.predict --checkpoint CKPT IMAGE... [--out DIR] [--render DIR]`: score images
+-> **kern, and with --render a picture per image of what the model read (`smt.pictures`).
 
 The model is rebuilt from `config.json` and `vocab.json` beside the checkpoint (or in the run
 folder above `checkpoints/`), and the checkpoint is read with `weights_only=True`, so a
@@ -23,6 +24,7 @@ from autotune.outdir import check_out_dir, replace_dir
 
 PROG = "smt.predict"
 PREDICT_COMMAND = "smt.predict"            # the --out marker's command (autotune.outdir)
+RENDER_COMMAND = "smt.predict --render"    # the --render folder's marker: not an --out folder
 
 
 # Bounds of the numeric flags: far above any real use, low enough to catch a typo.
@@ -37,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write IMAGE_STEM.krn files here instead of printing")
+    p.add_argument("--render", default=None, metavar="DIR",
+                   help="also write DIR/IMAGE_STEM.png: the image above its prediction engraved "
+                        "back, and the truth (IMAGE_STEM.krn beside the image) with the SER")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder that an earlier predict did not write")
+                   help="replace an existing --out or --render folder that an earlier predict "
+                        "did not write")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--reduce-ratio", type=_ratio, default=None,
                    help="image scale used in training (default: from run.json, else 1.0)")
@@ -202,15 +208,56 @@ def resolve_device(spec: str | None) -> Any:
     return dev
 
 
+def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
+    """--out and --render checked before loading anything: one line, exit 2."""
+    if args.out and args.render:
+        out, render = Path(args.out).resolve(), Path(args.render).resolve()
+        if out == render or out in render.parents or render in out.parents:
+            raise UserError(f"--render {args.render} and --out {args.out} overlap; one would "
+                            "replace the other: choose two separate folders")
+    if args.out:
+        check_out_dir(args.out, PREDICT_COMMAND, inputs, args.overwrite)
+    if args.render:
+        check_out_dir(args.render, RENDER_COMMAND, inputs, args.overwrite, flag="--render")
+
+
+def _truth_beside(image: str | Path) -> str | None:
+    """The transcription IMAGE_STEM.krn beside an image, if there is a readable one."""
+    path = Path(image).with_suffix(".krn")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def render_pictures(out: str | Path, images: Sequence[str], tensors: Sequence[Any],
+                    texts: Sequence[str], fmt: str, inputs: Sequence[str],
+                    overwrite: bool) -> list[Any]:
+    """--render: one picture per image (`smt.pictures`), the folder replaced as a whole."""
+    from smt.pictures import Sample, write_pictures
+    samples = [Sample(Path(path).stem, (tensor[0].clamp(0, 1) * 255).round().byte().cpu().numpy(),
+                      text, _truth_beside(path))
+               for path, tensor, text in zip(images, tensors, texts)]
+    with replace_dir(out, RENDER_COMMAND, inputs, overwrite, flag="--render") as tmp:
+        pictures = write_pictures(tmp, samples, fmt)
+    return pictures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inputs = [args.checkpoint, *args.images]
-    if args.out:                               # before loading anything: one line, exit 2
-        check_out_dir(args.out, PREDICT_COMMAND, inputs, args.overwrite)
+    _check_outputs(args, inputs)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           reduce_ratio=args.reduce_ratio)
     tensors = [predictor.load_image(p) for p in args.images]
     texts = predictor.predict(tensors, batch_size=args.batch_size, max_len=args.max_len)
+    if args.render:
+        render_pictures(args.render, args.images, tensors, texts, predictor.fmt, inputs,
+                        args.overwrite)
+        # Where the pictures are: with the --out lines, else on stderr (stdout is the kern).
+        stream = sys.stdout if args.out else sys.stderr
+        for path in args.images:
+            print(f"{path} -> {Path(args.render) / (Path(path).stem + '.png')}", file=stream)
     if args.out:
         out = Path(args.out)
         with replace_dir(out, PREDICT_COMMAND, inputs, args.overwrite) as tmp:

@@ -19,7 +19,7 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.settings import Settings, SettingError
 from smt.config import PRESETS
-from smt.tokenizer import FORMATS
+from smt.tokenizer import ALL_FORMATS
 
 # The names of smt.data.augment.PRESETS, which imports OpenCV: not at flag parsing
 # (tests/smt/test_train_flags.py checks they agree).
@@ -45,6 +45,8 @@ CPU_DEMO_WARMUP_STEPS = 20
 # the reference recipe's 0.2 makes the decoder robust to its own mistakes at inference. The
 # probe's loader (smt.workload) uses the same value, so it measures the loader that trains.
 DEFAULT_TEACHER_NOISE = 0.2
+# --pictures: each one costs a greedy decode and two engravings at the end of the run.
+MAX_PICTURES = 64
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,15 @@ class TrainConfig:
     # workers when the step starves or RAM nears its budget (smt.train.workers). On by
     # default because a stage or a machine's load can change what the probe measured.
     adapt_workers: bool = True
+    # Pictures of what the model reads (smt.train.pictures) for this many fixed validation
+    # samples at the end of the run. Four: enough to tell a model that reads from one that
+    # repeats a memorised answer, few enough to cost seconds (four greedy decodes, eight
+    # engravings). Search trials pass 0: nobody looks at a trial's pictures.
+    pictures: int = 4
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, "preset", f"must be one of {', '.join(sorted(PRESETS))}", self.preset)
-        _check(self.fmt in FORMATS, "fmt", f"must be one of {', '.join(FORMATS)}", self.fmt)
+        _check(self.fmt in ALL_FORMATS, "fmt", f"must be one of {', '.join(ALL_FORMATS)}", self.fmt)
         _check(self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}",
                self.augment)
         _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1)",
@@ -155,6 +162,8 @@ class TrainConfig:
         for name in ("max_epochs", "val_every", "val_batches", "ckpt_every", "num_nodes"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, "must be >= 1", value)
+        _check(0 <= self.pictures <= MAX_PICTURES, "pictures", f"must be 0..{MAX_PICTURES}",
+               self.pictures)
         for name in ("max_time_s", "ckpt_every_min"):
             value = getattr(self, name)
             _check(value is None or value >= 0, name, "must be >= 0", value)
@@ -220,7 +229,7 @@ RUN_FLAGS = {"preset": "--preset", "fmt": "--format", "data": "--data",
              "grad_clip": "--grad-clip", "teacher_noise": "--teacher-noise",
              "augment": "--augment", "seed": "--seed", "num_nodes": "--num-nodes",
              "ddp_interface": "--ddp-interface", "init_from": "--init-from",
-             "extend_vocab": "--extend-vocab"}
+             "extend_vocab": "--extend-vocab", "pictures": "--pictures"}
 CURRICULUM_FLAGS = {"stage_steps": "--stage-steps", "pretrain_steps": "--pretrain-steps",
                     "systems": "--systems", "synthetic_share": "--synthetic-share",
                     "max_systems": "--max-systems"}

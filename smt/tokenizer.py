@@ -20,6 +20,10 @@ through `normalize_kern`, which turns it into plain **kern.
 
 Comment and reference lines (`!!!OTL: Title`) are cut into the `!!!OTL:` key and one token per
 character in ekern/bekern, so that free text does not grow the vocabulary without bound.
+
+The `ref-*` formats are the reference SMT's own tokenizations (`smt.reference_tokens`): a
+published model converted by `smt.convert` reads them. They take the text as the reference's
+datasets hold it (markers and measure numbers included) and cut it exactly as the reference did.
 """
 from __future__ import annotations
 
@@ -31,9 +35,13 @@ from pathlib import Path
 from typing import Literal
 
 from autotune.atomic import atomic_write_json
+from smt.reference_tokens import REFERENCE_FORMATS, reference_tokens
 
-Format = Literal["kern", "ekern", "bekern"]
+Format = Literal["kern", "ekern", "bekern", "ref-system", "ref-kern", "ref-ekern", "ref-bekern"]
+# Our own formats: `detokenize` then `tokenize` gives the same tokens back.
 FORMATS: tuple[str, ...] = ("kern", "ekern", "bekern")
+# Every format a run, a preparation or a converted model may name.
+ALL_FORMATS: tuple[str, ...] = FORMATS + REFERENCE_FORMATS
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 LINE, TAB, SPACE = "<b>", "<t>", "<s>"
@@ -64,8 +72,8 @@ class TokenizeError(ValueError):
 
 
 def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown kern format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in ALL_FORMATS:
+        raise ValueError(f"unknown kern format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
 
 
 def _field_parts(field: str) -> list[tuple[str, str]]:
@@ -134,18 +142,28 @@ def _global_comment_tokens(line: str, fmt: str) -> list[str]:
     return tokens
 
 
+def plain_lines(text: str) -> str:
+    """A transcription as written by any editor -> "\n"-separated text: the one place that
+    drops a leading UTF-8 byte-order mark (Windows editors write one; it would glue onto the
+    first token as "\ufeff**kern", a new vocabulary entry) and turns CRLF / CR into LF."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def tokenize(kern: str, fmt: Format = "bekern") -> list[str]:
     """Plain **kern text -> tokens (no `<bos>`/`<eos>`; the Vocab adds those on encode).
 
     Raises `TokenizeError` for empty text or fields carrying ekern markers.
     """
     _check_format(fmt)
-    text = kern.replace("\r\n", "\n").rstrip("\n")
+    text = plain_lines(kern).rstrip("\n")
     if not text.strip():
         raise TokenizeError("empty transcription")
     bad = _CONTROL.search(text)
     if bad:
         raise TokenizeError(f"control character {bad.group()!r} in the transcription (binary data?)")
+    if fmt in REFERENCE_FORMATS:
+        # The raw text: the reference's cleaning treats an unterminated last line apart.
+        return reference_tokens(kern.replace("\r\n", "\n"), fmt)
     tokens: list[str] = []
     for li, line in enumerate(text.split("\n")):
         if li:
@@ -164,7 +182,10 @@ def tokenize(kern: str, fmt: Format = "bekern") -> list[str]:
 
 
 def detokenize(tokens: Iterable[str], fmt: Format = "bekern") -> str:
-    """Tokens -> plain **kern text. Specials other than layout are dropped; `<eos>` ends."""
+    """Tokens -> plain **kern text. Specials other than layout are dropped; `<eos>` ends.
+
+    For the full-page `ref-*` formats the text has no header (the reference's tokens have
+    none) and does not tokenize back to the same tokens: compare their tokens, not texts."""
     _check_format(fmt)
     out: list[str] = []
     for tok in tokens:
@@ -184,9 +205,10 @@ def normalize_kern(text: str) -> str:
 
     Strips ekern markers (`@`, `·`) and turns `**ekern*`/`**bekern*` headers into `**kern`;
     drops measure numbers (`=12` -> `=`) as the reference SMT code does, because a model
-    cannot read them from a system image; drops trailing blank lines and `\r`.
+    cannot read them from a system image; drops trailing blank lines, `\r` and a leading
+    byte-order mark (`plain_lines`).
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = plain_lines(text)
     lines = []
     for line in text.split("\n"):
         fields = []

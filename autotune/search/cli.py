@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.errors import MAX_FLAG_SECONDS, UserError, float_in
-from autotune.outdir import check_out_dir, check_out_file, replace_dir
+from autotune.outdir import check_out_dir, check_out_file, check_run_dir, replace_dir
 from autotune.search import results
 from autotune.search.feasible import (FitPredictor, MemoryPredictor, NullPredictor,
                                     fits_from_profile, offset_from_profile, workload_predictor)
 from autotune.search.objectives import METRICS, OBJECTIVES, make_objective
 from autotune.search.space import space_for
-from autotune.search.storage import GRACE_S, HEARTBEAT_S, dashboard_command, mask_url
+from autotune.search.storage import (GRACE_S, HEARTBEAT_S, JOURNAL_PREFIX, check_journal,
+                                     dashboard_command, mask_url)
 from autotune.search.searchconfig import SearchConfig
 from autotune.search.study import run_study
 from autotune.units import parse_size
@@ -186,6 +187,10 @@ def build_config(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any]
         raise UserError("--trainer: empty command")
     name = args.study or f"smt-{objective.name}-{args.preset or 'default'}"
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "search" / name
+    # A file or an unwritable place is one line now, before the intro and any trial.
+    check_run_dir(run_dir, flag="--run-dir")
+    if args.storage and args.storage.startswith(JOURNAL_PREFIX):
+        check_journal(args.storage[len(JOURNAL_PREFIX):])
     config = SearchConfig(
         objective=objective, space=space, run_dir=run_dir, trials=args.trials,
         steps_per_trial=args.steps_per_trial, timeout_s=args.timeout,

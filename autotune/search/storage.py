@@ -153,12 +153,39 @@ class _HeartbeatJournal(optuna.storages.JournalStorage, BaseHeartbeat):  # type:
         return retry_point
 
 
-def _open_journal(path_text: str, heartbeat_s: int,
-                  grace_s: int | None) -> optuna.storages.BaseStorage:
+def check_journal(path_text: str) -> Path:
+    """The journal file, checked before Optuna opens it: a file (not a folder) in a folder we
+    can write (the lock file goes beside it), and, when it exists, a journal (JSON lines of
+    operations) rather than some other file that appending to would spoil."""
+    import json
+
+    from autotune.outdir import check_out_file
+
     if not path_text:
         raise UserError("--storage journal:PATH needs a file path (e.g. journal:/shared/search.log)")
-    path = Path(path_text).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    flag = "--storage"
+    path = check_out_file(Path(path_text).expanduser(), flag=flag)
+    if not path.is_file():
+        return path
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+    except OSError as exc:
+        raise UserError(f"{flag} {JOURNAL_PREFIX}{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if first:
+        try:
+            entry = json.loads(first)
+        except (ValueError, RecursionError):
+            entry = None
+        if not isinstance(entry, dict) or "op_code" not in entry:
+            raise UserError(f"{flag} {JOURNAL_PREFIX}{path}: is an existing file that is not an Optuna journal; "
+                            "name a new file or a journal an earlier search wrote")
+    return path
+
+
+def _open_journal(path_text: str, heartbeat_s: int,
+                  grace_s: int | None) -> optuna.storages.BaseStorage:
+    path = check_journal(path_text)
     try:  # Optuna >= 4.0
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
     except ImportError:  # Optuna 3.x names

@@ -13,12 +13,14 @@ from autotune.outdir import check_out_dir, replace_dir
 from autotune.errors import UserError
 from smt.convert.conventions import DATASETS, ImageConvention, ReferenceDataset, dataset_of
 from smt.convert.keys import check_complete, decoder_layers, detect_layout, encoder_shape, map_keys, strip_prefix
+from smt.checkpoint import nonfinite_keys
 from smt.convert.source import ReferenceConfig, load_weights, read_config, resolve
 
 CHECKPOINT_NAME = "model.ckpt"
 CONVERT_COMMAND = "smt.convert"             # the --out marker's command (autotune.outdir)
 REFERENCE_NAME = "reference.json"
 SMTPP_HEADS = 4          # SMT-plusplus builds every attention with 4 heads, whatever its config says
+SHOWN_KEYS = 5           # non-finite keys named in a message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Conversion:
     dataset: str
     parameters: int
     dropped_keys: list[str]
+    nonfinite_keys: list[str]          # kept as they are (--allow-nonfinite), else refused
 
 
 def pick_dataset(src: str, dataset: str | None) -> ReferenceDataset:
@@ -70,18 +73,49 @@ def our_config(ref: ReferenceConfig, layout: str, state: dict[str, torch.Tensor]
         grid_rounding="floor", attention_scale=1.0 if layout == "smt++" else None,
         head_relu=layout == "smt++")
     try:
-        return SMTConfig(**fields)
+        config = SMTConfig(**fields)
     except ValueError as exc:
         raise UserError(f"{where}: the checkpoint does not fit our model: {exc}") from None
+    check_fits_ram(config, where)
+    return config
+
+
+def check_fits_ram(config: Any, where: str) -> None:
+    """Refuse a model whose building would not fit the RAM budget (the share of the available
+    RAM autotune budgets with), before any tensor of it exists. The conversion holds it twice:
+    the source's weights and ours."""
+    from autotune.decide.context import Budgets
+    from autotune.hardware import ram_now
+    from autotune.units import format_bytes
+    from smt.model.estimate import build_bytes
+
+    need = 2 * build_bytes(config)
+    budget = int(Budgets().ram_fraction * ram_now()[1])
+    if need > budget:
+        raise UserError(f"{where}: building this model needs about {format_bytes(need)} of RAM (its "
+                        f"weights and positional tables, twice), above the {format_bytes(budget)} "
+                        f"RAM budget here; check the sizes in its config.json")
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str, allow: bool) -> list[str]:
+    """Keys holding NaN or infinite values: refused naming them, or (allow) returned to report."""
+    bad = nonfinite_keys(state)
+    if bad and not allow:
+        more = f" and {len(bad) - SHOWN_KEYS} more" if len(bad) > SHOWN_KEYS else ""
+        raise UserError(f"{where}: non-finite (NaN or infinite) weights in {', '.join(bad[:SHOWN_KEYS])}"
+                        f"{more}; a model with them computes NaN. Pass --allow-nonfinite to "
+                        f"convert it anyway")
+    return bad
 
 
 def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_ratio: float | None = None,
             fmt: str | None = None, revision: str | None = None, positional: str = "reference",
-            force: bool = False) -> Conversion:
-    """Convert `src` (folder or hub id) into `out`; every parameter is mapped or refused."""
+            force: bool = False, allow_nonfinite: bool = False) -> Conversion:
+    """Convert `src` (folder or hub id) into `out`; every parameter is mapped or refused, and so
+    is a non-finite weight unless `allow_nonfinite` (then its key is in the result)."""
     from smt import checkpoint as ck
     from smt.model import SMTModel
-    from smt.tokenizer import FORMATS, Vocab
+    from smt.tokenizer import ALL_FORMATS, Vocab
 
     out_dir = Path(out).expanduser()
     target = out_dir / CHECKPOINT_NAME
@@ -91,14 +125,15 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     # is written through a temporary sibling (autotune.outdir): checked now, before any work.
     inputs = [src] if Path(src).expanduser().exists() else []
     check_out_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=force)
-    if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt is not None and fmt not in ALL_FORMATS:
+        raise UserError(f"unknown --fmt {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     ds = pick_dataset(src, dataset)
     folder, commit = resolve(src, revision)
     ref = read_config(folder)
     state, weights_path = load_weights(folder)
     where = str(weights_path)
     state = strip_prefix(state)
+    nonfinite = check_finite(state, where, allow_nonfinite)
     layout = detect_layout(list(state), where)
     config = our_config(ref, layout, state, where, positional)
     model = SMTModel(config)
@@ -116,7 +151,7 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
              "global_step": 0}, tmp / CHECKPOINT_NAME)
         write_reference(tmp, src=src, commit=commit, layout=layout, ds=ds, fmt=vocab.fmt,
                         convention=convention, ref=ref, dropped=mapped.dropped)
-    return Conversion(out_dir, target, layout, ds.name, model.num_params(), mapped.dropped)
+    return Conversion(out_dir, target, layout, ds.name, model.num_params(), mapped.dropped, nonfinite)
 
 
 def write_reference(out_dir: Path, *, src: str, commit: str | None, layout: str, ds: ReferenceDataset,

@@ -91,7 +91,7 @@ class ReferenceDataset:
     name: str
     level: str                 # "system" (one staff system per image) or "page"
     reduce_ratio: float
-    fmt: str                   # the kern flavour of its vocabulary (our tokenizer's name)
+    fmt: str                   # the tokenization of its vocabulary (our tokenizer's name)
 
     def convention(self, reduce_ratio: float | None = None) -> ImageConvention:
         ratio = self.reduce_ratio if reduce_ratio is None else reduce_ratio
@@ -100,15 +100,16 @@ class ReferenceDataset:
         return ImageConvention(ratio, None, None, "ceil")
 
 
-# The reference's experiment configs: reduce ratio and kern flavour per dataset. System-level
-# vocabularies hold whole kern fields ("kern"); the full-page ones split them ("bekern").
+# The reference's experiment configs: reduce ratio and tokenization per dataset. System-level
+# vocabularies hold whole kern fields split on the layout ("ref-system"); the full-page ones
+# hold parse_kern's bekern parts ("ref-bekern"). See smt.reference_tokens.
 DATASETS: dict[str, ReferenceDataset] = {d.name: d for d in (
-    ReferenceDataset("grandstaff", "system", 1.0, "kern"),
-    ReferenceDataset("camera-grandstaff", "system", 0.85, "kern"),
-    ReferenceDataset("string-quartets", "system", 1.0, "kern"),
-    ReferenceDataset("fp-grandstaff", "page", 1.0, "bekern"),
-    ReferenceDataset("fp-mozarteum", "page", 1.0, "bekern"),
-    ReferenceDataset("fp-polish-scores", "page", 0.5, "bekern"),
+    ReferenceDataset("grandstaff", "system", 1.0, "ref-system"),
+    ReferenceDataset("camera-grandstaff", "system", 0.85, "ref-system"),
+    ReferenceDataset("string-quartets", "system", 1.0, "ref-system"),
+    ReferenceDataset("fp-grandstaff", "page", 1.0, "ref-bekern"),
+    ReferenceDataset("fp-mozarteum", "page", 1.0, "ref-bekern"),
+    ReferenceDataset("fp-polish-scores", "page", 0.5, "ref-bekern"),
 )}
 
 

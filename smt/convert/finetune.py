@@ -7,7 +7,8 @@ the end of the embedding and of the head, every old id kept).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from autotune.errors import UserError
+from smt.say import say
 
 SHOWN_TOKENS = 20
 
@@ -45,6 +47,20 @@ def checkpoint_of(spec: str) -> Path:
     raise UserError(f"--init-from {spec}: no such file or folder")
 
 
+def recorded_format(spec: str) -> str | None:
+    """The tokenization the model `spec` (as for --init-from) reads: its vocabulary's format
+    (a converted model's is the reference's, e.g. `ref-system`), or None if it records none."""
+    from smt import checkpoint as ck
+    from smt.tokenizer import ALL_FORMATS
+
+    vocab_path = ck.find_metadata(checkpoint_of(spec), ck.VOCAB_NAME)
+    try:
+        fmt = json.loads(vocab_path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"cannot read {vocab_path}: {exc}") from None
+    return fmt if fmt in ALL_FORMATS else None
+
+
 def load_init(spec: str) -> InitWeights:
     """Weights, model config and vocabulary to start from (read weights-only)."""
     from smt import checkpoint as ck
@@ -65,28 +81,55 @@ def load_init(spec: str) -> InitWeights:
     return InitWeights(path, config, vocab, state)
 
 
-def fit_to_data(init: InitWeights, data_tokens: Iterable[str], fmt: str, extend: bool,
-                max_height: int, max_width: int, max_seq_len: int) -> InitWeights:
+def fit_to_data(init: InitWeights, data_tokens: Iterable[str] | Mapping[str, int], fmt: str,
+                extend: bool, max_height: int, max_width: int, max_seq_len: int) -> InitWeights:
     """The starting point for this data: the model's vocabulary (extended on request) and its
-    size limits raised to the data's (positional tables are rebuilt, so limits can grow)."""
+    size limits raised to the data's (positional tables are rebuilt, so limits can grow).
+
+    `data_tokens` maps each token of the data to its occurrences (or lists the tokens): the
+    ones the model lacks are named with their counts, in the refusal and when extended."""
     if init.vocab.fmt and init.vocab.fmt != fmt:
         raise UserError(f"--init-from {init.checkpoint}: the model reads {init.vocab.fmt} tokens, "
-                        f"this run tokenizes as {fmt}; pass --format {init.vocab.fmt}")
+                        f"this run tokenizes as {fmt}; pass --format {init.vocab.fmt} (or no --format)")
+    counts = data_tokens if isinstance(data_tokens, Mapping) else None
     unknown = sorted(set(data_tokens) - set(init.vocab.tokens))
     vocab, state = init.vocab, init.state
     if unknown and not extend:
-        shown = ", ".join(repr(t) for t in unknown[:SHOWN_TOKENS])
-        more = f" (+{len(unknown) - SHOWN_TOKENS} more)" if len(unknown) > SHOWN_TOKENS else ""
         raise UserError(f"the data has {len(unknown)} token(s) the model's vocabulary lacks: "
-                        f"{shown}{more}; pass --extend-vocab to add output rows for them")
+                        f"{shown_tokens(unknown, counts)}; pass --extend-vocab to add output rows for them")
     if unknown:
         vocab = init.vocab.extended(unknown)
         state = grow_rows(init.state, len(vocab))
+        say(f"--extend-vocab: {len(unknown)} new token(s) get fresh output rows: "
+            f"{shown_tokens(unknown, counts)}")
     config = init.config.replace(vocab_size=len(vocab),
                                  max_height=max(init.config.max_height, max_height),
                                  max_width=max(init.config.max_width, max_width),
                                  max_seq_len=max(init.config.max_seq_len, max_seq_len))
     return InitWeights(init.checkpoint, config, vocab, state)
+
+
+def shown_tokens(tokens: list[str], counts: Mapping[str, int] | None) -> str:
+    """The first SHOWN_TOKENS tokens (most frequent first when counted), `'x' (n times)`."""
+    if counts is not None:
+        tokens = sorted(tokens, key=lambda t: (-counts[t], t))
+    shown = ", ".join(repr(t) + (f" ({counts[t]}x)" if counts is not None else "")
+                      for t in tokens[:SHOWN_TOKENS])
+    more = f" (+{len(tokens) - SHOWN_TOKENS} more)" if len(tokens) > SHOWN_TOKENS else ""
+    return shown + more
+
+
+def token_counts(splits: Iterable[Any], fmt: str) -> dict[str, int]:
+    """Occurrences of every token over the `transcription` column of each split."""
+    from collections import Counter
+
+    from smt.tokenizer import tokenize
+
+    counts: Counter[str] = Counter()
+    for split in splits:
+        for text in split["transcription"]:
+            counts.update(tokenize(text, fmt))
+    return dict(counts)
 
 
 def grow_rows(state: dict[str, torch.Tensor], vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ than tensors. Nothing from the download is imported or executed.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from autotune.errors import UserError
+from autotune.profile import parse_json_file
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -61,11 +61,34 @@ def resolve(src: str, revision: str | None = None) -> tuple[Path, str | None]:
     return folder, folder.name
 
 
+# Which of our SMTConfig sizes each reference key becomes: its bound (smt.config.MAX_SIZES) is
+# checked here, on the key the user sees, before any weight is read or tensor built.
+OUR_FIELD = {"maxh": "max_height", "maxw": "max_width", "maxlen": "max_seq_len",
+             "out_categories": "vocab_size", "d_model": "d_model", "dim_ff": "ff_dim",
+             "num_dec_layers": "n_layers", "num_attn_heads": "n_heads", "attn_heads": "n_heads",
+             "in_channels": "in_channels"}
+
+
 def _int(config: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
+    from smt.config import MAX_SIZES
+
     value = config.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{where}: {name} must be a positive integer, got {value!r}")
+    most = MAX_SIZES[OUR_FIELD[name]]
+    if value > most:
+        raise UserError(f"{where}: {name} = {value} is above {most}, the most an SMT model takes "
+                        f"(our {OUR_FIELD[name]})")
     return value
+
+
+def _id(idx: Any) -> int | None:
+    """A vocabulary id: an int, or a string of ASCII digits ("²" and "1.5" are not ids)."""
+    if isinstance(idx, int) and not isinstance(idx, bool):
+        return idx
+    if isinstance(idx, str) and idx.isascii() and idx.isdigit():
+        return int(idx)
+    return None
 
 
 def _tokens(config: dict[str, Any], where: str) -> list[str]:
@@ -75,10 +98,9 @@ def _tokens(config: dict[str, Any], where: str) -> list[str]:
         raise UserError(f"{where}: no w2i vocabulary (token -> id)")
     by_id: dict[int, str] = {}
     for token, idx in w2i.items():
-        try:
-            i = int(idx)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: w2i[{token!r}] = {idx!r} is not an id") from None
+        i = _id(idx)
+        if i is None:
+            raise UserError(f"{where}: w2i[{token!r}] = {idx!r} is not an integer id")
         if i in by_id:
             raise UserError(f"{where}: w2i gives id {i} to both {by_id[i]!r} and {token!r}")
         by_id[i] = token
@@ -87,8 +109,10 @@ def _tokens(config: dict[str, Any], where: str) -> list[str]:
         raise UserError(f"{where}: w2i ids are not 0..{len(by_id) - 1} (id {gap} is missing)")
     if isinstance(i2w, dict) and i2w:
         for idx, token in i2w.items():
-            i = int(idx) if str(idx).isdigit() else None
-            if i is None or by_id.get(i) != token:
+            i = _id(idx)
+            if i is None:
+                raise UserError(f"{where}: i2w key {idx!r} is not an integer id")
+            if by_id.get(i) != token:
                 raise UserError(f"{where}: i2w[{idx!r}] = {token!r} but w2i says "
                                 f"{by_id.get(i) if i is not None else 'no such id'!r}")
     return [by_id[i] for i in range(len(by_id))]
@@ -98,10 +122,7 @@ def read_config(folder: Path) -> ReferenceConfig:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{folder}: no {CONFIG_FILE} (the reference's model config with w2i/i2w)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not readable JSON ({exc})") from None
+    data = parse_json_file(path, "model config")     # one line for unreadable or over-deep JSON
     if not isinstance(data, dict):
         raise UserError(f"{path}: must hold a JSON object")
     where = str(path)
@@ -130,9 +151,13 @@ def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from smt.checkpoint import load_weights_only
+
+            state = load_weights_only(path, "cpu", f"cannot load {path} as plain tensors")
     except ImportError:
         raise UserError("reading .safetensors needs safetensors: pip install 'smt-autotune[hub]'") from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a bad or hostile file is the file's fault
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load {path} as plain tensors: {first[:300]}") from exc

@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from autotune.bounds import count_arg
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.units import size_arg
 from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
+from smt.tokenizer import ALL_FORMATS
+
+DEFAULT_FORMAT = "bekern"        # PrepareConfig's: the SMT papers' format, smallest vocabulary
 
 # Upper bounds for "absurd" values: far above any real machine (a million rows buffered per
 # write), low enough that a typo is caught before it starts. --num-proc's is
@@ -42,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--reduce-ratio", type=float_in(0.0, 1.0), default=0.5)
     q.add_argument("--num-proc", type=count_arg("num_proc"), default=1)
     q.add_argument("--writer-batch-size", type=int_in(1, MAX_ROWS), default=100)
-    q.add_argument("--format", dest="fmt", choices=("kern", "ekern", "bekern"), default="bekern")
+    q.add_argument("--format", dest="fmt", choices=ALL_FORMATS, default=None,
+                   help=f"tokenization (default: --model's, else {DEFAULT_FORMAT}; ref-*: the "
+                        "reference SMT's own, which converted models read)")
+    q.add_argument("--model", default=None, metavar="DIR|CKPT",
+                   help="tokenize as this model does (a folder from smt.convert, a run folder or "
+                        "a .ckpt): the format it records")
     q.add_argument("--max-tokens", type=int_in(1, MAX_ROWS), default=DEFAULT_MAX_TOKENS,
                    help="skip rows whose transcription is longer, in tokens with <bos>/<eos> "
                         f"(default {DEFAULT_MAX_TOKENS}: see smt.data.limits)")
@@ -66,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format(given: str | None, model: str | None) -> str:
+    """--format, else the format --model records, else the default; a conflict is one line."""
+    if model is None:
+        return given or DEFAULT_FORMAT
+    from smt.convert.finetune import recorded_format
+    recorded = recorded_format(model)
+    if given and recorded and given != recorded:
+        raise UserError(f"--format {given}, but the model in {model} reads {recorded} tokens; "
+                        "drop --format to use the model's")
+    return given or recorded or DEFAULT_FORMAT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "synth":
@@ -85,9 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.ram_budget_gb:g}GiB", file=sys.stderr)
         if ram_budget is None:
             ram_budget = int(args.ram_budget_gb * 2**30)
+    fmt = _format(args.fmt, args.model)
     try:
         cfg = PrepareConfig(reduce_ratio=args.reduce_ratio, num_proc=args.num_proc,
-                            writer_batch_size=args.writer_batch_size, fmt=args.fmt,
+                            writer_batch_size=args.writer_batch_size, fmt=fmt,
                             max_tokens=args.max_tokens, max_image_pixels=args.max_image_area,
                             shard_rows=args.shard_rows,
                             stall_timeout_s=args.stall_timeout,
@@ -95,8 +117,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:        # the flags above already bound each value; this is the net
         raise UserError(str(exc)) from None
     result = prepare(args.data, cfg, out=args.out, overwrite=args.overwrite)
+    empty = result.nothing_kept()
+    if empty:                      # exit 0 would let a script go on to train on nothing
+        raise UserError(empty)
     print(result.summary())
+    if args.model:
+        print(_unknown_to_model(result, args.model, fmt))
     return 0
+
+
+def _unknown_to_model(result: Any, model: str, fmt: str) -> str:
+    """One line: the prepared data's tokens that --model's vocabulary lacks, with counts."""
+    from smt import checkpoint as ck
+    from smt.convert.finetune import shown_tokens, checkpoint_of, token_counts
+    from smt.data.prepare import load_prepared
+    from smt.tokenizer import Vocab
+
+    known = set(Vocab.load(ck.find_metadata(checkpoint_of(model), ck.VOCAB_NAME)).tokens)
+    if set(Vocab.load(result.vocab_path).tokens) <= known:
+        return f"every token of the data is in the vocabulary of {model}"
+    dataset = result.dataset if result.dataset is not None else load_prepared(result.cache_dir)
+    counts = token_counts(dataset.values(), fmt)
+    unknown = sorted(set(counts) - known)
+    return (f"{len(unknown)} token(s) of the data are not in the vocabulary of {model}: "
+            f"{shown_tokens(unknown, counts)} (smt.train --extend-vocab adds them)")
 
 
 if __name__ == "__main__":

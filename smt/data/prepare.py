@@ -38,7 +38,7 @@ from smt.data.render import quiet_datasets
 from smt.data.rows import (R_EMPTY, R_IMAGE, R_LONG, R_NO_TEXT, R_NOT_KERN, R_TOKENS,
                            check_transcription, decode_gray, map_function, map_spec,
                            output_features, prepare_example)
-from smt.data.shard import MIN_WRITER_BATCH, ShardJob, attempt, lower, run_shard
+from smt.data.shard import MIN_WRITER_BATCH, ShardJob, attempt, lower, run_shard, warm_up_shards
 from smt.paths import CREATOR, MARKER_FILE, cache_root, prepared_root
 from smt.tokenizer import Vocab, tokenize
 
@@ -48,7 +48,10 @@ __all__ = ["MIN_WRITER_BATCH", "PREP_VERSION", "PrepareConfig", "PrepareResult",
            "load_prepared", "map_function", "map_spec", "output_features", "prepare",
            "prepare_example"]
 
-SAMPLE_ROWS_FOR_DISK = 16        # rows prepared up front to predict the cache size
+# Rows prepared up front to predict the cache size: 16, but at most 1 in 10 of what is to do
+# (at least 2). The sample is mapped twice (here and in its shard), so on a small dataset a
+# fixed 16 repeated most of the work (16 of 24 pages), while the disk it must fit is small.
+SAMPLE_ROWS_FOR_DISK = 16
 DISK_MARGIN = 1.3                # predicted cache x margin must fit the free disk
 MAX_RETRIES_PER_SHARD = 8
 _lower, _run_shard = lower, run_shard      # the names tests and benches have used
@@ -95,6 +98,8 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
 
     cfg = _capped(config or PrepareConfig(), quiet)
     start = time.perf_counter()
+    if cfg.isolate:
+        warm_up_shards()     # its imports overlap ours (open_source, the cache check)
     target = None
     if out is not None:
         target = _Out(out, (data, cache_root()), overwrite)
@@ -222,7 +227,8 @@ def _default_ram_budget() -> int:
 
 def _check_disk(raw: Any, cfg: PrepareConfig, root: Path, todo_rows: int) -> None:
     """Prepare a few rows in-process, extrapolate the cache size, compare with free disk."""
-    sample = raw["train"].select(range(min(SAMPLE_ROWS_FOR_DISK, len(raw["train"]))))
+    wanted = min(SAMPLE_ROWS_FOR_DISK, max(2, todo_rows // 10))
+    sample = raw["train"].select(range(min(wanted, len(raw["train"]))))
     fn, kw = map_function(cfg.reduce_ratio, cfg.fmt, cfg.max_tokens, cfg.max_image_pixels)
     sizes = []
     for row in sample:

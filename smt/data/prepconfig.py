@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smt.tokenizer import FORMATS
+from smt.tokenizer import ALL_FORMATS
 
 PREP_VERSION = 2                 # bump when prepare_example's output changes for equal inputs
 # Rows past these are skipped and counted: the values `smt.data.limits.row_limits()` derives
@@ -36,8 +36,8 @@ class PrepareConfig:
             raise ValueError(f"num_proc must be a positive integer, got {self.num_proc!r}")
         if not isinstance(self.writer_batch_size, int) or self.writer_batch_size < 1:
             raise ValueError(f"writer_batch_size must be a positive integer, got {self.writer_batch_size!r}")
-        if self.fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        if self.fmt not in ALL_FORMATS:
+            raise ValueError(f"fmt must be one of {ALL_FORMATS}, got {self.fmt!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens!r}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
@@ -97,6 +97,20 @@ class PrepareResult:
         d.pop("dataset", None)
         return d
 
+    def skipped_line(self) -> str:
+        """"skipped N: reason: count (e.g. rows); ..." on one line."""
+        skipped = sum(self.skipped.values())
+        return f"skipped {skipped}" + (": " + "; ".join(
+            f"{k}: {v} (e.g. {', '.join(self.skipped_examples.get(k, [])[:3])})"
+            for k, v in sorted(self.skipped.items())) if skipped else "")
+
+    def nothing_kept(self) -> str | None:
+        """One line saying why no row was kept, or None when some were."""
+        if sum(self.rows_kept.values()):
+            return None
+        return (f"prepared {self.source}: kept 0 of {self.rows_in} rows, nothing to train on; "
+                f"{self.skipped_line()}")
+
     def summary(self) -> str:
         kept = sum(self.rows_kept.values())
         lines = []
@@ -110,10 +124,7 @@ class PrepareResult:
                      + ", ".join(f"{k} {v}" for k, v in self.rows_kept.items())
                      + f"), {rate}, {self.seconds:.1f} s, num_proc {self.num_proc}, "
                        f"writer_batch_size {self.writer_batch_size}")
-        skipped = sum(self.skipped.values())
-        lines.append(f"skipped {skipped}" + (": " + "; ".join(
-            f"{k}: {v} (e.g. {', '.join(self.skipped_examples.get(k, [])[:3])})"
-            for k, v in sorted(self.skipped.items())) if skipped else ""))
+        lines.append(self.skipped_line())
         if self.skipped.get("transcription too long") or self.skipped.get("image too large"):
             lines.append(f"limits: --max-tokens {self.limits.get('max_tokens')}, "
                          f"--max-image-area {self.limits.get('max_image_pixels')} px "

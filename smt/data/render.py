@@ -98,17 +98,24 @@ def kern_to_svg(kern: str, kind: str = "system", engraving: Engraving | None = N
     return tk.renderToSVG(1)
 
 
+def bundled_font(filename: str) -> Path | None:
+    """A font file matplotlib (a dependency) ships, e.g. "DejaVuSerif.ttf": the same font on
+    every machine, where a bare container may have none. None when it is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    font = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / filename
+    return font if font.is_file() else None
+
+
 @functools.lru_cache(maxsize=1)
 def _font_kwargs() -> dict[str, Any]:
     """Title and composer are SVG <text> in "Times, serif". Machines differ in fonts (a bare
-    container may have none, so titles vanish); matplotlib, a dependency, ships DejaVu Serif,
-    which gives every machine the same text. Falls back to the system fonts if it is missing."""
-    try:
-        import matplotlib
-        font = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSerif.ttf"
-    except ImportError:
-        return {}
-    if not font.is_file():
+    container may have none, so titles vanish); DejaVu Serif from matplotlib gives every
+    machine the same text. Falls back to the system fonts if it is missing."""
+    font = bundled_font("DejaVuSerif.ttf")
+    if font is None:
         return {}
     return {"skip_system_fonts": True, "font_files": [str(font)], "font_family": "DejaVu Serif",
             "serif_family": "DejaVu Serif"}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Any
 
 import numpy as np
 
 from smt import faults
 from smt.data.prepconfig import PrepareConfig
-from smt.tokenizer import TokenizeError, normalize_kern, tokenize
+from smt.tokenizer import REFERENCE_FORMATS, TokenizeError, normalize_kern, tokenize
 
 # Reasons a row is skipped (the keys of PrepareResult.skipped).
 R_IMAGE = "undecodable image"
@@ -29,6 +30,8 @@ R_NOT_KERN = "not kern (no **kern header)"
 R_TOKENS = "untokenizable transcription"
 R_LONG = "transcription too long"
 
+# `**kern`, and the reference's full-page `**ekern` / `**bekern` (with any suffix).
+_KERN_HEADER = re.compile(r"^\*\*(?:b?e)?kern")
 # The map function runs in datasets' worker processes; it is module-level so it pickles by name.
 _COUNTER: Any = None             # shared rows-done counter, set in the shard child
 
@@ -84,9 +87,11 @@ def check_transcription(text: Any, fmt: str, max_tokens: int | None) -> tuple[st
         return "", R_NO_TEXT
     if not text.strip():
         return "", R_EMPTY
-    kern = normalize_kern(text)
+    # A reference format reads the text as the reference's datasets hold it (ekern markers,
+    # measure numbers: its tokenizer drops what it drops); ours reads normalised **kern.
+    kern = text.replace("\r\n", "\n") if fmt in REFERENCE_FORMATS else normalize_kern(text)
     head = kern.split("\n", 50)[:50]
-    if not any(tok.startswith("**kern") for line in head for tok in line.split("\t")):
+    if not any(_KERN_HEADER.match(tok) for line in head for tok in line.split("\t")):
         return "", R_NOT_KERN
     if not has_music(kern):
         return "", R_EMPTY

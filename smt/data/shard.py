@@ -163,6 +163,16 @@ def attempt(job: ShardJob, cfg: PrepareConfig, ram_budget: int,
     raise RuntimeError(f"preparing shard {job.name} failed: {err.get('error', f'exit {proc.exitcode}')}")
 
 
+def warm_up_shards() -> None:
+    """Start the fork server now, in the background: it spends ~1 s importing datasets, which
+    otherwise the first shard waits for; started early, that overlaps the caller's own work
+    (opening the source, checking the cache) on another core. A no-op under spawn."""
+    ctx = _context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
 def _context() -> Any:
     """A fork server where there is one: it imports datasets once, then forks a clean,
     single-threaded child per shard in milliseconds (spawn costs seconds of imports per

@@ -1,6 +1,6 @@
 """Transformer decoder of the SMT: post-norm layers (self-attention, cross-attention, ReLU
-feed-forward), each with a full-sequence path for training and a one-token path that reads and
-extends a key/value cache for decoding.
+feed-forward), run on whole sequences (training, teacher-forced decoding). Greedy decoding one
+token at a time reads these same modules' weights in `smt.model.greedy`.
 
 Attention runs through `F.scaled_dot_product_attention`, so the fused kernels (flash / memory
 efficient on GPU, flash on CPU) keep attention memory linear in sequence length. Unlike the
@@ -9,29 +9,9 @@ and materialise [B, heads, T, S] weights per layer; the residual dropouts remain
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-@dataclass
-class LayerCache:
-    """One layer's decoding state: self-attention keys/values of the tokens so far
-    ([B, heads, max_len, head_dim], filled up to the current step) and the cross-attention
-    keys/values of the image (computed once per image)."""
-    self_k: torch.Tensor
-    self_v: torch.Tensor
-    cross_k: torch.Tensor
-    cross_v: torch.Tensor
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop finished rows so later steps spend nothing on them."""
-        self.self_k = self.self_k.index_select(0, rows)
-        self.self_v = self.self_v.index_select(0, rows)
-        self.cross_k = self.cross_k.index_select(0, rows)
-        self.cross_v = self.cross_v.index_select(0, rows)
 
 
 class MultiHeadAttention(nn.Module):
@@ -87,21 +67,3 @@ class DecoderLayer(nn.Module):
         x = self.norm1(x + self.dropout(self.self_attn.attend(x, k, v, causal=True)))
         cross_k, cross_v = self.cross_attn.project_kv(memory_k, memory_v)
         return self._cross_and_ff(x, cross_k, cross_v, memory_mask)
-
-    def start_cache(self, memory_k: torch.Tensor, memory_v: torch.Tensor, max_len: int) -> LayerCache:
-        cross_k, cross_v = self.cross_attn.project_kv(memory_k, memory_v)
-        b, heads, _, head_dim = cross_k.shape
-        empty = cross_k.new_empty(b, heads, max_len, head_dim)
-        return LayerCache(empty, torch.empty_like(empty), cross_k, cross_v)
-
-    def step(self, x: torch.Tensor, position: int, cache: LayerCache,
-             memory_mask: torch.Tensor | None) -> torch.Tensor:
-        """One new token per row: x [B, 1, d] at `position`; writes its key/value into the cache
-        and attends over positions 0..position (all earlier ones, so no mask is needed)."""
-        k, v = self.self_attn.project_kv(x, x)
-        cache.self_k[:, :, position] = k[:, :, 0]
-        cache.self_v[:, :, position] = v[:, :, 0]
-        attn = self.self_attn.attend(x, cache.self_k[:, :, : position + 1],
-                                     cache.self_v[:, :, : position + 1])
-        x = self.norm1(x + self.dropout(attn))
-        return self._cross_and_ff(x, cache.cross_k, cache.cross_v, memory_mask)

@@ -60,6 +60,13 @@ def count_params(config: SMTConfig) -> int:
     return total + config.n_layers * layer + v * d + (d * v + v)
 
 
+def build_bytes(config: SMTConfig) -> int:
+    """float32 bytes of the model as built: its parameters and its positional tables (the 1D
+    table of max_seq_len rows and the 2D one of the largest image's feature grid)."""
+    tables = config.max_seq_len * config.d_model + config.grid_height * config.grid_width * config.d_model
+    return 4 * (count_params(config) + tables)
+
+
 def _precision(precision: str | int) -> tuple[int, int, bool]:
     key = str(precision)
     if key not in _PRECISIONS:

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from smt.config import SMTConfig
-from smt.model.decoder import DecoderLayer, LayerCache
+from smt.model.decoder import DecoderLayer
 from smt.model.encoder import ConvNeXtEncoder, valid_extent
 from smt.model.estimate import MemoryEstimate, estimate_flops, estimate_memory
+from smt.model.greedy import greedy_decode
 from smt.model.positional import TABLES_1D, TABLES_2D
 
 # Padding for images whose sides are not multiples of 16: paper white, like the collate's.
@@ -154,16 +155,18 @@ class SMTModel(nn.Module):
             raise ValueError(f"max_len must be in [1, max_seq_len - 1 = {limit}], got {max_len}")
         return max_len
 
-    @torch.no_grad()
     def generate(self, images: torch.Tensor, max_len: int | None = None,
-                 image_sizes: torch.Tensor | None = None) -> list[list[int]]:
-        """Batched greedy decoding with a key/value cache. Returns, per image, the generated ids
-        without <bos> and <eos>; a row stops at its <eos> or after max_len tokens (default
-        max_seq_len - 1). Finished rows leave the batch, so they cost nothing afterwards.
-        Runs in eval mode (no dropout) and restores the previous mode."""
+                 image_sizes: torch.Tensor | None = None, *, compile: bool = False
+                 ) -> list[list[int]]:
+        """Batched greedy decoding with a key/value cache (`smt.model.greedy`). Returns, per
+        image, the generated ids without <bos> and <eos>; a row stops at its <eos> or after
+        max_len tokens (default max_seq_len - 1). Finished rows leave the batch, so they cost
+        nothing afterwards. Runs in eval mode (no dropout) and restores the previous mode.
+        compile=True runs the decoder step through `torch.compile` (eager if that fails); off
+        by default: on a CPU the compile costs more than a validation's decoding saves."""
         max_len = self._max_len(max_len)
-        with _eval_mode(self):
-            return self.greedy_cached(self.encode(images, image_sizes), max_len)
+        with _eval_mode(self), torch.inference_mode():
+            return self.greedy_cached(self.encode(images, image_sizes), max_len, compile=compile)
 
     @torch.no_grad()
     def generate_uncached(self, images: torch.Tensor, max_len: int | None = None,
@@ -175,33 +178,12 @@ class SMTModel(nn.Module):
         with _eval_mode(self):
             return self.greedy_uncached(self.encode(images, image_sizes), max_len)
 
-    def greedy_cached(self, memory: Memory, max_len: int) -> list[list[int]]:
-        """The decoding loop of `generate` on already encoded images (call under no_grad/eval)."""
-        b = memory.keys.shape[0]
-        caches: list[LayerCache] = [layer.start_cache(memory.keys, memory.values, max_len)
-                                    for layer in self.layers]
-        mask = memory.mask
-        rows = torch.arange(b, device=memory.keys.device)            # original index of each live row
-        tokens = torch.full((b,), self.config.bos_id, dtype=torch.long, device=rows.device)
-        outputs: list[list[int]] = [[] for _ in range(b)]
-        for position in range(max_len):
-            x = (self.embedding(tokens) + self.positions[position])[:, None, :]
-            for layer, cache in zip(self.layers, caches):
-                x = layer.step(x, position, cache, mask)
-            tokens = self.logits(x[:, 0]).argmax(dim=-1)
-            done = tokens == self.config.eos_id
-            for row, token, finished in zip(rows.tolist(), tokens.tolist(), done.tolist()):
-                if not finished:
-                    outputs[row].append(token)
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
-                rows, tokens = rows[keep], tokens[keep]
-                mask = None if mask is None else mask[keep]
-                for cache in caches:
-                    cache.keep(keep)
-        return outputs
+    def greedy_cached(self, memory: Memory, max_len: int, *, compile: bool = False
+                      ) -> list[list[int]]:
+        """The decoding loop of `generate` on already encoded images (call under
+        inference_mode/no_grad, in eval mode)."""
+        return greedy_decode(self, memory.keys, memory.values, memory.mask, max_len,
+                             compile=compile)
 
     def greedy_uncached(self, memory: Memory, max_len: int) -> list[list[int]]:
         """The decoding loop of `generate_uncached` on already encoded images."""

@@ -51,7 +51,11 @@ def start_from(plan: TrainConfig, data: RunData) -> Any:
         return None
     from smt.convert import finetune
 
-    init = finetune.fit_to_data(finetune.load_init(plan.init_from), data.vocab.tokens, plan.fmt,
+    start = finetune.load_init(plan.init_from)
+    tokens: Any = data.vocab.tokens
+    if set(tokens) - set(start.vocab.tokens):     # name the model's unknowns with their counts
+        tokens = finetune.token_counts((data.train, data.val), plan.fmt)
+    init = finetune.fit_to_data(start, tokens, plan.fmt,
                                 plan.extend_vocab, data.max_height, data.max_width,
                                 data.max_seq_len)
     data.vocab = init.vocab

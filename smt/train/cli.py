@@ -15,7 +15,7 @@ from autotune.bounds import FORCE_FLAG, count_arg
 from autotune.errors import UserErrorParser, float_in, int_in
 from smt.say import PROG
 from smt.train.planner import PLAN_FLAG
-from smt.runconfig import (AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, FORMATS,
+from smt.runconfig import (ALL_FORMATS, AUGMENTS, CPU_DEMO_LR, CPU_DEMO_PRESET, DEFAULTS, MAX_PICTURES,
                                  PRESETS, CurriculumConfig)
 
 MAX_TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+):(\d+)$")
@@ -54,7 +54,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="hub id, save_to_disk folder or image folder (default: embedded synthetic set)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help=f"model size ({_default('preset', f'; {CPU_DEMO_PRESET} in the CPU demo')})")
-    g.add_argument("--format", dest="fmt", default=None, choices=FORMATS,
+    g.add_argument("--format", dest="fmt", default=None, choices=ALL_FORMATS,
                    help=f"transcription format ({_default('fmt')}; a resumed run keeps its own)")
     g.add_argument("--profile", default=None, metavar="NAME|PATH|auto",
                    help="apply a profile's settings; auto reuses a matching one or probes")
@@ -110,6 +110,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"training image augmentation ({_default('augment')})")
     r.add_argument("--val-every", type=int_in(1, 10**9), metavar="STEPS",
                    help="validate every STEPS optimizer steps (default: every epoch)")
+    r.add_argument("--pictures", type=int_in(0, MAX_PICTURES), metavar="N", default=None,
+                   help="pictures of what the model reads for N validation samples at the end "
+                        f"(image, prediction and truth engraved; 0 = none; {_default('pictures')})")
     r.add_argument("--val-batches", type=int_in(1, 10**9), default=None,
                    help="decode at most this many validation batches")
     r.add_argument("--ckpt-every", type=int_in(1, 10**9), metavar="STEPS", default=None,

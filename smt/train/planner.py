@@ -176,6 +176,13 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
     flags = flag_values(args, FLAG_OF)
     if args.no_grad_clip:
         flags["grad_clip"] = None             # off: a value of its own, not "not given"
+    if args.init_from and args.fmt is None:
+        # The model's tokens are tied to its rows: read the data as it was trained to read it
+        # (a converted model: the reference's own tokenization).
+        from smt.convert.finetune import recorded_format
+        fmt = recorded_format(args.init_from)
+        if fmt:
+            flags["fmt"] = fmt
     layers = Layers(defaults=replace(DEFAULTS, settings=default_settings()),
                     demo=_demo_layer(args, previous), resumed=previous, profile={}, flags=flags,
                     decided={"out": out, "resume_ckpt": resume_ckpt},

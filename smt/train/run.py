@@ -94,6 +94,7 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
             scope.enter_context(ranks_read_plan(plan.out / ck.RUN_NAME))
         scope.enter_context(quiet_lightning())
         trainer = assembly.make_trainer(plan, callbacks, assembly.make_loggers(plan, wandb))
+        baseline = _baseline(trainer, module, val_loader) if init is not None else None
         t0 = time.perf_counter()
         _fit(trainer, module, train_loader, val_loader, plan, request)
         if module.last_val.get("step") != trainer.global_step and trainer.global_step > 0 \
@@ -102,12 +103,15 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
             # competes for best.ckpt like any other validation.
             trainer.validate(module, dataloaders=val_loader, verbose=False)
             summary.keep_if_best(trainer, module, plan.out / "checkpoints" / ck.BEST_NAME)
-    result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0)
+    result = summary.summary(plan, trainer, module, throughput, time.perf_counter() - t0,
+                             baseline)
     if tuner is not None:       # each curriculum stage's micro-batch, why, and samples/s
         result["stages"] = tuner.summary()
     if is_rank_zero():
         atomic_write_json(plan.out / ck.SUMMARY_NAME, result)
         print(summary.one_line(result), flush=True)
+        if plan.pictures:
+            _pictures(plan, module, data)
     return result
 
 
@@ -118,6 +122,33 @@ def _kept(plan: TrainConfig) -> str:
         return "; no checkpoint had been written"
     step = ck.load_checkpoint(last).get("global_step")
     return f"; {last} (step {step}) is kept: --resume {plan.out} continues from it"
+
+
+def _pictures(plan: TrainConfig, module: SMTModule, data: RunData) -> None:
+    """OUT/pictures/ (`smt.train.pictures`) and the line saying where: the run's last line.
+    A finished run stays finished: a picture that cannot be made is one line, not an error."""
+    from smt.train.pictures import FOLDER, write_end_of_run
+    try:
+        pictures = write_end_of_run(plan.out, module.model, data.vocab, plan.fmt, data.val,
+                                    plan.pictures)
+    except Exception as exc:  # noqa: BLE001 - the checkpoints and summary are already written
+        say(f"pictures not written: {type(exc).__name__}: {exc}")
+        return
+    say(f"pictures of what the model reads in {len(pictures)} validation samples (image, "
+        f"prediction, truth): {plan.out / FOLDER}/")
+
+
+def _baseline(trainer: pl.Trainer, module: SMTModule, val_loader: Any) -> dict[str, float]:
+    """The starting model's scores on the validation data, before any training step: what a
+    fine-tune must beat. Outside fit, so no checkpoint or early-stopping callback counts it
+    (Lightning's ModelCheckpoint and EarlyStopping act only while fitting)."""
+    trainer.validate(module, dataloaders=val_loader, verbose=False)
+    scores = {k: module.last_val[k] for k in ("ser", "cer", "ler") if k in module.last_val}
+    module.last_val = {}
+    if scores:
+        say(f"baseline (the --init-from model, before training): SER {scores['ser']:.1f}  "
+            f"CER {scores['cer']:.1f}  LER {scores['ler']:.1f}")
+    return scores
 
 
 def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: Any,

@@ -33,7 +33,8 @@ def keep_if_best(trainer: Any, module: Any, path: Path) -> None:
 
 
 def summary(plan: TrainConfig, trainer: Any, module: Any, throughput: Any,
-            elapsed_s: float) -> dict[str, Any]:
+            elapsed_s: float, baseline: dict[str, float] | None = None) -> dict[str, Any]:
+    """The run's numbers; `baseline`: the --init-from model's val scores before training."""
     best_cb = best_callback(trainer)
     best_score = getattr(best_cb, "best_model_score", None)
     ckpt_dir = plan.out / "checkpoints"
@@ -51,6 +52,10 @@ def summary(plan: TrainConfig, trainer: Any, module: Any, throughput: Any,
         "val_cer": last.get("cer"),
         "val_ler": last.get("ler"),
         "val_loss": last.get("loss"),
+        # The starting model's scores on the same validation data (--init-from), else None.
+        "baseline_val_ser": (baseline or {}).get("ser"),
+        "baseline_val_cer": (baseline or {}).get("cer"),
+        "baseline_val_ler": (baseline or {}).get("ler"),
         "train_loss": module.last_train_loss,
         "checkpoint_last": str(ckpt_dir / ck.LAST_NAME),
         "checkpoint_best": str(best_path) if best_path.is_file() else None,
@@ -72,7 +77,9 @@ def one_line(summary: dict[str, Any]) -> str:
     sps = summary["samples_per_s"]
     ser = summary["best_val_ser"]
     rate = f"{sps:.2f} samples/s, " if sps is not None else ""
+    base = summary.get("baseline_val_ser")
+    start = f"baseline val SER {base:.1f} -> " if base is not None else ""
     return line(f"done: {summary['steps']} steps, {rate}"
-            f"peak memory {format_bytes(summary['peak_memory_bytes'])}, best val SER "
+            f"peak memory {format_bytes(summary['peak_memory_bytes'])}, {start}best val SER "
             f"{'n/a' if ser is None else f'{ser:.1f}'}, last {summary['checkpoint_last']}, "
             f"best {summary['checkpoint_best'] or 'n/a'}")

@@ -113,7 +113,7 @@ def test_conversion_maps_every_parameter_and_computes_what_the_reference_does(
     reference = json.loads((tmp_path / "out" / "reference.json").read_text())
     assert reference["image"] == {"reduce_ratio": 0.85, "min_height_px": 256, "max_width_px": 3056,
                                   "resize": "ceil"}
-    assert reference["fmt"] == "kern"
+    assert reference["fmt"] == "ref-system"
 
 
 def test_cli_converts_and_predict_runs_on_the_result(tmp_path: Path,
@@ -129,7 +129,7 @@ def test_cli_converts_and_predict_runs_on_the_result(tmp_path: Path,
     assert run_cli(predict_main, ["--checkpoint", str(tmp_path / "out"), str(image),
                                   "--max-len", "8", "--device", "cpu"]) == 0
     predictor = Predictor.from_checkpoint(tmp_path / "out", device="cpu")
-    assert predictor.fmt == "kern"
+    assert predictor.fmt == "ref-system"
     assert tuple(predictor.load_image(image).shape) == (1, 256, 300)    # stretched to 256 px high
 
 
@@ -255,7 +255,8 @@ def test_fine_tuning_starts_from_the_converted_weights(tmp_path: Path, monkeypat
     # No dropout, so the first training step's loss is the loaded model's loss exactly.
     SMTConfig.load(conv / "config.json").replace(dropout=0.0).save(conv / "config.json")
     data = tiny_dataset_dict(tmp_path / "data", n_train=1, n_val=1, n_test=1)
-    args = ["--data", str(data), "--init-from", str(conv), "--format", "kern", "--num-workers", "0",
+    # No --format: the run reads the data as the converted model does (ref-system).
+    args = ["--data", str(data), "--init-from", str(conv), "--num-workers", "0",
             "--precision", "32-true", "--teacher-noise", "0", "--batch-size", "1", "--max-steps", "1",
             "--lr", "1e-9", "--reduce-ratio", "1.0", "--patience", "0", "--val-batches", "1"]
     capsys.readouterr()
@@ -273,14 +274,14 @@ def test_fine_tuning_starts_from_the_converted_weights(tmp_path: Path, monkeypat
 
     row = datasets.load_from_disk(str(data))["train"][0]
     image = torch.from_numpy(np.asarray(row["image"].convert("L"), dtype=np.float32) / 255.0)[None, None]
-    ids = torch.tensor(vocab.encode(tokenize(row["transcription"], "kern"), add_special=True))[None]
+    ids = torch.tensor(vocab.encode(tokenize(row["transcription"], "ref-system"), add_special=True))[None]
 
     def loss_of(model: SMTModel) -> float:
         with torch.no_grad():
             return float(model.eval().loss(model(image, ids[:, :-1]), ids[:, 1:]))
 
     loaded = SMTModel(config)
-    apply(loaded, fit_to_data(load_init(str(conv)), vocab.tokens, "kern", True,
+    apply(loaded, fit_to_data(load_init(str(conv)), vocab.tokens, "ref-system", True,
                               config.max_height, config.max_width, config.max_seq_len))
     torch.manual_seed(0)
     assert first_loss == pytest.approx(loss_of(loaded), rel=1e-4)

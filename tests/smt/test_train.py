@@ -213,4 +213,8 @@ def test_a_first_run_prints_ours_and_not_lightnings_tips_and_warnings(tmp_path: 
     assert proc.returncode == 0, printed[-3000:]
     assert "bf16-mixed" in printed and "[smt.train] done: 2 steps" in printed
     assert "Trainable params" in printed                 # the summary itself stays
+    # The run's last line says where the pictures of what the model reads are (make demo's too).
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "pictures" in last and str(tmp_path / "run" / "pictures") in last, last
+    assert (tmp_path / "run" / "pictures" / "val0.png").is_file()
     assert [noise for noise in LIGHTNING_NOISE if noise in printed] == [], printed[-3000:]

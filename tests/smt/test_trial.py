@@ -30,6 +30,7 @@ def test_launch_is_smt_train_with_the_settings_as_flags(tmp_path: Path) -> None:
     assert flag["--out"] == str(tmp_path / "t") and flag["--seed"] == "3"
     assert flag["--preset"] == "debug" and flag["--data"] == "/d" and flag["--lr"] == "0.0003"
     assert flag["--patience"] == "0" and flag["--val-batches"] == "1"
+    assert flag["--pictures"] == "0"          # a trial ends without drawing pictures
     assert "--val-every" not in flag and "--devices" not in flag
     assert launch.start_marker == "run.json"                    # smt.checkpoint.RUN_NAME
     assert launch.with_command(("fake",)).argv == ["fake", *args]
