@@ -45,11 +45,16 @@ def nonfinite_keys(state: dict[str, Any]) -> list[str]:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO with atomic writes and weights-only reads; weights that
-    are not finite are never written (`NonFiniteWeights`)."""
+    are not finite are never written (`NonFiniteWeights`) unless `allow_nonfinite` (the
+    converter's `--allow-nonfinite`, which names them itself)."""
+
+    def __init__(self, allow_nonfinite: bool = False) -> None:
+        super().__init__()
+        self.allow_nonfinite = allow_nonfinite
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
-        bad = nonfinite_keys(checkpoint.get("state_dict") or {})
+        bad = [] if self.allow_nonfinite else nonfinite_keys(checkpoint.get("state_dict") or {})
         if bad:
             raise NonFiniteWeights(
                 f"the weights are not finite at step {checkpoint.get('global_step')} ({bad[0]}); "

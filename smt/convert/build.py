@@ -146,7 +146,7 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     with replace_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=True) as tmp:
         config.save(tmp / ck.CONFIG_NAME)
         vocab.save(tmp / ck.VOCAB_NAME)
-        ck.AtomicCheckpointIO().save_checkpoint(
+        ck.AtomicCheckpointIO(allow_nonfinite=allow_nonfinite).save_checkpoint(
             {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
              "global_step": 0}, tmp / CHECKPOINT_NAME)
         write_reference(tmp, src=src, commit=commit, layout=layout, ds=ds, fmt=vocab.fmt,
