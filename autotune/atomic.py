@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees half a profile, vocabulary or run record.
+"""Atomic file writes: a reader never sees half a profile, vocabulary or run record; and
+strict JSON (no NaN/Infinity) for every JSON we write.
 
 Write to a temporary file in the same folder, flush and fsync it, then `os.replace` it over
 the target (atomic on POSIX and Windows within one filesystem). The cost is one fsync per
@@ -9,6 +10,7 @@ so outputs are as readable as any other file the user writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -59,5 +61,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (numpy's too) replaced by None, containers
+    rebuilt: JSON has no such numbers, and strict readers refuse Python's `NaN`."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item"):   # a numpy scalar
+        return finite_json(obj.item())
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON of `obj` (`finite_json`: null, never NaN/Infinity); every JSON file and
+    line we write goes through it."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    return atomic_write_text(path, json_text(obj, indent) + "\n")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autotune.bounds import count_arg
 from autotune.errors import (MAX_FLAG_SECONDS, SubcommandParser, UserError, float_in, int_in,
                              run_cli)
 from autotune.outdir import check_out_dir, check_out_file, replace_dir
@@ -23,9 +24,8 @@ from autotune.workload import DEFAULT_WORKLOAD
 log = logging.getLogger(__name__)
 
 
-# Far above any real machine or recipe, low enough to catch a typo before hours of probing:
-# smt.train bounds --devices and --batch-size the same way.
-MAX_DEVICES = 4096
+# Far above any real recipe, low enough to catch a typo before hours of probing (the counts'
+# bounds, --devices among them, are autotune.bounds.COUNTS, shared with smt.train).
 MAX_EFFECTIVE_BATCH = 65536
 
 
@@ -38,7 +38,7 @@ def _debug(p: argparse.ArgumentParser) -> None:
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=int_in(1, MAX_DEVICES), default=None,
+    p.add_argument("--devices", type=count_arg("devices"), default=None,
                    help="devices to train on (default: every GPU, or 1 CPU process)")
     p.add_argument("--ram-budget", default=None, metavar="SIZE",
                    help="RAM the run may use, e.g. 24GB (default: 85%% of available)")

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from autotune.atomic import atomic_write_json, default_mode
 from autotune.errors import UserError
 
 OUT_MARKER = ".smt-autotune-out.json"      # {"creator", "command", "created"} in the folder
+RUN_LOCK = ".smt-run.lock"                 # in a run folder: the pid of the run writing it
 CREATOR = "smt-autotune"
 
 PathLike = str | os.PathLike[str]
@@ -127,6 +129,66 @@ def check_run_dir(out: PathLike, inputs: Iterable[PathLike | None] = (),
         raise UserError(f"{flag} {out} {clash[0]} the input {clash[1]}: choose a folder outside it")
     _writable_parent(target, flag)
     return target
+
+
+def _holder(fd: int, fcntl: Any) -> str | None:
+    """Lock `fd`'s file, or say who holds it: its pid ("?" before the holder wrote it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return text if text.isdigit() else "?"
+    return None
+
+
+def _in_use(out: PathLike, holder: str, flag: str) -> str:
+    who = f"pid {holder}" if holder != "?" else "another process"
+    return f"{flag} {out} is in use by another run ({who}); wait for it to end or choose another {flag}"
+
+
+def check_run_dir_free(out: PathLike, flag: str = "--out") -> None:
+    """One UserError line when another process holds `out`'s run lock (`own_run_dir`);
+    nothing otherwise, nor where there is no lock file (or no fcntl)."""
+    path = Path(out).expanduser() / RUN_LOCK
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return
+    try:
+        holder = _holder(fd, fcntl)
+    finally:
+        os.close(fd)                                    # and the lock it may have taken
+    if holder is not None:
+        raise UserError(_in_use(out, holder, flag))
+
+
+@contextmanager
+def own_run_dir(out: PathLike, flag: str = "--out") -> Iterator[Path]:
+    """Hold `out`'s lock (`RUN_LOCK`, created with the folder) for the block: a second process
+    asking for the same folder gets one UserError line naming the holder's pid instead of
+    writing over its files. An flock, so the OS releases it when the holder dies (even by
+    SIGKILL) and a crashed run never blocks the next; the file stays (removing it would let
+    a third process lock a new file while the second still holds the old one). Processes
+    forked by the holder (loader workers) share it until they exit. No fcntl (Windows): no
+    lock."""
+    target = Path(out).expanduser()
+    try:
+        import fcntl
+    except ImportError:                                 # Windows
+        yield target
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        holder = _holder(fd, fcntl)
+        if holder is not None:
+            raise UserError(_in_use(out, holder, flag))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield target
+    finally:
+        os.close(fd)                                    # releases the lock
 
 
 def check_out_file(out: PathLike, flag: str = "--out") -> Path:

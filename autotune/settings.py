@@ -10,13 +10,15 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from autotune.bounds import COUNTS, count_problem
+
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 # Keys a profile may lack: added after schema 1 shipped, with a default that means "as before".
 OPTIONAL_KEYS = frozenset({"num_threads"})
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device",
               "fsdp", "deepspeed")
-# Above these a value is a typo, not a machine (4096 devices, 65536 samples per batch).
-LIMITS = {"num_proc": 1024, "devices": 4096, "batch_size": 1 << 16}
+# The counts among the fields: each bounded as its flag is (autotune.bounds.COUNTS).
+COUNT_FIELDS = ("num_proc", "batch_size", "accumulate_grad_batches", "devices", "num_workers")
 
 
 class SettingError(ValueError):
@@ -52,28 +54,22 @@ class Settings:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_proc", "writer_batch_size", "batch_size", "accumulate_grad_batches",
-                     "devices", "effective_batch_size"):
+        for name in ("writer_batch_size", "effective_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingError(name, f"{name} must be a positive integer, got {value!r}")
-        for name, limit in LIMITS.items():
-            if getattr(self, name) > limit:
-                raise SettingError(name, f"{name} is absurdly large ({getattr(self, name)}, "
-                                         f"at most {limit})")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
-                or not 0 <= self.num_workers <= 1024:
-            raise SettingError("num_workers", f"num_workers must be an integer in [0, 1024], "
-                                              f"got {self.num_workers!r}")
+        for name in COUNT_FIELDS:
+            problem = count_problem(name, getattr(self, name))
+            if problem:
+                raise SettingError(name, problem)
         if not isinstance(self.reduce_ratio, (int, float)) or isinstance(self.reduce_ratio, bool) \
                 or not math.isfinite(self.reduce_ratio) or not 0.05 <= self.reduce_ratio <= 1.0:
             raise SettingError("reduce_ratio", f"reduce_ratio must be in [0.05, 1.0], "
                                                f"got {self.reduce_ratio!r}")
-        if self.num_threads is not None and (isinstance(self.num_threads, bool)
-                                             or not isinstance(self.num_threads, int)
-                                             or not 1 <= self.num_threads <= 4096):
+        if self.num_threads is not None and count_problem("num_threads", self.num_threads):
+            lo, hi = COUNTS["num_threads"]
             raise SettingError("num_threads", f"num_threads must be None or an integer in "
-                                              f"[1, 4096], got {self.num_threads!r}")
+                                              f"[{lo}, {hi}], got {self.num_threads!r}")
         if self.precision not in PRECISIONS:
             raise SettingError("precision", f"precision must be one of {', '.join(PRECISIONS)}, "
                                             f"got {self.precision!r}")

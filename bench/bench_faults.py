@@ -7,9 +7,10 @@ run end where a clean run ends?
 Every row runs the real code path with a real fault: child processes killed with SIGKILL,
 the preparation's map stalled or swollen through SMT_PREPARE_FAULT, corrupt files on disk, a
 writer killed mid-write, training OOM through SMT_INJECT_OOM_ABOVE and a training SIGKILL
-through SMT_INJECT_KILL_AT_STEP; as root, a training run inside a 1.5 GiB memory cgroup (a
-batch too large for the container, and a loader that fills it through SMT_LOADER_FAULT).
-"Extra s" is the faulty path's wall time (every attempt)
+through SMT_INJECT_KILL_AT_STEP, a NaN loss through SMT_INJECT_NAN_AT_STEP, --devices above
+the cores and two trainings into one folder; as root, a training run inside a 1.5 GiB memory
+cgroup (a batch too large for the container, and a loader that fills it through
+SMT_LOADER_FAULT). "Extra s" is the faulty path's wall time (every attempt)
 minus a clean run's, both measured here; "identical" compares the final artefact (prepared rows
 byte for byte; profile JSON; model weights) with the clean run's.
 """
@@ -479,6 +480,70 @@ def fault_concurrent_prepare(raw: Path, work: Path) -> Row:
                f"first took {time.perf_counter() - t0:.1f} s; the second printed one line, then reused")
 
 
+def fault_bounds(work: Path) -> list[Row]:
+    """What a count, a second run or a NaN can no longer do: --devices above the cores, two
+    trainings into one folder, a loss that turns NaN mid-run."""
+    from autotune.hardware import usable_cpus
+    from tiny_scores import tiny_dataset_dict
+    data = tiny_dataset_dict(work / "tiny-bounds", n_train=2, n_val=1, n_test=1)
+    cache = work / "bounds-cache"
+    rows = []
+
+    out = work / "devices"
+    proc, took = _train(data, out, 1, {}, cache, extra=[
+        "--data", str(data), *FAST, "--max-steps", "1", "--devices", "1000", "--out", str(out)])
+    line = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    rows.append(Row(f"train: --devices 1000 on {usable_cpus():g} usable cores",
+                    _yes(proc.returncode == 2 and "--devices 1000" in line), f"{took:.1f} s",
+                    "nothing: no rank started" + ("" if not out.exists() else ", but a folder"),
+                    "n/a", f"exit {proc.returncode}; one line: {line.split(': error: ')[-1][:60]}..."))
+
+    out = work / "shared"
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE: str(cache),
+           "SMT_LOADER_FAULT": "sleep_ms=1000"}
+    argv = ["--data", str(data), *FAST, "--batch-size", "1", "--max-steps", "4", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "smt.train", *argv], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = out / ".smt-run.lock"
+    deadline = time.monotonic() + 600
+    while (not lock.is_file() or not lock.read_text().strip()) and first.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second, took = _train(data, out, 1, {}, cache, extra=[*argv[:-4], "--max-steps", "1",
+                                                          "--out", str(out)])
+    _, err = first.communicate(timeout=900)
+    line = (second.stderr.strip().splitlines() or ["?"])[-1]
+    metrics = out / "logs" / "csv" / "metrics.csv"
+    kept = first.returncode == 0 and metrics.is_file() \
+        and "val_loss" in metrics.read_text().splitlines()[0] \
+        and json.loads((out / "run.json").read_text()).get("max_steps") == 4
+    rows.append(Row("train: a second training into a running one's --out",
+                    _yes(second.returncode == 2 and f"pid {first.pid}" in line), f"{took:.1f} s",
+                    "nothing: the first run finished" if kept else f"first run: {err[-50:]}",
+                    _yes(kept) + " (first run's run.json, metrics)",
+                    f"exit {second.returncode}; one line: {line.split(': error: ')[-1][:60]}..."))
+
+    total, nan_at = 12, 7
+    out = work / "nan"
+    proc, took = _train(data, out, total, {"SMT_INJECT_NAN_AT_STEP": str(nan_at)}, cache)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    line = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    if proc.returncode != 3 or not ckpt.is_file():
+        rows.append(Row(f"train: NaN loss from step {nan_at}", "NO", "-", "-", "-", line[-70:]))
+        return rows
+    import torch
+    saved = _weights(ckpt)
+    finite = all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values()
+                 if t.is_floating_point())
+    rows.append(Row(f"train: NaN loss from step {nan_at} ({total} asked)",
+                    _yes(f"at step {nan_at}" in line), "at that step, before its update",
+                    f"{nan_at - int(saved['global_step'])} steps (last.ckpt at step "
+                    f"{saved['global_step']}, checkpoint every 3)",
+                    _yes(finite) + " (kept weights finite)",
+                    f"exit 3; one line: {line.split(': error: ')[-1][:60]}..."))
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     from rich.console import Console
@@ -505,7 +570,8 @@ def main() -> int:
                  ("training", lambda: fault_training(work)),
                  ("concurrent prepare", lambda: [fault_concurrent_prepare(raw, work)]),
                  ("signals", lambda: fault_signals(work)),
-                 ("container", lambda: fault_container(work))]
+                 ("container", lambda: fault_container(work)),
+                 ("bounds", lambda: fault_bounds(work))]
         only = set(sys.argv[1:])            # e.g. `signals "concurrent prepare"`: those only
         steps = [(n, f) for n, f in steps if not only or n in only]
         for name, step in steps:

@@ -29,11 +29,37 @@ LAST_NAME = "last.ckpt"
 BEST_NAME = "best.ckpt"
 
 
+class NonFiniteWeights(UserError):
+    """Weights with a NaN or infinity about to be saved: the save is refused, so the
+    checkpoint on disk stays the last good one. Exit 3, as `smt.module.NonFiniteLoss`."""
+
+    exit_code = 3
+
+
+def nonfinite_keys(state: dict[str, Any]) -> list[str]:
+    """Keys whose floating-point tensor holds a NaN or an infinity (such a model computes NaN
+    everywhere). One pass over the weights: nothing next to serialising them."""
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor)
+            and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO with atomic writes and weights-only reads."""
+    """Lightning's torch checkpoint IO with atomic writes and weights-only reads; weights that
+    are not finite are never written (`NonFiniteWeights`) unless `allow_nonfinite` (the
+    converter's `--allow-nonfinite`, which names them itself)."""
+
+    def __init__(self, allow_nonfinite: bool = False) -> None:
+        super().__init__()
+        self.allow_nonfinite = allow_nonfinite
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
+        bad = [] if self.allow_nonfinite else nonfinite_keys(checkpoint.get("state_dict") or {})
+        if bad:
+            raise NonFiniteWeights(
+                f"the weights are not finite at step {checkpoint.get('global_step')} ({bad[0]}); "
+                f"{path} was not overwritten. Try a lower --lr, --precision 32-true, or check "
+                "the --init-from weights")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
@@ -141,6 +167,13 @@ def read_json(path: Path) -> dict[str, Any]:
 def last_checkpoint(run_dir: Path) -> Path | None:
     candidate = run_dir / "checkpoints" / LAST_NAME
     return candidate if candidate.is_file() else None
+
+
+def run_marks(run_dir: Path) -> list[str]:
+    """What in `run_dir` shows that a run wrote there (its checkpoint, run files, logs), in
+    that order; [] for a folder no run has started in."""
+    names = [f"checkpoints/{LAST_NAME}", RUN_NAME, CONFIG_NAME, SUMMARY_NAME, "logs"]
+    return [name for name in names if (run_dir / name).exists()]
 
 
 def find_latest_run(root: Path) -> Path | None:

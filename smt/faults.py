@@ -25,6 +25,9 @@ load_item (smt.data.loader.ScoreDataset, once     SMT_LOADER_FAULT="k=v;k=v": `s
                                                   `fill_pct=P` holds what brings that process's
                                                   RSS to P% of the RAM limit (a leak that stops
                                                   short of the OOM killer).
+nan_loss (smt.module.SMTModule, each           SMT_INJECT_NAN_AT_STEP=N: from optimizer step
+  micro-batch's loss, before backward)            N on, every training loss is NaN (a run that
+                                                  diverges, or NaN weights from --init-from).
 ram_budget (smt.train's trainer assembly, the     SMT_INJECT_RAM_BUDGET_MB=M: the resource
   resource monitor's RAM budget)                  monitor's RAM budget is M MiB instead of the
                                                   machine's RAM (RAM "near the budget" at once).
@@ -50,6 +53,7 @@ ENV_KILL_AT_STEP = "SMT_INJECT_KILL_AT_STEP"
 ENV_LOADER_FAULT = "SMT_LOADER_FAULT"
 ENV_RAM_BUDGET_MB = "SMT_INJECT_RAM_BUDGET_MB"
 ENV_RAM_LIMIT_MB = "SMT_INJECT_RAM_LIMIT_MB"
+ENV_NAN_AT_STEP = "SMT_INJECT_NAN_AT_STEP"
 
 STALL_S = 3600.0
 
@@ -158,6 +162,14 @@ def oom_fault() -> OomFault | None:
     ranks = os.environ.get(ENV_INJECT_OOM_RANKS, "").strip()
     return OomFault(int(above),
                     frozenset(int(r) for r in ranks.split(",") if r.strip()) if ranks else None)
+
+
+# -- nan_loss ------------------------------------------------------------------------------------
+
+def nan_loss_from_step() -> int | None:
+    """The optimizer step from which SMT_INJECT_NAN_AT_STEP makes the loss NaN, None when unset."""
+    value = os.environ.get(ENV_NAN_AT_STEP, "").strip()
+    return int(value) if value else None
 
 
 # -- kill_at_step ------------------------------------------------------------------------------

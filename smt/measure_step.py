@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from autotune.atomic import json_text
 from autotune.measure import PeakRssMeter, current_rss_bytes
 from smt.builder import synthetic_batch
 from smt.config import SMTConfig
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = measure_training_step(args.preset, args.batch_size, args.height, args.width,
                                    args.seq_len, args.warmup_steps)
-    print(json.dumps(result.to_dict()))
+    print(json_text(result.to_dict(), indent=None))
     return 0
 
 

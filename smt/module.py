@@ -38,6 +38,21 @@ class OutOfMemoryAtBatchOne(UserError):
     """Even one sample per micro-batch does not fit: only smaller images can help."""
 
 
+class NonFiniteLoss(UserError):
+    """A loss that is NaN or infinite on some rank: the optimizer step is not taken (its
+    gradients would make every weight NaN), training stops. Exit 3, not 2: the command line
+    was fine, the run diverged, and a script (the search) can tell the two apart."""
+
+    exit_code = 3
+
+    def __init__(self, step: int, kept: str = "") -> None:
+        self.step = step
+        super().__init__(
+            f"the training loss is not finite (NaN or infinite) at step {step}; stopped before "
+            f"that step changed the weights{kept}. Try a lower --lr, --precision 32-true, or "
+            "check the --init-from weights")
+
+
 @dataclass
 class TrainHParams:
     """What the module needs of a run's settings. The defaults are the run's own
@@ -125,6 +140,7 @@ class SMTModule(pl.LightningModule):
         self.last_val: dict[str, float] = {}
         self.last_train_loss: float | None = None
         self._oom_fault = faults.oom_fault()
+        self._nan_from = faults.nan_loss_from_step()
 
     # ----------------------------------------------------------------------------- loss
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,17 +166,20 @@ class SMTModule(pl.LightningModule):
                 self._oom_fault.fire(int(chunk["images"].shape[0]), self.global_rank)
             with self._no_sync():
                 loss_sum, _ = self._loss_sum(chunk)
+                if self._nan_from is not None and self.global_step >= self._nan_from:
+                    loss_sum = loss_sum * float("nan")          # the nan_loss fault point
                 self.manual_backward(loss_sum / (tokens * self.hp.accumulate))
             total += float(loss_sum.detach())
             del loss_sum
         return total / tokens
 
-    def _any_rank(self, flag: bool) -> bool:
+    def _any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed over the ranks (one all-reduce of them all)."""
         if _world() == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            return flags
+        t = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return tuple(bool(v > 0) for v in t.tolist())
 
     def _sync_grads(self) -> None:
         world = _world()
@@ -197,14 +216,19 @@ class SMTModule(pl.LightningModule):
         rows = int(batch["images"].shape[0])
         while True:
             micro = self.micro_batch_size or rows
-            oom = False
+            oom = finite = False
             try:
                 loss = self._forward_backward(batch, micro)
+                finite = math.isfinite(loss)
             except Exception as exc:  # noqa: BLE001 - anything but an OOM is re-raised
                 if not is_oom_error(exc):
                     raise
                 oom = True
-            if not self._any_rank(oom):
+            # One all-reduce for both: every rank must take the same turn.
+            oom, diverged = self._any_rank(oom, not (finite or oom))
+            if diverged:
+                raise NonFiniteLoss(int(self.global_step))
+            if not oom:
                 break
             # Every rank drops the gradients of this accumulation window and retries smaller.
             opt.zero_grad(set_to_none=True)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.atomic import json_text
 from autotune.decide.map import MIN_WRITER_BATCH
 from autotune.disk import dir_size_bytes
 from autotune.fits import MapCostModel, fit_map_peak, map_ok
@@ -142,7 +143,7 @@ def _child(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int,
         result.update(end=time.monotonic(), rows=len(out))
     except BaseException as exc:  # reported to the parent, which records it on the trial
         result.update(end=time.monotonic(), error=f"{type(exc).__name__}: {exc}")
-    (Path(trial_dir) / "result.json").write_text(json.dumps(result))
+    (Path(trial_dir) / "result.json").write_text(json_text(result, indent=None))
 
 
 def run_map_trial(sample: Any, spec: MapSpec, num_proc: int, writer_batch_size: int, *,

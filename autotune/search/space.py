@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from autotune.bounds import most_threads_per_rank
 from autotune.settings import Settings, accumulation_for
 
 # Reduce ratios tried: a ladder, not a float range, because every new ratio means preparing
@@ -191,7 +192,9 @@ def space_for(objective: str, profile: dict[str, Any] | None,
         effective_batch_size=_pow2_around(base.effective_batch_size),
         reduce_ratio=tuple(ratios),
         num_workers=(0, min(MAX_WORKERS, max(1, cpus))),
-        num_threads=(0, 0) if gpus else (1, min(MAX_THREADS, max(1, cpus))),
+        # Threads per rank within what autotune.bounds lets smt.train start on these cores.
+        num_threads=(0, 0) if gpus else
+        (1, min(MAX_THREADS, max(1, cpus), most_threads_per_rank(base.devices, cpus))),
         precision=_precisions(gpus),
         source=f"profile {profile.get('name', '?')}")
 

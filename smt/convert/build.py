@@ -13,7 +13,8 @@ from autotune.outdir import check_out_dir, replace_dir
 from autotune.errors import UserError
 from smt.convert.conventions import DATASETS, ImageConvention, ReferenceDataset, dataset_of
 from smt.convert.keys import check_complete, decoder_layers, detect_layout, encoder_shape, map_keys, strip_prefix
-from smt.convert.source import ReferenceConfig, load_weights, nonfinite_keys, read_config, resolve
+from smt.checkpoint import nonfinite_keys
+from smt.convert.source import ReferenceConfig, load_weights, read_config, resolve
 
 CHECKPOINT_NAME = "model.ckpt"
 CONVERT_COMMAND = "smt.convert"             # the --out marker's command (autotune.outdir)
@@ -145,7 +146,7 @@ def convert(src: str, out: str | Path, *, dataset: str | None = None, reduce_rat
     with replace_dir(out_dir, CONVERT_COMMAND, inputs, overwrite=True) as tmp:
         config.save(tmp / ck.CONFIG_NAME)
         vocab.save(tmp / ck.VOCAB_NAME)
-        ck.AtomicCheckpointIO().save_checkpoint(
+        ck.AtomicCheckpointIO(allow_nonfinite=allow_nonfinite).save_checkpoint(
             {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
              "global_step": 0}, tmp / CHECKPOINT_NAME)
         write_reference(tmp, src=src, commit=commit, layout=layout, ds=ds, fmt=vocab.fmt,

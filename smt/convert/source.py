@@ -137,11 +137,6 @@ def read_config(folder: Path) -> ReferenceConfig:
         in_channels=_int(data, "in_channels", where, 1), tokens=_tokens(data, where))
 
 
-def nonfinite_keys(state: dict[str, torch.Tensor]) -> list[str]:
-    """Keys whose tensor holds a NaN or an infinity (such a model computes NaN everywhere)."""
-    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
 def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The state dict, as float32 CPU tensors, from the first weight file present."""
     for name in WEIGHT_FILES:

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from autotune.bounds import count_arg
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
 from autotune.units import size_arg
 from smt.data.prepconfig import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOKENS
@@ -13,9 +14,9 @@ from smt.tokenizer import ALL_FORMATS
 
 DEFAULT_FORMAT = "bekern"        # PrepareConfig's: the SMT papers' format, smallest vocabulary
 
-# Upper bounds for "absurd" values: far above any real machine (1024 map processes, a
-# million rows buffered per write), low enough that a typo is caught before it starts.
-MAX_PROC = 1024
+# Upper bounds for "absurd" values: far above any real machine (a million rows buffered per
+# write), low enough that a typo is caught before it starts. --num-proc's is
+# autotune.bounds.COUNTS', the same as smt.train's and a profile's.
 MAX_ROWS = 1_000_000
 MAX_PIXELS = 10**10              # 100k x 100k px: no scanner makes more
 
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=100, help="rows in all splits (default 100)")
     s.add_argument("--kind", choices=("system", "page"), default="system")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1, help="render processes")
+    s.add_argument("--num-proc", type=count_arg("num_proc"), default=1, help="render processes")
     s.add_argument("--kern-dir", default=None, help="render these .krn files instead of generated music")
     s.add_argument("--val", type=int_in(0, 10_000_000), default=None, help="validation rows (default 10%%)")
     s.add_argument("--test", type=int_in(0, 10_000_000), default=None, help="test rows (default 10%%)")
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="hub id, save_to_disk folder, or folder of images + .krn/.txt "
                         "(default: the embedded synthetic dataset)")
     q.add_argument("--reduce-ratio", type=float_in(0.0, 1.0), default=0.5)
-    q.add_argument("--num-proc", type=int_in(1, MAX_PROC), default=1)
+    q.add_argument("--num-proc", type=count_arg("num_proc"), default=1)
     q.add_argument("--writer-batch-size", type=int_in(1, MAX_ROWS), default=100)
     q.add_argument("--format", dest="fmt", choices=ALL_FORMATS, default=None,
                    help=f"tokenization (default: --model's, else {DEFAULT_FORMAT}; ref-*: the "

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from autotune.bounds import FORCE_FLAG, count_arg
 from autotune.errors import UserErrorParser, float_in, int_in
 from smt.say import PROG
 from smt.train.planner import PLAN_FLAG
@@ -66,21 +67,23 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("settings (override the profile)")
-    s.add_argument("--batch-size", type=int_in(1, 65536))
-    s.add_argument("--accumulate", type=int_in(1, 65536), help="loader batches per optimizer step")
+    s.add_argument("--batch-size", type=count_arg("batch_size"))
+    s.add_argument("--accumulate", type=count_arg("accumulate_grad_batches"), help="loader batches per optimizer step")
     s.add_argument("--reduce-ratio", type=float_in(0.05, 1.0, lo_open=False))
-    s.add_argument("--num-workers", type=int_in(0, 1024))
+    s.add_argument("--num-workers", type=count_arg("num_workers"))
     s.add_argument("--no-adapt-workers", action="store_true",
                    help="keep --num-workers for the whole run (default: more workers when the "
                         "step waits for data, fewer when RAM nears its budget)")
-    s.add_argument("--num-threads", type=int_in(1, 4096),
+    s.add_argument("--num-threads", type=count_arg("num_threads"),
                    help="torch threads of the training process (default: torch's own)")
-    s.add_argument("--num-proc", type=int_in(1, 1024))
+    s.add_argument("--num-proc", type=count_arg("num_proc"))
     s.add_argument("--writer-batch-size", type=int_in(1, 1_000_000))
-    s.add_argument("--devices", type=int_in(1, 4096))
-    s.add_argument("--num-nodes", type=int_in(1, 4096), default=None,
+    s.add_argument("--devices", type=count_arg("devices"))
+    s.add_argument("--num-nodes", type=count_arg("num_nodes"), default=None,
                    help="machines in the run (launched by torchrun or srun, one process per "
                         f"rank; {_default('num_nodes')})")
+    s.add_argument(FORCE_FLAG, action="store_true",
+                   help="start more CPU processes x threads than twice the usable cores")
     s.add_argument("--ddp-interface", default=None, metavar="IFACE",
                    help="network interface DDP's sockets bind to across nodes, e.g. eth0 "
                    "(default: $SMT_DDP_INTERFACE; loopback on one node)")
@@ -172,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from smt.train.planner import plan_run
+    from smt.train.planner import own_run_folder, plan_run
     from smt.train.run import train   # torch and Lightning: only once the flags are good
-    train(plan_run(args), wandb=args.wandb)
+    plan = plan_run(args)
+    with own_run_folder(plan, args):
+        train(plan, wandb=args.wandb)
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.settings import Settings
-from smt.say import line, say
+from smt.say import is_rank_zero, line, say
 from smt.runconfig import (CPU_DEMO_LR, CPU_DEMO_MAX_TIME_S, CPU_DEMO_PRESET,
                                  CPU_DEMO_WARMUP_STEPS, DEFAULTS, FLAG_OF, Layers, TrainConfig,
                                  flag_values, merge)
@@ -80,10 +80,8 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
     if not args.resume:
         out = Path(args.out) if args.out else \
             Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        last_run_note(out)
-        if ck.last_checkpoint(out):
-            raise UserError(f"--out {out} already holds a run (checkpoints/last.ckpt); "
-                            "pass --resume to continue it or choose another --out")
+        last_run_note(out)            # how the last run there ended, then why not into it
+        refuse_held_run(out, everything=is_rank_zero())
         from autotune.outdir import check_run_dir
         check_run_dir(out, [args.data])           # a file, the data folder, read-only: now
         return out, None, {}
@@ -95,6 +93,41 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, 
     say(f"resuming {out} from {resume_ckpt.name} at step {ckpt.get('global_step')}")
     previous = ck.read_json(out / ck.RUN_NAME) if (out / ck.RUN_NAME).is_file() else {}
     return out, resume_ckpt, previous
+
+
+def refuse_held_run(out: Path, everything: bool = True, ask_lock: bool = True) -> None:
+    """A new run into a folder that holds one (finished, crashed or running) is one line.
+    `everything` False looks at last.ckpt alone: ranks that torchrun starts beside rank 0
+    plan after it may have written its run files (and hold its lock)."""
+    from smt import checkpoint as ck
+    if everything and ask_lock:
+        from autotune.outdir import check_run_dir_free
+        check_run_dir_free(out)              # a run writing there now: name its pid
+    marks = ck.run_marks(out) if everything else \
+        [f"checkpoints/{ck.LAST_NAME}"] * bool(ck.last_checkpoint(out))
+    if not marks:
+        return
+    what = f"--out {out} already holds a run ({', '.join(marks)})"
+    if ck.last_checkpoint(out):
+        raise UserError(f"{what}; pass --resume to continue it or choose another --out")
+    raise UserError(f"{what} with no checkpoint to resume; choose another --out")
+
+
+@contextmanager
+def own_run_folder(plan: TrainConfig, args: argparse.Namespace) -> Iterator[None]:
+    """Hold the run folder's lock while the block trains (`autotune.outdir.own_run_dir`): a
+    second run into it is one line naming this one's pid. Only the launching process (rank 0)
+    takes it; the ranks it starts, and those torchrun starts beside it, write nothing there
+    that rank 0 does not own. Under the lock a new run looks again for one that started
+    since planning."""
+    if getattr(args, "from_run_json", None) or not is_rank_zero():
+        yield
+        return
+    from autotune.outdir import own_run_dir
+    with own_run_dir(plan.out):
+        if not plan.resume_ckpt:
+            refuse_held_run(plan.out, ask_lock=False)      # the lock is ours now
+        yield
 
 
 def _profile_layer(args: argparse.Namespace, preset: str) -> dict[str, Any]:
@@ -159,13 +192,41 @@ def plan_run(args: argparse.Namespace) -> TrainConfig:
                     curriculum=bool(args.curriculum))
     plan = merge(layers)              # without the profile first: its preset picks the profile
     if args.profile:
-        plan = merge(replace(layers, profile=_profile_layer(args, plan.preset)))
+        layers = replace(layers, profile=_profile_layer(args, plan.preset))
+        plan = merge(layers)
     _check_strategy(plan.settings.strategy)
     from smt.distributed import check_launch
     check_launch(plan.num_nodes, plan.settings.devices)   # before any data work
+    # Counts first: a rank count above the cores also multiplies the memory predicted.
+    check_machine(plan, layers, force=bool(getattr(args, "force_oversubscribe", False)))
     from smt.train.preflight import check_memory
     check_memory(plan, force=bool(getattr(args, "force", False)))   # RAM/VRAM: before data work
     return plan
+
+
+def _key_of(field: str, plan: TrainConfig, layers: Layers) -> str:
+    """Where the settings' `field` came from, as an error names it: the flag, the profile's
+    key or the resumed run's run.json key."""
+    if field in layers.flags:
+        return FLAG_OF[field]
+    if field in (layers.profile.get("settings") or {}):
+        return f'profile {plan.profile} "{field}"'
+    if field in (layers.resumed.get("settings") or {}):
+        return f'{plan.out / "run.json"} "{field}"'
+    return FLAG_OF[field]
+
+
+def check_machine(plan: TrainConfig, layers: Layers, force: bool = False) -> None:
+    """The ranks this node would start against its cores or GPUs (`autotune.bounds`), before
+    any process is started and before any data work; one line naming the flag or profile key."""
+    import torch
+    from autotune.bounds import Machine, check_ranks
+    from autotune.hardware import usable_cpus
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    s = plan.settings
+    check_ranks(s.devices, s.num_threads, Machine(usable_cpus(), gpus),
+                devices_key=_key_of("devices", plan, layers),
+                threads_key=_key_of("num_threads", plan, layers), force=force)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from autotune.atomic import atomic_write_json
 from smt import checkpoint as ck
 from smt.builder import configure_torch
 from smt.distributed import pinned_sockets
-from smt.module import SMTModule, TrainHParams
+from smt.module import NonFiniteLoss, SMTModule, TrainHParams
 from smt.say import is_rank_zero, say
 from smt.train import assembly, stop, summary
 from smt.train.data import RunData, load_curriculum, load_data
@@ -115,6 +115,15 @@ def train(plan: TrainConfig, wandb: bool = False) -> dict[str, Any]:
     return result
 
 
+def _kept(plan: TrainConfig) -> str:
+    """What a run that stopped on a non-finite loss leaves to resume from, as a clause."""
+    last = plan.out / "checkpoints" / ck.LAST_NAME
+    if not last.is_file():
+        return "; no checkpoint had been written"
+    step = ck.load_checkpoint(last).get("global_step")
+    return f"; {last} (step {step}) is kept: --resume {plan.out} continues from it"
+
+
 def _pictures(plan: TrainConfig, module: SMTModule, data: RunData) -> None:
     """OUT/pictures/ (`smt.train.pictures`) and the line saying where: the run's last line.
     A finished run stays finished: a picture that cannot be made is one line, not an error."""
@@ -154,6 +163,8 @@ def _fit(trainer: pl.Trainer, module: SMTModule, train_loader: Any, val_loader: 
         except SystemExit:              # Lightning's own SIGTERM exit, after our save
             if not request.signum:
                 raise
+        except NonFiniteLoss as exc:    # the same line, saying what is kept
+            raise NonFiniteLoss(exc.step, _kept(plan)) from None
     if request.memory:
         raise stop.MemoryStopped(request.memory, plan.out, trainer.global_step)
     if request.signum:

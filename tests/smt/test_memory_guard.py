@@ -109,7 +109,9 @@ def test_training_into_a_killed_runs_folder_says_how_it_ended(tmp_path, capsys, 
     data = tiny_dataset_dict(tmp_path / "tiny", n_train=8, n_val=2, n_test=1)
     out = tmp_path / "run"
     _killed_folder(out, rss)
-    _plan(["--data", str(data), "--max-steps", "1", "--out", str(out)])
+    # The folder holds that run (its run.json): refused, after saying how the run ended.
+    with pytest.raises(UserError, match="already holds a run"):
+        _plan(["--data", str(data), "--max-steps", "1", "--out", str(out)])
     said = [ln for ln in capsys.readouterr().out.splitlines() if "wrote no summary" in ln]
     assert len(said) == 1 and verdict in said[0] and "1.5 GiB RAM limit" in said[0]
 
