@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=1536)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per cell")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default 0: torch's own, every core, as a user runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compiled", action="store_true",
                         help="also time the torch.compile'd step (it compiles in the first repeat, "
