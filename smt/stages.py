@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,14 @@ class StageTuner(Callback):
     """At each stage boundary: size the stage's images, re-decide the micro-batch, record it."""
 
     def __init__(self, source: Any, memory: StageMemory, loader_batch_size: int,
-                 run_json: Path | None = None, say: Any = print) -> None:
+                 run_json: Path | None = None, say: Any = print,
+                 extent_of: Callable[[str], tuple[int, int] | None] | None = None) -> None:
         self.source = source
         self.memory = memory
+        # (height, width) of the largest image among the source's "systems" or "real pages"
+        # (None: it has none); asked once per kind. Default: the memory line's own size.
+        self._extent_of = extent_of or (lambda _kind: (memory.height, memory.width))
+        self._extents: dict[str, tuple[int, int] | None] = {}
         self.loader_batch_size = int(loader_batch_size)
         self.run_json = run_json
         self.say = say
@@ -70,16 +76,29 @@ class StageTuner(Callback):
         self._t0: float | None = None
         self._samples = 0
 
-    def stage_size(self, systems: int, step: int) -> tuple[int, int]:
-        if systems <= 1:
-            return self.memory.height, self.memory.width
-        sizes = [_image_size(self.source.make_page(systems, 7_000_003 + 97 * step + i)["image"])
-                 for i in range(SIZE_DRAWS)]
+    def extent(self, kind: str) -> tuple[int, int] | None:
+        if kind not in self._extents:
+            self._extents[kind] = self._extent_of(kind)
+        return self._extents[kind]
+
+    def stage_size(self, stage: Any, step: int) -> tuple[int, int]:
+        """The largest image the loader can serve in `stage`: systems in pre-training; in a
+        page stage its synthetic pages (a few drawn) and, while part of the mix, the real
+        pages, which are often the tallest."""
+        if stage.systems <= 1:
+            sizes = [self.extent("systems") or (self.memory.height, self.memory.width)]
+        else:
+            sizes = [_image_size(self.source.make_page(stage.systems,
+                                                       7_000_003 + 97 * step + i)["image"])
+                     for i in range(SIZE_DRAWS)]
+            real = self.extent("real pages") if stage.synthetic_share < 1 else None
+            if real is not None:
+                sizes.append(real)
         return max(h for h, _ in sizes), max(w for _, w in sizes)
 
     def retune(self, pl_module: Any, step: int) -> StageChange:
         stage = self.source.schedule.stage_at(step)
-        h, w = self.stage_size(stage.systems, step)
+        h, w = self.stage_size(stage, step)
         pick: StageBatch = batch_at_size(self.memory, h, w, self.loader_batch_size)
         micro = None if pick.batch >= self.loader_batch_size else pick.batch
         pl_module.micro_batch_size = micro
@@ -150,18 +169,31 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
                 say: Any = None) -> StageTuner:
     """The run's StageTuner: the memory line of its probe profile when it has one, else the
     model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
+    from smt.builder import scan_extent
+    extents: dict[str, Any] = {}
+
+    def extent(kind: str) -> Any:
+        if kind not in extents:
+            rows = source.systems if kind == "systems" else source.real_pages
+            extents[kind] = scan_extent({kind: rows}, plan.fmt) if rows is not None and len(rows) \
+                else None
+        return extents[kind]
+
+    def largest(kind: str) -> tuple[int, int] | None:
+        ext = extent(kind)
+        return None if ext is None or not ext.max_height_px else \
+            (ext.max_height_px, ext.max_width_px)
     memory = _profile_memory(plan.profile)
     if memory is None:
         from autotune.feasible import device_budget
         from autotune.hardware import inventory
-        from smt.builder import scan_extent
         budget, _ = device_budget(inventory())
-        ext = scan_extent({"systems": source.systems}, plan.fmt)
+        ext = extent("systems")
         memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
                                   ext.max_width_px, ext.max_seq_len_tokens, budget)
     if say is None:
         from smt.say import say
-    return StageTuner(source, memory, plan.settings.batch_size, run_json, say)
+    return StageTuner(source, memory, plan.settings.batch_size, run_json, say, extent_of=largest)
 
 
 def profile_dict(profile: str | None) -> dict[str, Any] | None:
