@@ -5,7 +5,9 @@
 Without CUDA it stops at once with exit status 2 and one line saying so. With it, in order:
 1. NVML inventory, read for real (`autotune.hardware.gpu_inventory`), beside torch's view.
 2. The probe on the `--preset` model on CUDA (`autotune probe` as a user runs it): the settings
-   table and what it measured.
+   table and what it measured, and its loop stage's cells (the real DataLoader feeding the
+   CUDA step: loader workers x batch, samples/s and the share of time waiting for data;
+   goal: the loop was timed and decided the workers).
 3. Memory: the workload's estimate against `torch.cuda.max_memory_allocated` for the real
    training step at the largest image, per batch and precision (goal: within 10%).
 4. Speed: samples/s of `16-mixed`, `bf16-mixed` (capability >= 8.0) and `32-true` (TF32 on)
@@ -78,8 +80,19 @@ def probe_section(preset: str, time_budget_s: float) -> Any:
     outcome = run_probe_stages(ProbeOptions(preset=preset, time_budget_s=time_budget_s),
                                report=lambda m: print("  " + m, flush=True))
     Console(width=160).print(profile_table(outcome.profile))
+    for t in outcome.profile.measurements.loop_trials:
+        wait = "-" if t.data_wait_frac is None else f"{t.data_wait_frac:.0%}"
+        print(f"  loop workers={t.num_workers} batch={t.batch_size} {t.precision} on {t.device}: "
+              f"{t.samples_per_s or t.error} samples/s, waiting for data {wait} of the time")
     print(f"  probe took {outcome.seconds:.1f} s")
     return outcome
+
+
+def loop_timed_on_cuda(profile: Any) -> bool:
+    """The probe's loop stage ran on the GPU and its cells decided the loader workers."""
+    trials = [t for t in profile.measurements.loop_trials
+              if t.device.startswith("cuda") and t.samples_per_s]
+    return bool(trials) and profile.sources.get("num_workers") == "measured"
 
 
 def memory_section(work: Any, ratio: float, batches: list[int], deadline: float,
@@ -275,6 +288,7 @@ def main() -> int:
     outcome = probe_section(args.preset, min(args.probe_budget_s, (end - time.monotonic()) / 3))
     s = outcome.profile.settings
     goals["probe measured precision"] = outcome.profile.sources.get("precision") == "measured"
+    goals["probe timed the loop (loader + CUDA step)"] = loop_timed_on_cuda(outcome.profile)
 
     from autotune.workload import load_workload
     work = load_workload("smt", preset=args.preset)

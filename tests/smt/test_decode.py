@@ -157,3 +157,23 @@ def test_gpu_check_has_its_decoding_section() -> None:
     gpu_check = _bench("gpu_check")
     assert gpu_check.DECODE_BATCHES == (1, 16, 64)
     assert callable(gpu_check.decode_section)
+
+
+def test_gpu_check_asks_that_the_loop_was_timed_on_the_gpu(tmp_path) -> None:
+    """gpu_check's loop goal, on the recorded CPU profile (its loop cells ran on the CPU: not
+    met) and on the same profile as if probed on CUDA (met)."""
+    import json
+    from pathlib import Path
+
+    from autotune.profile import load_profile
+    gpu_check = _bench("gpu_check")
+    recorded = Path(__file__).resolve().parents[1] / "autotune" / "fixtures" / \
+        "profile-recorded-cpu-debug.json"
+    profile = load_profile(recorded)
+    assert profile.measurements.loop_trials and not gpu_check.loop_timed_on_cuda(profile)
+    data = json.loads(recorded.read_text())
+    for trial in data["measurements"]["loop"]["trials"]:
+        trial["device"] = "cuda:0"
+    moved = tmp_path / "on-cuda.json"
+    moved.write_text(json.dumps(data))
+    assert gpu_check.loop_timed_on_cuda(load_profile(moved))
