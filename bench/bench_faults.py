@@ -551,7 +551,10 @@ def main() -> int:
 
     from smt.data.synth import build
 
+    import datasets
+    datasets.disable_progress_bars()        # the bench's own fixtures: our lines only
     console = Console(width=200)
+    load0 = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     os.environ.pop("SMT_PREPARE_FAULT", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -593,6 +596,8 @@ def main() -> int:
     console.print(f"total {time.perf_counter() - t_all:.0f} s. 's to detect' for the watchdog "
                   "rows counts from the shard attempt's start (worker start-up and the rows "
                   "before the fault included).")
+    console.print(f"load average before/after: {load0:.2f} / {os.getloadavg()[0]:.2f} on "
+                  f"{os.cpu_count()} cpus (the runs use both cores themselves)")
     return 0 if all(r.detected.startswith(("yes", "n/a")) and r.identical.startswith(("yes", "n/a"))
                     for r in rows) else 1
 
