@@ -124,7 +124,8 @@ class Engraver:
         or the reason there is none: verovio's refusal, its crash, or the timeout."""
         from PIL import Image
         if not kern.strip():
-            return Engraved(None, "the kern is empty")
+            return Engraved(None, "the kern is empty" if not kern else
+                            "the kern is only blank space (an untrained model's line breaks)")
         if not _has_header(kern):
             # verovio would guess another format (MEI, ABC, ...) and refuse it obscurely.
             return Engraved(None, "no **kern header on its first line")

@@ -102,7 +102,11 @@ def _caption(text: str, width: int) -> Image.Image:
 
 
 def kern_as_text(kern: str, width: int) -> Image.Image:
-    """The kern drawn as text (tabs as spaces), at most TEXT_LINES_MAX lines."""
+    """The kern drawn as text (tabs as spaces), at most TEXT_LINES_MAX lines; blank space
+    alone is said, not drawn (a page of empty lines shows nothing)."""
+    if not kern.strip():
+        return _text_block([f"({kern.count(chr(10))} line break(s) and nothing else)"
+                            if kern else "(nothing)"], width, FONT_PX)
     lines = kern.rstrip("\n").expandtabs(8).split("\n")
     if len(lines) > TEXT_LINES_MAX:
         lines = lines[:TEXT_LINES_MAX - 1] + [f"... {len(lines) - TEXT_LINES_MAX + 1} more lines"]

@@ -27,6 +27,12 @@ from smt.say import say
 FORCE_FLAG = "--force"
 
 
+def own_rss_bytes() -> int:
+    """What this process holds already (imports, the parsed flags): part of the run's peak."""
+    import psutil
+    return int(psutil.Process().memory_info().rss)
+
+
 def check_memory(plan: TrainConfig, force: bool = False) -> None:
     """Refuse (UserError, exit 2) a run predicted over its RAM or VRAM budget; with `force`,
     say so and go on. A run whose peak cannot be predicted goes on with a line saying why."""
@@ -38,14 +44,13 @@ def check_memory(plan: TrainConfig, force: bool = False) -> None:
         say("memory check skipped: the embedded dataset is not built yet (it is next; the "
             "check runs from the next start)")
         return
-    import psutil
     import torch
 
     from autotune.feasible import ram_budget, vram_budget
     from autotune.hardware import inventory
     from autotune.preflight import Limits, predict_peak, run_ram, what_fits
 
-    own = int(psutil.Process().memory_info().rss)
+    own = own_rss_bytes()
     hw = run_ram(inventory(), own)
     on_gpu = bool(hw.gpus) and torch.cuda.is_available()
     ram, ram_why = ram_budget(hw)

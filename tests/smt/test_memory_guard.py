@@ -22,6 +22,7 @@ import autotune.hardware
 import autotune.monitor
 import cgroup
 import requires
+import smt.train.preflight
 from autotune.errors import UserError
 from autotune.monitor.files import LIVE_NAME
 from autotune.units import GIB
@@ -40,8 +41,11 @@ FITS_LINE = re.compile(r"--batch-size (\d+) --accumulate (\d+) fits \(effective 
 
 
 def _container(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
-    """This machine as a container of `limit` bytes, nearly all of it available."""
+    """This machine as a container of `limit` bytes, nearly all of it available, holding a
+    process of the size a fresh `smt.train` has at planning (the test process itself grows
+    with the suite: late in a full run it alone would fill the container)."""
     real = autotune.hardware.inventory
+    monkeypatch.setattr(smt.train.preflight, "own_rss_bytes", lambda: 400 * 2**20)
 
     def small(*args, **kwargs):
         hw = real(*args, **kwargs)

@@ -207,3 +207,14 @@ def test_a_training_run_ends_with_pictures_of_validation_samples() -> None:
     for name in names:
         with Image.open(folder / name) as im:
             assert pic.WIDTH_MIN <= im.width <= pic.WIDTH_MAX and im.height > 200
+
+
+def test_a_prediction_of_blank_lines_is_said_not_drawn_as_a_blank_page() -> None:
+    """An untrained model often emits nothing but line breaks: the panel says so in one line
+    (it drew 60 blank lines and '... N more lines' before), and the reason is not 'empty'."""
+    blank = "\n" * 500
+    with Engraver() as engraver:
+        reason = engraver.engrave(blank).reason
+    assert "only blank space" in reason
+    panel = pic.kern_as_text(blank, 800)
+    assert panel.height < 3 * pic.FONT_PX and pic.kern_as_text("x\n" * 500, 800).height > 20 * pic.FONT_PX
