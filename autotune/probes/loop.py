@@ -17,8 +17,11 @@ second in reverse order), so that load from elsewhere and the model's own warm-u
 cell alike; the cell's rate is the median of its rounds. The step objects (one per batch size)
 are built once and kept: a cell differs from its neighbours only in the setting under test.
 
-Bounded: a deadline stops new rounds (a cell keeps the rounds it has), a watchdog kills the
-workers of a cell whose next batch does not come for `stall_s`, an OOM is a result for its cell.
+Bounded: past the deadline no cell starts another round (a cell keeps the rounds it has); in
+the first round the cells after the first MIN_CELLS are then left untimed (they come best
+predicted first, so the ones left out are those predicted slower), each said so. A watchdog
+kills the workers of a cell whose next batch does not come for `stall_s`; an OOM is a result
+for its cell.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ MIN_TIMED_STEPS, MAX_TIMED_STEPS = 2, 8
 TARGET_CELL_S = 1.5
 # Batches each DataLoader worker loads ahead (torch's default prefetch_factor).
 PREFETCH = 2
+# Cells the first round times even past the deadline: a choice needs a comparison.
+MIN_CELLS = 2
+UNTIMED = "not timed: the probe's time budget ran out"
 
 
 @dataclass
@@ -179,16 +185,28 @@ def probe_loop(workload: Workload, cells: Sequence[LoopCell], *, device: str,
     # cell stops after its timed steps and its workers end with the loader.
     warm = PREFETCH * max((c.num_workers for c in cells), default=0)
     rows = max((c.batch_size for c in cells), default=1) * (timed_steps + 2 + warm)
+    def past_deadline() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
     try:
         for r in range(rounds):
-            if r and deadline is not None and time.monotonic() >= deadline:
+            if r and past_deadline():
                 break
             order = state if r % 2 == 0 else list(reversed(state))
             for cell in order:
-                if cell.error is None:
-                    _run_round(workload, cell, steps, device=device,
-                               reduce_ratio=reduce_ratio, timed=timed_steps, rows=rows,
-                               stall_s=stall_s)
+                if cell.error is not None:
+                    continue
+                if past_deadline() and (r or sum(bool(c.rates) for c in state) >= MIN_CELLS):
+                    # Out of time: a later round stops here (each cell keeps the rounds it
+                    # has); the first goes on to MIN_CELLS, then the rest, predicted slower
+                    # (the cells come best predicted first), are said untimed.
+                    if not r:
+                        for rest in state:
+                            if not rest.rates and rest.error is None:
+                                rest.error = UNTIMED
+                    break
+                _run_round(workload, cell, steps, device=device,
+                           reduce_ratio=reduce_ratio, timed=timed_steps, rows=rows,
+                           stall_s=stall_s)
             done_rounds += 1
     finally:
         for step in steps.values():

@@ -103,6 +103,21 @@ def test_the_choice_follows_the_loop(load_s, work_s, flat, expected) -> None:
     assert _choice(result.trials) == expected
 
 
+def test_past_the_deadline_the_first_cells_are_timed_and_the_rest_said_untimed() -> None:
+    """A deadline already passed: the first round still times MIN_CELLS cells (the best
+    predicted, first in the list) so that there is a choice, says the others untimed, and
+    no second round starts; the choice is among the timed cells."""
+    from autotune.probes.loop import MIN_CELLS, UNTIMED
+    result = probe_loop(LoopFake(0.0, 0.02, False), CELLS, device="cpu", reduce_ratio=1.0,
+                        timed_steps=2, deadline=time.monotonic() - 1)
+    timed = [t for t in result.trials if t.samples_per_s]
+    assert result.rounds == 1 and len(timed) == MIN_CELLS
+    assert [(t.num_threads, t.num_workers) for t in timed] == \
+        [(c.num_threads, c.num_workers) for c in CELLS[:MIN_CELLS]]
+    assert all(t.error == UNTIMED for t in result.trials[MIN_CELLS:])
+    assert _choice(result.trials) in {(c.num_threads, c.num_workers) for c in CELLS[:MIN_CELLS]}
+
+
 @pytest.mark.parametrize("max_rows, timed", [(5, 4), (1, 2)])
 def test_a_small_dataset_starts_over_like_a_new_epoch(max_rows, timed) -> None:
     work = LoopFake(0.0, 0.001, True, max_rows=max_rows)
