@@ -94,12 +94,16 @@ class CurriculumSource:
     """
 
     def __init__(self, schedule: CurriculumSchedule, systems: Any, real_pages: Any | None,
-                 make_page: PageMaker, length: int, seed: int = 0) -> None:
+                 make_page: PageMaker, length: int, seed: int = 0,
+                 extents: dict[str, Any] | None = None) -> None:
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length!r}")
         self.schedule = schedule
         self.systems = systems
         self.real_pages = real_pages
+        # `smt.builder.Extent` of the "systems" and of the "real pages" (absent: none), as the
+        # caller scanned them once; the stage tuner sizes its stages from them.
+        self.extents = dict(extents or {})
         self.make_page = make_page
         self.length = length
         self.seed = seed

@@ -169,18 +169,9 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
                 say: Any = None) -> StageTuner:
     """The run's StageTuner: the memory line of its probe profile when it has one, else the
     model's own estimate against this machine's budget (RAM on a CPU, VRAM on a GPU)."""
-    from smt.builder import scan_extent
-    extents: dict[str, Any] = {}
-
-    def extent(kind: str) -> Any:
-        if kind not in extents:
-            rows = source.systems if kind == "systems" else source.real_pages
-            extents[kind] = scan_extent({kind: rows}, plan.fmt) if rows is not None and len(rows) \
-                else None
-        return extents[kind]
 
     def largest(kind: str) -> tuple[int, int] | None:
-        ext = extent(kind)
+        ext = source.extents.get(kind)          # scanned once, when the data was loaded
         return None if ext is None or not ext.max_height_px else \
             (ext.max_height_px, ext.max_width_px)
     memory = _profile_memory(plan.profile)
@@ -188,7 +179,7 @@ def stage_tuner(plan: Any, config: Any, source: Any, run_json: Path | None,
         from autotune.feasible import device_budget
         from autotune.hardware import inventory
         budget, _ = device_budget(inventory())
-        ext = extent("systems")
+        ext = source.extents["systems"]
         memory = estimated_memory(config, plan.settings.precision, ext.max_height_px,
                                   ext.max_width_px, ext.max_seq_len_tokens, budget)
     if say is None:

@@ -93,11 +93,19 @@ def load_curriculum(plan: TrainConfig, vocab_path: Path | None) -> tuple[RunData
         val = [maker(schedule.max_systems, 1_000_003 + i) for i in range(VAL_PAGES)]
     real_train = pages["train"] if pages is not None and "train" in pages else None
     length = len(systems["train"]) + (len(real_train) if real_train is not None else 0)
-    source = CurriculumSource(schedule, systems["train"], real_train, maker, length, plan.seed)
-    splits = {"systems": systems["train"], "val": val}
+    # One scan per kind of row: the stage tuner sizes stages by the systems' and the real
+    # pages' largest images, the model by the largest of everything.
+    extents = {"systems": scan_extent({"systems": systems["train"]}, plan.fmt)}
+    if real_train is not None and len(real_train):
+        extents["real pages"] = scan_extent({"pages_train": real_train}, plan.fmt)
+    others = {"val": val}
     if pages is not None:
-        splits.update({f"pages_{k}": v for k, v in pages.items()})
-    h, w, t = _extent(splits, plan.fmt)
+        others.update({f"pages_{k}": v for k, v in pages.items() if k != "train"})
+    scanned = [*extents.values(), scan_extent(others, plan.fmt)]
+    source = CurriculumSource(schedule, systems["train"], real_train, maker, length, plan.seed,
+                              extents)
+    h, w, t = (max(getattr(e, f) for e in scanned)
+               for f in ("max_height_px", "max_width_px", "max_seq_len_tokens"))
     # Synthetic pages may come out taller than any measured one: allow an A4 page's height.
     h = max(h, int(w * 1.414))
     return RunData(source, val, vocab, h, w, t), source
