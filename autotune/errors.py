@@ -20,6 +20,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+# A run that stopped itself with its work saved (it diverged, or its RAM reached the limit):
+# neither 2 (a mistake refused before the run) nor 137 (the OOM killer's SIGKILL), so that a
+# script (the search) tells it from both.
+STOPPED_EXIT_CODE = 3
+
+
 def wants_debug(argv: Sequence[str] | None) -> bool:
     args = sys.argv[1:] if argv is None else argv
     return "--debug" in args

@@ -44,7 +44,7 @@ def read_out_marker(folder: Path) -> dict[str, object] | None:
     return meta
 
 
-def _overlap(out: Path, item: Path) -> str:
+def overlap(out: Path, item: Path) -> str:
     """How `out` relates to the input `item` ("" when they are apart); both resolved."""
     if out == item:
         return "is"
@@ -61,7 +61,7 @@ def _first_overlap(target: Path, inputs: Iterable[PathLike | None]) -> tuple[str
     for item in inputs:
         if item is None or not Path(item).expanduser().exists():
             continue
-        how = _overlap(resolved, Path(item).expanduser().resolve())
+        how = overlap(resolved, Path(item).expanduser().resolve())
         if how:
             return how, item
     return None
@@ -106,7 +106,7 @@ def check_out_dir(out: PathLike, command: str, inputs: Iterable[PathLike | None]
     # (EBUSY) for the current folder and which would pull a folder holding it from under the
     # shell.
     try:
-        here = _overlap(target.resolve(), Path.cwd().resolve())
+        here = overlap(target.resolve(), Path.cwd().resolve())
     except OSError:                       # the current folder was deleted: nothing to protect
         here = ""
     if here in ("is", "contains"):

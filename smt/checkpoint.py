@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from autotune.atomic import atomic_write_bytes
-from autotune.errors import UserError
+from autotune.errors import STOPPED_EXIT_CODE, UserError
 
 CONFIG_NAME = "config.json"
 VOCAB_NAME = "vocab.json"
@@ -33,7 +33,7 @@ class NonFiniteWeights(UserError):
     """Weights with a NaN or infinity about to be saved: the save is refused, so the
     checkpoint on disk stays the last good one. Exit 3, as `smt.module.NonFiniteLoss`."""
 
-    exit_code = 3
+    exit_code = STOPPED_EXIT_CODE
 
 
 def nonfinite_keys(state: dict[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ MAX_SIZES: dict[str, int] = {
     "ff_dim": 1 << 16,
     "n_layers": 1 << 8,
 }
-MAX_ENCODER_WIDTH = 1 << 13     # the last width is d_model, so the same bound
+MAX_ENCODER_WIDTH = MAX_SIZES["d_model"]     # the last width is d_model, so the same bound
 MAX_ENCODER_DEPTH = 1 << 8
 
 

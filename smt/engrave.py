@@ -10,7 +10,7 @@ engraving starts a fresh child. verovio's own messages (which it prints to stder
 log) go to a file per child; the first error among them is the reason a user reads.
 
 Cost: one spawned child per `Engraver` (~1-2 s to import numpy, PIL and verovio and load its
-font), then ~0.05-1 s per engraving as in-process, plus a pickle of the PNG bytes.
+font), then ~0.05-1 s per engraving as in-process, plus a pickle of the image array.
 """
 from __future__ import annotations
 
@@ -38,17 +38,18 @@ class Engraved:
     reason: str | None = None
 
 
-def _engrave_here(kern: str, kind: str) -> bytes:
-    """kern -> PNG bytes, margins trimmed; RenderError when verovio refuses or draws nothing."""
-    from smt.data.render import RenderError, crop_margins, encode_png, kern_to_svg, svg_to_gray
+def _engrave_here(kern: str, kind: str) -> np.ndarray:
+    """kern -> grayscale image, margins trimmed; RenderError when verovio refuses or draws
+    nothing. It crosses the pipe as the array itself (no PNG to encode and decode again)."""
+    from smt.data.render import RenderError, crop_margins, kern_to_svg, svg_to_gray
     img = crop_margins(svg_to_gray(kern_to_svg(kern, kind)))
     if not (img < 128).any():
         raise RenderError("verovio engraved an empty page")
-    return encode_png(img)
+    return img
 
 
 def _serve(conn: Any, log_path: str) -> None:
-    """The child: engrave each (kern, kind) received, answer ("ok", png) or ("error", why).
+    """The child: engrave each (kern, kind) received, answer ("ok", image) or ("error", why).
     Its stdout and stderr go to `log_path`, emptied before each engraving."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
@@ -122,7 +123,6 @@ class Engraver:
     def engrave(self, kern: str, kind: str = "system") -> Engraved:
         """The engraving of `kern` as a `kind` ("system" or "page", `smt.data.render.KINDS`),
         or the reason there is none: verovio's refusal, its crash, or the timeout."""
-        from PIL import Image
         if not kern.strip():
             return Engraved(None, "the kern is empty" if not kern else
                             "the kern is only blank space (an untrained model's line breaks)")
@@ -148,8 +148,7 @@ class Engraver:
             detail = _first_error(self._log.read_text(errors="replace"))
             reason = payload if not detail or detail in payload else f"{payload} {detail}"
             return Engraved(None, _short(reason))
-        import io
-        return Engraved(np.asarray(Image.open(io.BytesIO(payload)).convert("L")))
+        return Engraved(payload)
 
     def close(self) -> None:
         self._stop()

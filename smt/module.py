@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from autotune.errors import UserError
+from autotune.errors import STOPPED_EXIT_CODE, UserError
 from autotune.measure import free_memory, is_oom_error
 from autotune.settings import Settings
 from smt import faults
@@ -43,7 +43,7 @@ class NonFiniteLoss(UserError):
     gradients would make every weight NaN), training stops. Exit 3, not 2: the command line
     was fine, the run diverged, and a script (the search) can tell the two apart."""
 
-    exit_code = 3
+    exit_code = STOPPED_EXIT_CODE
 
     def __init__(self, step: int, kept: str = "") -> None:
         self.step = step
@@ -251,10 +251,6 @@ class SMTModule(pl.LightningModule):
         return torch.tensor(loss)
 
     # ----------------------------------------------------------------------- validation
-    def _detok(self, ids: list[int]) -> str:
-        from smt.tokenizer import detokenize
-        return detokenize(self.vocab.decode(list(ids)), self.fmt)
-
     def on_validation_epoch_start(self) -> None:
         self._val_pairs = []
 
@@ -277,10 +273,12 @@ class SMTModule(pl.LightningModule):
             max_len = min(max_len, int(cfg_max) - 1)
         generated = self.model.generate(batch["images"], max_len=max_len,
                                         image_sizes=batch.get("image_sizes"))
+        from smt.tokenizer import detokenize
         for pred, target in zip(generated, targets.tolist()):
-            pair = (self._detok(pred), self._detok(target))
+            tokens = (self.vocab.decode(list(pred)), self.vocab.decode(list(target)))
+            pair = tuple(detokenize(t, self.fmt) for t in tokens)
             if self._ser_on_tokens:
-                pair += (self.vocab.decode(list(pred)), self.vocab.decode(list(target)))
+                pair += tokens
             self._val_pairs.append(pair)
 
     def on_validation_epoch_end(self) -> None:
@@ -292,11 +290,12 @@ class SMTModule(pl.LightningModule):
         self._val_pairs = []
         if not pairs or self.trainer.sanity_checking:
             return
-        from smt.metrics import compute_metrics, ser
+        from smt.metrics import cer, ler, ser
         preds, refs = [p[0] for p in pairs], [p[1] for p in pairs]
-        scores = compute_metrics(preds, refs, fmt=self.fmt)
-        if self._ser_on_tokens:
-            scores["ser"] = ser([p[2] for p in pairs], [p[3] for p in pairs])
+        # SER on the texts re-tokenized, or on the decoded tokens where the text cannot be
+        # re-tokenized (`_ser_on_tokens`): computed once, on what applies.
+        on = ([p[2] for p in pairs], [p[3] for p in pairs]) if self._ser_on_tokens else (preds, refs)
+        scores = {"cer": cer(preds, refs), "ser": ser(*on, fmt=self.fmt), "ler": ler(preds, refs)}
         for name in ("cer", "ser", "ler"):
             self.log(f"val_{name}", float(scores[name]), prog_bar=(name == "ser"), sync_dist=True)
         self.last_val = {k: float(scores[k]) for k in ("cer", "ser", "ler")}

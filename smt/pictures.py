@@ -134,8 +134,9 @@ def sample_ser(prediction: str, truth: str, fmt: str) -> tuple[float | None, str
     """(SER %, the one line saying it) of `prediction` against `truth`."""
     from smt.metrics import default_tokenizer, ser
     try:
-        n = len(default_tokenizer(fmt)(truth))
-        value = ser([prediction], [truth], fmt)
+        reference = default_tokenizer(fmt)(truth)
+        n = len(reference)
+        value = ser([prediction], [reference], fmt)
     except ValueError as exc:            # TokenizeError included: a truth we cannot score
         return None, f"SER n/a ({exc})"
     return value, f"SER {value:.1f}% (prediction against the truth's {n} tokens)"

@@ -20,7 +20,7 @@ from typing import Any
 
 from autotune.atomic import atomic_write_text
 from autotune.errors import UserError, UserErrorParser, float_in, int_in, run_cli
-from autotune.outdir import check_out_dir, replace_dir
+from autotune.outdir import check_out_dir, overlap, replace_dir
 
 PROG = "smt.predict"
 PREDICT_COMMAND = "smt.predict"            # the --out marker's command (autotune.outdir)
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--debug", action="store_true")
     return p
+
+
+def as_input(gray: Any) -> Any:
+    """A grayscale uint8 image [H, W] as the model's input tensor [1, H, W] in 0..1."""
+    import torch
+    return torch.from_numpy(gray.copy()).float().div_(255.0)[None]
 
 
 @dataclass
@@ -114,7 +120,6 @@ class Predictor:
     def load_image(self, path: str | Path) -> Any:
         """Grayscale, scaled as in training (the run's reduce ratio, or a converted model's
         recorded convention), as float [1, H, W] in [0, 1]."""
-        import torch
         from PIL import Image, UnidentifiedImageError
 
         from smt.convert import ImageConvention
@@ -133,7 +138,7 @@ class Predictor:
             raise UserError(
                 f"{path}: {w}x{h} px after reduce ratio {self.reduce_ratio} is larger than the "
                 f"model's maximum {cfg.max_width}x{cfg.max_height}; pass a smaller --reduce-ratio")
-        return torch.from_numpy(arr.copy()).float().div_(255.0)[None]
+        return as_input(arr)
 
     def predict(self, images: Sequence[Any], batch_size: int = 8,
                 max_len: int | None = None) -> list[str]:
@@ -211,8 +216,7 @@ def resolve_device(spec: str | None) -> Any:
 def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
     """--out and --render checked before loading anything: one line, exit 2."""
     if args.out and args.render:
-        out, render = Path(args.out).resolve(), Path(args.render).resolve()
-        if out == render or out in render.parents or render in out.parents:
+        if overlap(Path(args.out).resolve(), Path(args.render).resolve()):
             raise UserError(f"--render {args.render} and --out {args.out} overlap; one would "
                             "replace the other: choose two separate folders")
     if args.out:

@@ -65,9 +65,8 @@ class StageTuner(Callback):
         self.source = source
         self.memory = memory
         # (height, width) of the largest image among the source's "systems" or "real pages"
-        # (None: it has none); asked once per kind. Default: the memory line's own size.
-        self._extent_of = extent_of or (lambda _kind: (memory.height, memory.width))
-        self._extents: dict[str, tuple[int, int] | None] = {}
+        # (None: none, or not known; systems then take the memory line's own size).
+        self.extent = extent_of or (lambda _kind: None)
         self.loader_batch_size = int(loader_batch_size)
         self.run_json = run_json
         self.say = say
@@ -75,11 +74,6 @@ class StageTuner(Callback):
         self._stage: int | None = None
         self._t0: float | None = None
         self._samples = 0
-
-    def extent(self, kind: str) -> tuple[int, int] | None:
-        if kind not in self._extents:
-            self._extents[kind] = self._extent_of(kind)
-        return self._extents[kind]
 
     def stage_size(self, stage: Any, step: int) -> tuple[int, int]:
         """The largest image the loader can serve in `stage`: systems in pre-training; in a

@@ -162,8 +162,9 @@ def tokenize(kern: str, fmt: Format = "bekern") -> list[str]:
     if bad:
         raise TokenizeError(f"control character {bad.group()!r} in the transcription (binary data?)")
     if fmt in REFERENCE_FORMATS:
-        # The raw text: the reference's cleaning treats an unterminated last line apart.
-        return reference_tokens(kern.replace("\r\n", "\n"), fmt)
+        # The raw text (CRLF read as LF there): the reference's cleaning treats an
+        # unterminated last line apart.
+        return reference_tokens(kern, fmt)
     tokens: list[str] = []
     for li, line in enumerate(text.split("\n")):
         if li:

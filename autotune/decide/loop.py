@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from autotune.decide import precision
 from autotune.decide.accumulate import AccumulateRule
 from autotune.decide.context import Context, Rule
 from autotune.decide.workers import worker_caps
@@ -128,8 +129,8 @@ def loop_cells(ctx: Context) -> list[LoopCell]:
 
 
 def _other_precisions(ctx: Context) -> list[str]:
-    timed = {t.precision: t.samples_per_s or 0.0 for t in ctx.m.precision_trials
-             if t.samples_per_s and not t.oom and t.device.split(":")[0] == ctx.kind}
+    timed = {t.precision: t.samples_per_s for t in precision.timed(ctx)
+             if t.samples_per_s and not t.oom}
     mine = timed.get(ctx.chosen["precision"])
     if not mine:
         return []

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autotune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text
 from autotune.monitor.adapt import AdaptConfig
 from autotune.monitor.hints import ram_near
 from autotune.monitor.plot import plot_resources
@@ -71,7 +71,7 @@ def append_live(out_dir: str | os.PathLike[str], sample: ResourceSample,
               "rss_bytes": sample.rss_bytes, "ram_available_bytes": sample.ram_available_bytes,
               "ram_limit_bytes": limit_bytes or sample.ram_total_bytes}
     with open(Path(out_dir) / LIVE_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_text(record, indent=None) + "\n")
 
 
 def last_live(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -98,8 +98,6 @@ def prepare(data: str | os.PathLike[str] | None = None, config: PrepareConfig | 
 
     cfg = _capped(config or PrepareConfig(), quiet)
     start = time.perf_counter()
-    if cfg.isolate:
-        warm_up_shards()     # its imports overlap ours (open_source, the cache check)
     target = None
     if out is not None:
         target = _Out(out, (data, cache_root()), overwrite)
@@ -138,6 +136,8 @@ def _prepare_locked(root: Path, src: Any, raw: Any, cfg: PrepareConfig, target: 
                        mapped_rows=0, map_seconds=0.0, reused=meta["shards_total"],
                        actions=[], num_proc=cfg.num_proc, wbs=cfg.writer_batch_size)
 
+    if cfg.isolate:
+        warm_up_shards()     # only when there is work: its imports overlap the disk check
     plan = _start(root, src, raw, cfg)
     todo_rows = plan.todo_rows
     if todo_rows:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from smt.runconfig import DEFAULTS
 
 # How many by default: TrainConfig.pictures (why four is there).
@@ -24,30 +22,23 @@ def sample_indices(n: int, count: int = COUNT) -> list[int]:
     return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
 
 
-def _gray(image: Any) -> np.ndarray:
-    from smt.data.rows import decode_gray
-    return decode_gray(image)
-
-
 def write_end_of_run(out: Path, model: Any, vocab: Any, fmt: str, val: Any,
                      count: int = COUNT) -> list[Any]:
     """OUT/pictures/val<INDEX>.png for `count` fixed rows of `val` (prepared rows: the image
     as the model reads it, and the transcription), decoded by `model` on the GPU when there
     is one; returns the `smt.pictures.Picture` records. Call it on rank zero only: no collective runs here."""
-    import torch
-
+    from smt.data.rows import decode_gray
     from smt.pictures import Sample, write_pictures
-    from smt.predict import Predictor, resolve_device
+    from smt.predict import Predictor, as_input, resolve_device
 
     rows = [(i, val[i]) for i in sample_indices(len(val), count)]
-    images = [_gray(row["image"]) for _, row in rows]
+    images = [decode_gray(row["image"]) for _, row in rows]
     # Prepared rows are already at the run's reduce ratio: the predictor scales nothing.
     predictor = Predictor(model, vocab, fmt, 1.0, resolve_device(None))
     was_training = model.training
     model.to(predictor.device).eval()
     try:
-        texts = predictor.predict([torch.from_numpy(img.copy()).float().div_(255.0)[None]
-                                   for img in images])
+        texts = predictor.predict([as_input(img) for img in images])
     finally:
         model.train(was_training)
     samples = [Sample(f"val{i}", img, text, row["transcription"])

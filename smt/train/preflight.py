@@ -20,17 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+# What this process holds already (imports, the parsed flags): part of the run's peak. A name
+# of this module, so that a test can stand in a fresh process's figure.
+from autotune.measure import current_rss_bytes as own_rss_bytes
 from autotune.units import format_bytes as fb
 from smt.runconfig import TrainConfig
 from smt.say import say
 
 FORCE_FLAG = "--force"
-
-
-def own_rss_bytes() -> int:
-    """What this process holds already (imports, the parsed flags): part of the run's peak."""
-    import psutil
-    return int(psutil.Process().memory_info().rss)
 
 
 def check_memory(plan: TrainConfig, force: bool = False) -> None:

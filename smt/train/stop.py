@@ -28,7 +28,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from autotune.errors import UserError
+from autotune.errors import STOPPED_EXIT_CODE, UserError
 from smt.checkpoint import LAST_NAME
 from smt.say import say
 
@@ -73,9 +73,7 @@ class Stopped(UserError):
         super().__init__(message)
 
 
-# Neither 2 (a mistake refused before the run) nor 137 (the OOM killer's SIGKILL): a script
-# tells a run that stopped itself for RAM, with its work saved, from both.
-MEMORY_EXIT_CODE = 3
+MEMORY_EXIT_CODE = STOPPED_EXIT_CODE      # a run that stopped itself for RAM, work saved
 
 
 class MemoryStopped(UserError):
